@@ -1,0 +1,144 @@
+// The contract between Node Control and whatever runs VMs on a host: real QEMU or the in-memory simulator.
+
+/** What the driver needs to boot a VM's disk or kernel. */
+export type BootSource =
+  | { kind: 'disk'; path: string; format: 'qcow2' | 'raw' }
+  | { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline?: string }
+  | { kind: 'none' };
+
+export interface NicSpec {
+  /** `user` is QEMU's user-mode network; `bridge` attaches a tap to the named Linux bridge. */
+  mode: 'user' | 'bridge';
+  bridge?: string;
+  mac: string;
+}
+
+export interface DriverVmSpec {
+  id: string;
+  name: string;
+  cpus: number;
+  memoryMiB: number;
+  /** Above memoryMiB the VM gets hot-pluggable memory (virtio-mem) up to this size. */
+  maxMemoryMiB: number;
+  boot: BootSource;
+  nics: NicSpec[];
+}
+
+/** What the guest looks like from the host right now. */
+export type DriverVmState = 'starting' | 'running' | 'paused' | 'stopped' | 'crashed' | 'incoming';
+
+export interface DriverVmStatus {
+  id: string;
+  name: string;
+  state: DriverVmState;
+  cpus: number;
+  /** Memory assigned at boot. */
+  memoryMiB: number;
+  /** Memory the guest has now: boot memory after the balloon, plus plugged virtio-mem. */
+  memoryActualMiB: number;
+  /** Memory the guest itself says it uses, when the balloon driver reports it. */
+  memoryUsedMiB?: number;
+  /** Seconds since the guest started, from the driver's point of view. */
+  uptimeS?: number;
+  /** Why the VM is crashed or stopped, when the driver knows. */
+  reason?: string;
+}
+
+export interface HostFacts {
+  hostname: string;
+  cpus: number;
+  memoryMiB: number;
+  memoryFreeMiB: number;
+  driver: 'sim' | 'qemu';
+  /** Address other hosts use to reach this one (migration, NBD). */
+  address: string;
+  capabilities: DriverCapability[];
+  accelerator?: 'kvm' | 'tcg' | 'sim';
+}
+
+export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'console' | 'nbd-export';
+
+/** Where an incoming migration listens; opaque to control. */
+export interface MigrationTarget {
+  uri: string;
+}
+
+export interface MigrationProgress {
+  /** 0..1 */
+  fraction: number;
+  transferredMiB: number;
+  remainingMiB: number;
+}
+
+export interface MigrationResult {
+  totalMs: number;
+  downtimeMs: number;
+}
+
+export type DriverEvent =
+  | { type: 'vm-state'; vm: DriverVmStatus }
+  | { type: 'console'; vmId: string; data: string };
+
+export interface StopOptions {
+  /** Skip the graceful ACPI powerdown and stop at once. */
+  force?: boolean;
+  /** How long to wait for a graceful stop before forcing it. */
+  timeoutMs?: number;
+}
+
+/** Errors a driver throws carry a stable code that control turns into a task failure reason. */
+export class DriverError extends Error {
+  constructor(
+    readonly code:
+      | 'VM_NOT_FOUND'
+      | 'VM_EXISTS'
+      | 'VM_NOT_RUNNING'
+      | 'INSUFFICIENT_MEMORY'
+      | 'BOOT_FAILED'
+      | 'IMAGE_INVALID'
+      | 'MIGRATION_FAILED'
+      | 'UNSUPPORTED'
+      | 'INTERNAL',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'DriverError';
+  }
+}
+
+export interface HypervisorDriver {
+  readonly kind: 'sim' | 'qemu';
+  facts(): Promise<HostFacts>;
+  /** Every VM the driver knows on this host, including ones it found after a restart. */
+  list(): Promise<DriverVmStatus[]>;
+  status(vmId: string): Promise<DriverVmStatus>;
+  /** Defines and boots a VM; resolves once the guest is running. Starting a running VM is a no-op. */
+  start(spec: DriverVmSpec, signal?: AbortSignal): Promise<DriverVmStatus>;
+  /** Stopping a stopped VM is a no-op. */
+  stop(vmId: string, opts?: StopOptions): Promise<void>;
+  reboot(vmId: string): Promise<void>;
+  /** Stops the VM if needed and forgets it, with every file it owned on this host but its disks. */
+  delete(vmId: string): Promise<void>;
+  /** Moves the balloon (and virtio-mem when above boot memory) so the guest has `targetMiB`. */
+  setMemory(vmId: string, targetMiB: number): Promise<DriverVmStatus>;
+  /** Destination side: get ready to receive `spec`. */
+  prepareIncoming(spec: DriverVmSpec): Promise<MigrationTarget>;
+  /** Source side: send the VM; on success it no longer runs here. On failure it keeps running here. */
+  migrate(
+    vmId: string,
+    target: MigrationTarget,
+    onProgress?: (p: MigrationProgress) => void,
+    signal?: AbortSignal,
+  ): Promise<MigrationResult>;
+  /** Destination side: wait for the received VM to run. */
+  completeIncoming(vmId: string, timeoutMs?: number): Promise<DriverVmStatus>;
+  /** Destination side: drop a prepared incoming VM that will not arrive. */
+  abortIncoming(vmId: string): Promise<void>;
+  subscribe(listener: (event: DriverEvent) => void): () => void;
+  /** Sends keystrokes to the serial console (drivers without a console throw UNSUPPORTED). */
+  consoleWrite(vmId: string, data: string): Promise<void>;
+  /** The console output so far (the last bytes the driver keeps). */
+  consoleHistory(vmId: string): Promise<string>;
+  /** Releases sockets and timers; running VMs keep running (a later driver re-attaches). */
+  close(): Promise<void>;
+}
