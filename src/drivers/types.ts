@@ -1,10 +1,22 @@
 // The contract between Node Control and whatever runs VMs on a host: real QEMU or the in-memory simulator.
 
-/** What the driver needs to boot a VM's disk or kernel. */
+/** How the VM boots: from its first disk, or from a kernel and initrd (the test guest). */
 export type BootSource =
-  | { kind: 'disk'; path: string; format: 'qcow2' | 'raw' }
+  | { kind: 'disk' }
   | { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline?: string }
   | { kind: 'none' };
+
+/**
+ * A VM disk. When `path` does not exist yet the driver creates it: a qcow2 overlay on `backingPath`
+ * when given, else an empty disk of `sizeMiB`. Paths on a shared pool are seen alike by every host.
+ */
+export interface DiskSpec {
+  path: string;
+  format: 'qcow2' | 'raw';
+  backingPath?: string;
+  backingFormat?: 'qcow2' | 'raw';
+  sizeMiB?: number;
+}
 
 export interface NicSpec {
   /** `user` is QEMU's user-mode network; `bridge` attaches a tap to the named Linux bridge. */
@@ -21,6 +33,7 @@ export interface DriverVmSpec {
   /** Above memoryMiB the VM gets hot-pluggable memory (virtio-mem) up to this size. */
   maxMemoryMiB: number;
   boot: BootSource;
+  disks: DiskSpec[];
   nics: NicSpec[];
 }
 
