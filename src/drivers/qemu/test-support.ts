@@ -1,0 +1,73 @@
+// Shared by the QEMU tests: finds QEMU and the test guest (building it when missing), temp dirs, pid cleanup.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const repo = join(import.meta.dirname, '..', '..', '..');
+const INSTALL_HINT =
+  'install it with `apt-get install qemu-system-x86 qemu-utils busybox-static cpio` and build the guest with `npm run build-guest`';
+
+export interface TestGuest {
+  kernelPath: string;
+  initrdPath: string;
+  cmdline: string;
+}
+
+/** Throws (never skips) when QEMU is missing, so a machine without it fails loudly with the fix. */
+export function requireQemu(): void {
+  for (const bin of ['qemu-system-x86_64', 'qemu-img']) {
+    const found = spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;
+    if (!found) throw new Error(`${bin} is not installed: ${INSTALL_HINT}`);
+  }
+}
+
+let guest: TestGuest | undefined;
+
+/** The cached test guest; built on first use (the script does nothing when it is already built). */
+export function requireGuest(): TestGuest {
+  requireQemu();
+  if (guest) return guest;
+  const dir = process.env.AWAN_GUEST_DIR ?? join(repo, '.cache', 'guest');
+  const meta = join(dir, 'guest.json');
+  if (!existsSync(meta)) {
+    try {
+      execFileSync('bash', [join(repo, 'scripts', 'build-guest')], { stdio: 'pipe', env: { ...process.env, AWAN_GUEST_DIR: dir } });
+    } catch (err) {
+      throw new Error(`the test guest could not be built (${String(err)}): ${INSTALL_HINT}`);
+    }
+  }
+  const parsed: unknown = JSON.parse(readFileSync(meta, 'utf8'));
+  if (typeof parsed !== 'object' || parsed === null) throw new Error(`${meta} is not an object`);
+  const g = parsed as Record<string, unknown>;
+  if (typeof g.kernelPath !== 'string' || typeof g.initrdPath !== 'string' || typeof g.cmdline !== 'string') {
+    throw new Error(`${meta} lacks kernelPath/initrdPath/cmdline: rebuild with \`npm run build-guest -- --force\``);
+  }
+  guest = { kernelPath: g.kernelPath, initrdPath: g.initrdPath, cmdline: g.cmdline };
+  return guest;
+}
+
+export function tempDir(prefix: string): { path: string; remove: () => void } {
+  // Short paths: unix socket paths are limited to 108 bytes.
+  const path = mkdtempSync(join(tmpdir(), `awan-${prefix}-`));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Kills every process whose command line mentions `marker` (a test's own temp dir): by pid, with SIGKILL. */
+export function killProcessesMentioning(marker: string): number[] {
+  const killed: number[] = [];
+  const out = spawnSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' }).stdout ?? '';
+  for (const line of out.split('\n')) {
+    const m = /^\s*(\d+)\s+(.*)$/.exec(line);
+    if (!m || !m[2].includes(marker) || !m[2].includes('qemu')) continue;
+    const pid = Number(m[1]);
+    if (pid === process.pid) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+      killed.push(pid);
+    } catch {
+      // already gone
+    }
+  }
+  return killed;
+}
