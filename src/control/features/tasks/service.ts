@@ -1,0 +1,141 @@
+// Tasks: the record of every long operation, its progress and its result, persisted so that a restart of
+// control can resume or fail it with a reason.
+import type { Kysely } from 'kysely';
+import { notFound } from '../../errors.ts';
+import { decodeCursor, page } from '../../http/pagination.ts';
+import type { Database, TaskRow } from '../../store/schema.ts';
+import { newId } from '../../../lib/ids.ts';
+import type { EventService } from '../events/service.ts';
+
+export type TaskState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface Task {
+  id: string;
+  kind: string;
+  targetKind: string;
+  targetId: string;
+  state: TaskState;
+  progress: number;
+  message: string | null;
+  error: { code: string; message: string } | null;
+  result: Record<string, unknown> | null;
+  params: Record<string, unknown> | null;
+  createdBy: string | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  updatedAt: string;
+}
+
+export const isFinished = (s: TaskState) => s === 'succeeded' || s === 'failed' || s === 'cancelled';
+
+export const toTask = (r: TaskRow): Task => ({
+  id: r.id,
+  kind: r.kind,
+  targetKind: r.target_kind,
+  targetId: r.target_id,
+  state: r.state,
+  progress: r.progress,
+  message: r.message,
+  error: r.error_code ? { code: r.error_code, message: r.error_message ?? '' } : null,
+  result: r.result ? (JSON.parse(r.result) as Record<string, unknown>) : null,
+  params: r.params ? (JSON.parse(r.params) as Record<string, unknown>) : null,
+  createdBy: r.created_by,
+  createdAt: r.created_at,
+  startedAt: r.started_at,
+  finishedAt: r.finished_at,
+  updatedAt: r.updated_at,
+});
+
+export interface TaskService {
+  create(t: { kind: string; targetKind: string; targetId: string; createdBy?: string | null; params?: Record<string, unknown>; message?: string }): Promise<Task>;
+  progress(id: string, progress: number, message?: string): Promise<void>;
+  succeed(id: string, message: string, result?: Record<string, unknown>): Promise<void>;
+  fail(id: string, code: string, message: string): Promise<void>;
+  get(id: string): Promise<Task>;
+  list(q: { limit: number; cursor?: string; state?: string; targetId?: string; kind?: string }): Promise<{ items: Task[]; nextCursor: string | null }>;
+  /** Unfinished tasks on one object, oldest first. */
+  activeFor(targetId: string): Promise<Task[]>;
+  unfinished(): Promise<Task[]>;
+}
+
+export function createTaskService({ db, events }: { db: Kysely<Database>; events: EventService }): TaskService {
+  const finish = async (id: string, state: TaskState, message: string, extra: Partial<TaskRow>) => {
+    const now = new Date().toISOString();
+    const updated = await db
+      .updateTable('tasks')
+      .set({ state, message, progress: state === 'succeeded' ? 100 : undefined, finished_at: now, updated_at: now, ...extra })
+      .where('id', '=', id)
+      .where('state', 'in', ['queued', 'running'])
+      .returningAll()
+      .executeTakeFirst();
+    if (!updated) return; // already finished: finishing is idempotent
+    await events.emit({
+      type: `task.${state}`,
+      objectKind: 'task',
+      objectId: id,
+      message: `${updated.kind} of ${updated.target_kind} ${updated.target_id}: ${message}`,
+      data: { kind: updated.kind, targetId: updated.target_id, ...(extra.error_code ? { code: extra.error_code } : {}) },
+    });
+  };
+
+  return {
+    async create(t) {
+      const now = new Date().toISOString();
+      const row: TaskRow = {
+        id: newId(),
+        kind: t.kind,
+        target_kind: t.targetKind,
+        target_id: t.targetId,
+        state: 'running',
+        progress: 0,
+        message: t.message ?? null,
+        error_code: null,
+        error_message: null,
+        result: null,
+        params: t.params ? JSON.stringify(t.params) : null,
+        created_by: t.createdBy ?? null,
+        created_at: now,
+        started_at: now,
+        finished_at: null,
+        updated_at: now,
+      };
+      await db.insertInto('tasks').values(row).execute();
+      return toTask(row);
+    },
+    async progress(id, progress, message) {
+      await db
+        .updateTable('tasks')
+        .set({ progress: Math.max(0, Math.min(99, Math.round(progress))), ...(message !== undefined ? { message } : {}), updated_at: new Date().toISOString() })
+        .where('id', '=', id)
+        .where('state', 'in', ['queued', 'running'])
+        .execute();
+      events.publish({ type: 'task.progress', objectKind: 'task', objectId: id, message: message ?? '', data: { progress } });
+    },
+    succeed: (id, message, result) => finish(id, 'succeeded', message, { result: result ? JSON.stringify(result) : null }),
+    fail: (id, code, message) => finish(id, 'failed', message, { error_code: code, error_message: message }),
+    async get(id) {
+      const row = await db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
+      if (!row) throw notFound('TASK_NOT_FOUND', 'task', id);
+      return toTask(row);
+    },
+    async list({ limit, cursor, state, targetId, kind }) {
+      const c = decodeCursor(cursor);
+      let q = db.selectFrom('tasks').selectAll().orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limit + 1);
+      if (c) q = q.where((eb) => eb.or([eb('created_at', '<', c.at), eb.and([eb('created_at', '=', c.at), eb('id', '<', c.id)])]));
+      if (state) q = q.where('state', '=', state as TaskState);
+      if (targetId) q = q.where('target_id', '=', targetId);
+      if (kind) q = q.where('kind', '=', kind);
+      const rows = (await q.execute()).map(toTask);
+      return page(rows, limit, (t) => ({ at: t.createdAt, id: t.id }));
+    },
+    async activeFor(targetId) {
+      const rows = await db.selectFrom('tasks').selectAll().where('target_id', '=', targetId).where('state', 'in', ['queued', 'running']).orderBy('created_at').execute();
+      return rows.map(toTask);
+    },
+    async unfinished() {
+      const rows = await db.selectFrom('tasks').selectAll().where('state', 'in', ['queued', 'running']).orderBy('created_at').execute();
+      return rows.map(toTask);
+    },
+  };
+}

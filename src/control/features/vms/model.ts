@@ -1,0 +1,109 @@
+// The VM phase machine and the VM's JSON shape.
+import { type Static, Type } from 'typebox';
+import type { VmRow } from '../../store/schema.ts';
+
+export const vmPhases = ['pending', 'scheduling', 'starting', 'running', 'migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'] as const;
+export type VmPhase = (typeof vmPhases)[number];
+
+/** Which phase may follow which: every phase change goes through `assertTransition`. */
+const transitions: Record<VmPhase, readonly VmPhase[]> = {
+  pending: ['scheduling', 'stopped', 'failed', 'deleting'],
+  scheduling: ['starting', 'failed', 'stopped', 'deleting', 'pending'],
+  starting: ['running', 'failed', 'stopping', 'stopped', 'unknown', 'deleting'],
+  running: ['migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting', 'starting'],
+  migrating: ['running', 'failed', 'unknown', 'stopped'],
+  stopping: ['stopped', 'failed', 'unknown', 'running', 'deleting'],
+  stopped: ['pending', 'scheduling', 'deleting', 'running', 'unknown'],
+  failed: ['pending', 'scheduling', 'stopped', 'deleting', 'running'],
+  unknown: ['running', 'stopped', 'failed', 'starting', 'stopping', 'deleting', 'pending'],
+  deleting: [],
+};
+
+export function canTransition(from: VmPhase, to: VmPhase): boolean {
+  return from === to || transitions[from].includes(to);
+}
+
+const Labels = Type.Record(Type.String({ maxLength: 63 }), Type.String({ maxLength: 63 }));
+
+export const NicSchema = Type.Object({
+  mode: Type.Union([Type.Literal('user'), Type.Literal('bridge')]),
+  bridge: Type.Optional(Type.String({ maxLength: 15, pattern: '^[a-zA-Z0-9_.-]+$' })),
+  mac: Type.String(),
+});
+
+export const VmSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  cpus: Type.Integer(),
+  memoryMiB: Type.Integer(),
+  maxMemoryMiB: Type.Integer(),
+  memoryActualMiB: Type.Union([Type.Integer(), Type.Null()]),
+  imageId: Type.Union([Type.String(), Type.Null()]),
+  diskGiB: Type.Integer(),
+  ha: Type.Boolean(),
+  placementLabels: Labels,
+  antiAffinity: Type.Union([Type.String(), Type.Null()]),
+  nics: Type.Array(NicSchema),
+  powerState: Type.Union([Type.Literal('running'), Type.Literal('stopped')]),
+  hostId: Type.Union([Type.String(), Type.Null()]),
+  targetHostId: Type.Union([Type.String(), Type.Null()]),
+  phase: Type.Enum(vmPhases),
+  message: Type.Union([Type.String(), Type.Null()]),
+  generation: Type.Integer(),
+  observedGeneration: Type.Integer(),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+export type Vm = Static<typeof VmSchema>;
+
+export const CreateVmBody = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 63, pattern: '^[a-zA-Z0-9][a-zA-Z0-9._-]*$' }),
+    cpus: Type.Integer({ minimum: 1, maximum: 256 }),
+    memoryMiB: Type.Integer({ minimum: 16, maximum: 4 * 1024 * 1024 }),
+    maxMemoryMiB: Type.Optional(Type.Integer({ minimum: 16, maximum: 4 * 1024 * 1024 })),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'image id or name' })),
+    diskGiB: Type.Optional(Type.Integer({ minimum: 1, maximum: 65536 })),
+    ha: Type.Optional(Type.Boolean()),
+    placementLabels: Type.Optional(Labels),
+    antiAffinity: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
+    nics: Type.Optional(
+      Type.Array(
+        Type.Object(
+          { mode: Type.Union([Type.Literal('user'), Type.Literal('bridge')]), bridge: Type.Optional(Type.String({ maxLength: 15, pattern: '^[a-zA-Z0-9_.-]+$' })) },
+          { additionalProperties: false },
+        ),
+        { maxItems: 8 },
+      ),
+    ),
+    start: Type.Optional(Type.Boolean({ default: true, description: 'start the VM once created' })),
+  },
+  { additionalProperties: false },
+);
+export type CreateVm = Static<typeof CreateVmBody>;
+
+export function vmFromRow(r: VmRow): Vm {
+  return {
+    id: r.id,
+    name: r.name,
+    cpus: r.cpus,
+    memoryMiB: r.memory_mib,
+    maxMemoryMiB: r.max_memory_mib,
+    memoryActualMiB: r.memory_actual_mib,
+    imageId: r.image_id,
+    diskGiB: r.disk_gib,
+    ha: r.ha === 1,
+    placementLabels: JSON.parse(r.placement_labels) as Record<string, string>,
+    antiAffinity: r.anti_affinity,
+    nics: JSON.parse(r.nics) as Vm['nics'],
+    powerState: r.desired_power,
+    hostId: r.host_id,
+    targetHostId: r.target_host_id,
+    phase: r.phase as VmPhase,
+    message: r.message,
+    generation: r.generation,
+    observedGeneration: r.observed_generation,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}

@@ -1,0 +1,23 @@
+// Prometheus metrics of one control process, on a registry of its own (no global state).
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'awan_' });
+  return {
+    registry,
+    httpDuration: new Histogram({
+      name: 'awan_http_request_duration_seconds',
+      help: 'HTTP request latency',
+      labelNames: ['method', 'route', 'status'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    heartbeats: new Counter({ name: 'awan_heartbeats_total', help: 'Heartbeats received from agents', registers: [registry] }),
+    reconcileErrors: new Counter({ name: 'awan_reconcile_errors_total', help: 'Reconcile passes that failed', labelNames: ['controller'], registers: [registry] }),
+    gauge: (name: string, help: string, labelNames: string[], collect: (g: Gauge) => void) =>
+      new Gauge({ name, help, labelNames, registers: [registry], collect() { collect(this); } }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

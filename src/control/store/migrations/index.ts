@@ -1,0 +1,11 @@
+// The ordered list of schema migrations; they only move forward.
+import type { Kysely } from 'kysely';
+import * as m001 from './001_initial.ts';
+
+export interface Migration {
+  version: number;
+  name: string;
+  up(db: Kysely<any>, dialect: 'sqlite' | 'postgres'): Promise<void>;
+}
+
+export const migrations: Migration[] = [{ version: 1, name: 'initial', up: m001.up }];

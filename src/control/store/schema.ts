@@ -1,0 +1,138 @@
+// Row types of every table, as Kysely sees them. Times are ISO strings, flags 0/1, JSON is text.
+import type { Generated, Insertable, Selectable, Updateable } from 'kysely';
+
+export interface UsersTable {
+  id: string;
+  username: string;
+  password_hash: string;
+  role: 'admin' | 'operator' | 'viewer';
+  created_at: string;
+}
+
+export interface ApiTokensTable {
+  id: string;
+  user_id: string;
+  name: string;
+  kind: 'session' | 'api';
+  token_hash: string;
+  expires_at: string | null;
+  created_at: string;
+  last_used_at: string | null;
+}
+
+export interface JoinTokensTable {
+  id: string;
+  token_hash: string;
+  created_by: string;
+  expires_at: string;
+  used_at: string | null;
+  host_id: string | null;
+}
+
+export interface HostsTable {
+  id: string;
+  name: string;
+  state: string;
+  maintenance: number;
+  cpus: number;
+  memory_mib: number;
+  memory_free_mib: number;
+  address: string;
+  driver: string;
+  accelerator: string | null;
+  capabilities: string;
+  labels: string;
+  zone: string | null;
+  credential_hash: string;
+  last_heartbeat_at: string | null;
+  generation: number;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface ImagesTable {
+  id: string;
+  name: string;
+  format: 'qcow2' | 'raw' | 'kernel';
+  path: string | null;
+  kernel_path: string | null;
+  initrd_path: string | null;
+  cmdline: string | null;
+  size_mib: number;
+  os: string | null;
+  created_at: string;
+}
+
+export interface VmsTable {
+  id: string;
+  name: string;
+  cpus: number;
+  memory_mib: number;
+  max_memory_mib: number;
+  image_id: string | null;
+  disk_gib: number;
+  ha: number;
+  placement_labels: string;
+  anti_affinity: string | null;
+  nics: string;
+  desired_power: 'running' | 'stopped';
+  deleting: number;
+  host_id: string | null;
+  target_host_id: string | null;
+  phase: string;
+  message: string | null;
+  memory_actual_mib: number | null;
+  generation: number;
+  observed_generation: number;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface TasksTable {
+  id: string;
+  kind: string;
+  target_kind: string;
+  target_id: string;
+  state: 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+  progress: number;
+  message: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  result: string | null;
+  params: string | null;
+  created_by: string | null;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  updated_at: string;
+}
+
+export interface EventsTable {
+  seq: Generated<number>;
+  at: string;
+  type: string;
+  object_kind: string;
+  object_id: string;
+  message: string;
+  data: string | null;
+}
+
+export interface Database {
+  users: UsersTable;
+  api_tokens: ApiTokensTable;
+  join_tokens: JoinTokensTable;
+  hosts: HostsTable;
+  images: ImagesTable;
+  vms: VmsTable;
+  tasks: TasksTable;
+  events: EventsTable;
+}
+
+export type HostRow = Selectable<HostsTable>;
+export type VmRow = Selectable<VmsTable>;
+export type NewVm = Insertable<VmsTable>;
+export type VmUpdate = Updateable<VmsTable>;
+export type TaskRow = Selectable<TasksTable>;
+export type ImageRow = Selectable<ImagesTable>;
+export type EventRow = Selectable<EventsTable>;
+export type UserRow = Selectable<UsersTable>;

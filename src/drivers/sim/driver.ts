@@ -1,0 +1,362 @@
+// The in-memory hypervisor: a host with CPU and memory capacity whose VMs boot, balloon, crash and migrate on timers.
+import {
+  DriverError,
+  type DriverEvent,
+  type DriverVmSpec,
+  type DriverVmState,
+  type DriverVmStatus,
+  type HostFacts,
+  type HypervisorDriver,
+  type MigrationProgress,
+  type MigrationResult,
+  type MigrationTarget,
+  type StopOptions,
+} from '../types.ts';
+import { realClock, TimerSet, type SimClock } from './clock.ts';
+import { appendHistory, bootedLines, earlyBootLines, echo, rebootLines, shutdownLines } from './console.ts';
+import { migrationUri, runMigration, type MigrationContext } from './migration.ts';
+import { checkSpec, createBoot, holdsMemory, interrupt, isUp, toStatus, type SimVm } from './vm.ts';
+
+export interface SimDriverOptions {
+  hostname: string;
+  /** Address in migration URIs; defaults to the hostname. */
+  address?: string;
+  cpus?: number;
+  memoryMiB?: number;
+  /** How long a VM stays 'starting' before it runs. */
+  bootDelayMs?: number;
+  /** Link speed for live migration: a migration takes memory / this. */
+  migrateMiBPerS?: number;
+  clock?: SimClock;
+  /** Decides per spec that the boot fails, with the returned reason. */
+  failBoot?: (spec: DriverVmSpec) => string | undefined;
+  /** What the guest uses once booted; a quarter of boot memory unless told otherwise. */
+  guestUsedMiB?: (spec: DriverVmSpec) => number;
+  /** Headroom above guest use that the balloon never takes away (a real guest would panic). */
+  balloonMarginMiB?: number;
+}
+
+export interface SimDriver extends HypervisorDriver {
+  readonly kind: 'sim';
+  /** The next start() that actually boots a VM fails with BOOT_FAILED and this reason. */
+  failNextStart(reason: string): void;
+  /** The guest dies: state 'crashed', its memory is freed, waiting callers fail. */
+  crash(vmId: string, reason?: string): void;
+  /** Timers the driver still holds; 0 once close() returned. */
+  readonly pendingTimers: number;
+}
+
+const defaultGuestUsedMiB = (spec: DriverVmSpec): number => Math.max(16, Math.round(spec.memoryMiB / 4));
+
+export function createSimDriver(opts: SimDriverOptions): SimDriver {
+  return new SimHypervisor(opts);
+}
+
+class SimHypervisor implements SimDriver {
+  readonly kind = 'sim' as const;
+  private readonly vms = new Map<string, SimVm>();
+  private readonly listeners = new Set<(event: DriverEvent) => void>();
+  private readonly clock: SimClock;
+  private readonly timers: TimerSet;
+  private readonly address: string;
+  private readonly cpus: number;
+  private readonly memoryMiB: number;
+  private readonly bootDelayMs: number;
+  private readonly marginMiB: number;
+  private readonly migration: MigrationContext;
+  private nextStartFailure: string | undefined;
+  private closed = false;
+
+  constructor(private readonly opts: SimDriverOptions) {
+    this.clock = opts.clock ?? realClock;
+    this.timers = new TimerSet(this.clock);
+    this.address = opts.address ?? opts.hostname;
+    this.cpus = opts.cpus ?? 8;
+    this.memoryMiB = opts.memoryMiB ?? 16_384;
+    this.bootDelayMs = opts.bootDelayMs ?? 200;
+    this.marginMiB = opts.balloonMarginMiB ?? 32;
+    this.migration = {
+      address: this.address,
+      migrateMiBPerS: opts.migrateMiBPerS ?? 1024,
+      clock: this.clock,
+      timers: this.timers,
+      departed: (vm) => {
+        this.vms.delete(vm.spec.id);
+        this.setState(vm, 'stopped', 'migrated to another host');
+      },
+    };
+  }
+
+  get pendingTimers(): number {
+    return this.timers.size;
+  }
+
+  async facts(): Promise<HostFacts> {
+    this.checkOpen();
+    return {
+      hostname: this.opts.hostname,
+      cpus: this.cpus,
+      memoryMiB: this.memoryMiB,
+      memoryFreeMiB: this.freeMiB(),
+      driver: 'sim',
+      address: this.address,
+      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console'],
+      accelerator: 'sim',
+    };
+  }
+
+  async list(): Promise<DriverVmStatus[]> {
+    this.checkOpen();
+    return [...this.vms.values()].map((vm) => this.status_(vm));
+  }
+
+  async status(vmId: string): Promise<DriverVmStatus> {
+    return this.status_(this.get(vmId));
+  }
+
+  async start(spec: DriverVmSpec, signal?: AbortSignal): Promise<DriverVmStatus> {
+    this.checkOpen();
+    checkSpec(spec);
+    if (signal?.aborted) throw new DriverError('BOOT_FAILED', `start of ${spec.id} cancelled`);
+    const existing = this.vms.get(spec.id);
+    if (existing && isUp(existing.state)) return this.status_(existing);
+    if (existing?.state === 'starting') return this.waitForBoot(existing, signal);
+    if (existing?.state === 'incoming') throw new DriverError('VM_EXISTS', `${spec.id} is arriving by migration`);
+
+    const freeMiB = this.freeMiB();
+    if (spec.memoryMiB > freeMiB) {
+      throw new DriverError('INSUFFICIENT_MEMORY', `${spec.id} needs ${spec.memoryMiB} MiB, host has ${freeMiB} MiB free`);
+    }
+    const failure = this.nextStartFailure ?? this.opts.failBoot?.(spec);
+    this.nextStartFailure = undefined;
+    const vm: SimVm = {
+      spec,
+      state: 'starting',
+      actualMiB: spec.memoryMiB,
+      usedMiB: (this.opts.guestUsedMiB ?? defaultGuestUsedMiB)(spec),
+      console: existing?.console ?? '',
+    };
+    this.vms.set(spec.id, vm);
+    vm.boot = createBoot(this.timers.after(this.bootDelayMs, () => this.finishBoot(vm, failure)));
+    this.setState(vm, 'starting');
+    this.print(vm, earlyBootLines(spec));
+    return this.waitForBoot(vm, signal);
+  }
+
+  async stop(vmId: string, opts: StopOptions = {}): Promise<void> {
+    const vm = this.get(vmId);
+    if (vm.state === 'stopped' || vm.state === 'crashed') return;
+    if (vm.state === 'incoming') throw new DriverError('VM_NOT_RUNNING', `${vmId} has not arrived yet; abort the incoming migration`);
+    interrupt(vm, 'stopped');
+    if (isUp(vm.state)) this.print(vm, shutdownLines(opts.force ?? false));
+    this.setState(vm, 'stopped');
+  }
+
+  async reboot(vmId: string): Promise<void> {
+    const vm = this.get(vmId);
+    if (!isUp(vm.state)) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    // Like QEMU's system_reset: the guest starts over but the VM never leaves the running state.
+    vm.startedAt = this.clock.now();
+    this.print(vm, rebootLines() + earlyBootLines(vm.spec) + bootedLines(vm.spec));
+  }
+
+  async delete(vmId: string): Promise<void> {
+    this.checkOpen();
+    const vm = this.vms.get(vmId);
+    if (!vm) return;
+    interrupt(vm, 'deleted');
+    this.vms.delete(vmId);
+    if (vm.state !== 'stopped') this.setState(vm, 'stopped', 'deleted');
+  }
+
+  async setMemory(vmId: string, targetMiB: number): Promise<DriverVmStatus> {
+    const vm = this.get(vmId);
+    if (!isUp(vm.state)) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    if (!Number.isFinite(targetMiB) || targetMiB > vm.spec.maxMemoryMiB) {
+      throw new DriverError('UNSUPPORTED', `${vmId}: ${targetMiB} MiB is above its maxMemoryMiB ${vm.spec.maxMemoryMiB}`);
+    }
+    const floorMiB = vm.usedMiB + this.marginMiB;
+    if (targetMiB < floorMiB) {
+      throw new DriverError('INSUFFICIENT_MEMORY', `${vmId} uses ${vm.usedMiB} MiB; refusing to go below ${floorMiB} MiB`);
+    }
+    const growMiB = targetMiB - vm.actualMiB;
+    const freeMiB = this.freeMiB();
+    if (growMiB > freeMiB) {
+      throw new DriverError('INSUFFICIENT_MEMORY', `${vmId} would grow by ${growMiB} MiB, host has ${freeMiB} MiB free`);
+    }
+    vm.actualMiB = targetMiB;
+    this.emitState(vm);
+    return this.status_(vm);
+  }
+
+  async prepareIncoming(spec: DriverVmSpec): Promise<MigrationTarget> {
+    this.checkOpen();
+    checkSpec(spec);
+    const existing = this.vms.get(spec.id);
+    if (existing?.state === 'incoming') return { uri: migrationUri(this.address, spec.id) };
+    if (existing && holdsMemory(existing.state)) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
+    const freeMiB = this.freeMiB();
+    if (spec.memoryMiB > freeMiB) {
+      throw new DriverError('INSUFFICIENT_MEMORY', `${spec.id} needs ${spec.memoryMiB} MiB, host has ${freeMiB} MiB free`);
+    }
+    const vm: SimVm = {
+      spec,
+      state: 'incoming',
+      actualMiB: spec.memoryMiB,
+      usedMiB: (this.opts.guestUsedMiB ?? defaultGuestUsedMiB)(spec),
+      console: existing?.console ?? '',
+    };
+    this.vms.set(spec.id, vm);
+    this.setState(vm, 'incoming');
+    return { uri: migrationUri(this.address, spec.id) };
+  }
+
+  async migrate(
+    vmId: string,
+    target: MigrationTarget,
+    onProgress?: (p: MigrationProgress) => void,
+    signal?: AbortSignal,
+  ): Promise<MigrationResult> {
+    const vm = this.get(vmId);
+    if (!isUp(vm.state)) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    return runMigration(this.migration, vm, target, onProgress, signal);
+  }
+
+  async completeIncoming(vmId: string): Promise<DriverVmStatus> {
+    // Sim hosts cannot see each other, so the control plane's word that the source finished is taken as arrival.
+    const vm = this.get(vmId);
+    if (isUp(vm.state)) return this.status_(vm);
+    if (vm.state !== 'incoming') throw new DriverError('MIGRATION_FAILED', `${vmId} is ${vm.state}, not incoming`);
+    vm.startedAt = this.clock.now();
+    this.setState(vm, 'running');
+    this.print(vm, `\r\n[migrated in from another host]\r\n${vm.spec.name} login: `);
+    return this.status_(vm);
+  }
+
+  async abortIncoming(vmId: string): Promise<void> {
+    this.checkOpen();
+    const vm = this.vms.get(vmId);
+    if (!vm) return;
+    if (vm.state !== 'incoming') throw new DriverError('VM_EXISTS', `${vmId} is ${vm.state}, not an incoming migration`);
+    this.vms.delete(vmId);
+    this.setState(vm, 'stopped', 'incoming migration aborted');
+  }
+
+  subscribe(listener: (event: DriverEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  async consoleWrite(vmId: string, data: string): Promise<void> {
+    const vm = this.get(vmId);
+    if (!isUp(vm.state)) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    this.print(vm, echo(data));
+  }
+
+  async consoleHistory(vmId: string): Promise<string> {
+    return this.get(vmId).console;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // x
+    // y
+    this.listeners.clear();
+  }
+
+  failNextStart(reason: string): void {
+    this.nextStartFailure = reason;
+  }
+
+  crash(vmId: string, reason = 'guest crashed'): void {
+    const vm = this.get(vmId);
+    if (!holdsMemory(vm.state) || vm.state === 'incoming') throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    interrupt(vm, reason);
+    this.print(vm, `\r\nKernel panic - not syncing: ${reason}\r\n`);
+    this.setState(vm, 'crashed', reason);
+  }
+
+  private finishBoot(vm: SimVm, failure: string | undefined): void {
+    const boot = vm.boot;
+    vm.boot = undefined;
+    if (failure !== undefined) {
+      this.print(vm, `Kernel panic - not syncing: ${failure}\r\n`);
+      this.setState(vm, 'stopped', failure);
+      boot?.reject(new DriverError('BOOT_FAILED', `${vm.spec.id}: ${failure}`));
+      return;
+    }
+    vm.startedAt = this.clock.now();
+    this.setState(vm, 'running');
+    this.print(vm, bootedLines(vm.spec));
+    boot?.resolve();
+  }
+
+  private async waitForBoot(vm: SimVm, signal?: AbortSignal): Promise<DriverVmStatus> {
+    const boot = vm.boot;
+    if (!boot) return this.status_(vm);
+    // Aborting a start means the caller no longer wants the VM up: the boot stops for every waiter.
+    const onAbort = (): void => {
+      if (vm.boot !== boot) return;
+      interrupt(vm, 'start cancelled');
+      this.setState(vm, 'stopped', 'start cancelled');
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await boot.promise;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    return this.status_(vm);
+  }
+
+  private freeMiB(): number {
+    let usedMiB = 0;
+    for (const vm of this.vms.values()) if (holdsMemory(vm.state)) usedMiB += vm.actualMiB;
+    return this.memoryMiB - usedMiB;
+  }
+
+  private get(vmId: string): SimVm {
+    this.checkOpen();
+    const vm = this.vms.get(vmId);
+    if (!vm) throw new DriverError('VM_NOT_FOUND', `no VM ${vmId} on ${this.opts.hostname}`);
+    return vm;
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new DriverError('INTERNAL', `sim driver of ${this.opts.hostname} is closed`);
+  }
+
+  private status_(vm: SimVm): DriverVmStatus {
+    return toStatus(vm, this.clock.now());
+  }
+
+  private setState(vm: SimVm, state: DriverVmState, reason?: string): void {
+    vm.state = state;
+    vm.reason = reason;
+    if (!isUp(state) && state !== 'starting') vm.startedAt = undefined;
+    this.emitState(vm);
+  }
+
+  private emitState(vm: SimVm): void {
+    this.emit({ type: 'vm-state', vm: this.status_(vm) });
+  }
+
+  private print(vm: SimVm, data: string): void {
+    if (data === '') return;
+    vm.console = appendHistory(vm.console, data);
+    this.emit({ type: 'console', vmId: vm.spec.id, data });
+  }
+
+  private emit(event: DriverEvent): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(event);
+      } catch {
+        // One broken subscriber must not stop the VM lifecycle or starve the others.
+      }
+    }
+  }
+}

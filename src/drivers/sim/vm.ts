@@ -1,0 +1,85 @@
+// One simulated VM: its record, how it reports itself, and the pending boot a start() waits on.
+import { DriverError, type DriverVmSpec, type DriverVmState, type DriverVmStatus } from '../types.ts';
+
+/** A boot in progress; every start() of the same VM waits on the same one. */
+export interface PendingBoot {
+  promise: Promise<void>;
+  resolve(): void;
+  reject(err: DriverError): void;
+  cancelTimer(): void;
+}
+
+export interface SimVm {
+  spec: DriverVmSpec;
+  state: DriverVmState;
+  /** Memory the guest has now (balloon and virtio-mem applied); what the host has set aside for it. */
+  actualMiB: number;
+  /** What the simulated guest needs; the balloon never goes below this plus the margin. */
+  usedMiB: number;
+  startedAt?: number;
+  reason?: string;
+  console: string;
+  boot?: PendingBoot;
+  migration?: { cancel(err: DriverError): void };
+}
+
+/** States in which the VM holds host memory; an incoming VM holds it so the migration cannot be outbid. */
+export function holdsMemory(state: DriverVmState): boolean {
+  return state === 'starting' || state === 'running' || state === 'paused' || state === 'incoming';
+}
+
+export function isUp(state: DriverVmState): boolean {
+  return state === 'running' || state === 'paused';
+}
+
+export function toStatus(vm: SimVm, nowMs: number): DriverVmStatus {
+  const status: DriverVmStatus = {
+    id: vm.spec.id,
+    name: vm.spec.name,
+    state: vm.state,
+    cpus: vm.spec.cpus,
+    memoryMiB: vm.spec.memoryMiB,
+    memoryActualMiB: holdsMemory(vm.state) ? vm.actualMiB : 0,
+  };
+  // The balloon driver only reports once the guest kernel runs.
+  if (isUp(vm.state)) status.memoryUsedMiB = vm.usedMiB;
+  if (isUp(vm.state) && vm.startedAt !== undefined) status.uptimeS = Math.max(0, (nowMs - vm.startedAt) / 1000);
+  if (vm.reason !== undefined) status.reason = vm.reason;
+  return status;
+}
+
+export function createBoot(cancelTimer: () => void): PendingBoot {
+  let resolve!: () => void;
+  let reject!: (err: DriverError) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // A boot can fail after its only waiter gave up; that must not surface as an unhandled rejection.
+  promise.catch(() => undefined);
+  return { promise, resolve, reject, cancelTimer };
+}
+
+/** Ends whatever the VM was doing in the background, failing the callers that wait on it. */
+export function interrupt(vm: SimVm, why: string): void {
+  if (vm.boot) {
+    const boot = vm.boot;
+    vm.boot = undefined;
+    boot.cancelTimer();
+    boot.reject(new DriverError('BOOT_FAILED', `${vm.spec.id}: ${why}`));
+  }
+  if (vm.migration) {
+    const migration = vm.migration;
+    vm.migration = undefined;
+    migration.cancel(new DriverError('MIGRATION_FAILED', `${vm.spec.id}: ${why}`));
+  }
+}
+
+export function checkSpec(spec: DriverVmSpec): void {
+  const problems: string[] = [];
+  if (!spec.id) problems.push('id is empty');
+  if (!Number.isInteger(spec.cpus) || spec.cpus < 1) problems.push('cpus must be a positive integer');
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 1) problems.push('memoryMiB must be a positive integer');
+  if (!(spec.maxMemoryMiB >= spec.memoryMiB)) problems.push('maxMemoryMiB must be at least memoryMiB');
+  if (problems.length > 0) throw new DriverError('BOOT_FAILED', `invalid VM spec ${spec.id}: ${problems.join(', ')}`);
+}

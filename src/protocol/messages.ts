@@ -1,0 +1,161 @@
+// Messages between Cloud Control and Node Control over the agent WebSocket: TypeBox schemas used by both
+// ends, so a malformed or unknown message is refused where it arrives.
+import { type Static, Type } from 'typebox';
+import { Compile } from 'typebox/compile';
+
+const Strict = { additionalProperties: false } as const;
+const Id = Type.String({ minLength: 1, maxLength: 128 });
+const MiB = Type.Integer({ minimum: 0 });
+
+
+export const VmStatusSchema = Type.Object(
+  {
+    id: Id,
+    name: Type.String(),
+    state: Type.Union([
+      Type.Literal('starting'), Type.Literal('running'), Type.Literal('paused'),
+      Type.Literal('stopped'), Type.Literal('crashed'), Type.Literal('incoming'),
+    ]),
+    cpus: Type.Integer({ minimum: 1 }),
+    memoryMiB: MiB,
+    memoryActualMiB: MiB,
+    memoryUsedMiB: Type.Optional(MiB),
+    uptimeS: Type.Optional(Type.Number({ minimum: 0 })),
+    reason: Type.Optional(Type.String()),
+  },
+  Strict,
+);
+
+export const HostFactsSchema = Type.Object(
+  {
+    hostname: Type.String({ minLength: 1, maxLength: 253 }),
+    cpus: Type.Integer({ minimum: 1 }),
+    memoryMiB: MiB,
+    memoryFreeMiB: MiB,
+    driver: Type.Union([Type.Literal('sim'), Type.Literal('qemu')]),
+    address: Type.String({ maxLength: 255 }),
+    capabilities: Type.Array(Type.String({ maxLength: 64 }), { maxItems: 32 }),
+    accelerator: Type.Optional(Type.Union([Type.Literal('kvm'), Type.Literal('tcg'), Type.Literal('sim')])),
+  },
+  Strict,
+);
+
+const DiskSpecSchema = Type.Object(
+  {
+    path: Type.String({ minLength: 1 }),
+    format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]),
+    backingPath: Type.Optional(Type.String()),
+    backingFormat: Type.Optional(Type.Union([Type.Literal('qcow2'), Type.Literal('raw')])),
+    sizeMiB: Type.Optional(MiB),
+  },
+  Strict,
+);
+
+export const VmSpecSchema = Type.Object(
+  {
+    id: Id,
+    name: Type.String({ minLength: 1 }),
+    cpus: Type.Integer({ minimum: 1 }),
+    memoryMiB: Type.Integer({ minimum: 1 }),
+    maxMemoryMiB: Type.Integer({ minimum: 1 }),
+    boot: Type.Union([
+      Type.Object({ kind: Type.Literal('disk') }, Strict),
+      Type.Object(
+        { kind: Type.Literal('kernel'), kernelPath: Type.String(), initrdPath: Type.String(), cmdline: Type.Optional(Type.String()) },
+        Strict,
+      ),
+      Type.Object({ kind: Type.Literal('none') }, Strict),
+    ]),
+    disks: Type.Array(DiskSpecSchema, { maxItems: 16 }),
+    nics: Type.Array(
+      Type.Object(
+        {
+          mode: Type.Union([Type.Literal('user'), Type.Literal('bridge')]),
+          bridge: Type.Optional(Type.String()),
+          mac: Type.String({ pattern: '^([0-9a-f]{2}:){5}[0-9a-f]{2}$' }),
+        },
+        Strict,
+      ),
+      { maxItems: 8 },
+    ),
+  },
+  Strict,
+);
+
+export const CommandSchema = Type.Union([
+  Type.Object({ op: Type.Literal('start'), spec: VmSpecSchema }, Strict),
+  Type.Object(
+    { op: Type.Literal('stop'), vmId: Id, force: Type.Optional(Type.Boolean()), timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })) },
+    Strict,
+  ),
+  Type.Object({ op: Type.Literal('reboot'), vmId: Id }, Strict),
+  Type.Object({ op: Type.Literal('delete'), vmId: Id }, Strict),
+  Type.Object({ op: Type.Literal('setMemory'), vmId: Id, targetMiB: Type.Integer({ minimum: 1 }) }, Strict),
+  Type.Object({ op: Type.Literal('prepareIncoming'), spec: VmSpecSchema }, Strict),
+  Type.Object({ op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }) }, Strict),
+  Type.Object({ op: Type.Literal('completeIncoming'), vmId: Id, timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })) }, Strict),
+  Type.Object({ op: Type.Literal('abortIncoming'), vmId: Id }, Strict),
+  Type.Object({ op: Type.Literal('cancel'), commandId: Id }, Strict),
+  Type.Object({ op: Type.Literal('consoleWrite'), vmId: Id, data: Type.String({ maxLength: 4096 }) }, Strict),
+  Type.Object({ op: Type.Literal('consoleHistory'), vmId: Id }, Strict),
+]);
+
+export const AgentMessageSchema = Type.Union([
+  Type.Object({ type: Type.Literal('hello'), facts: HostFactsSchema, vms: Type.Array(VmStatusSchema), agentVersion: Type.String() }, Strict),
+  Type.Object({ type: Type.Literal('heartbeat'), seq: Type.Integer({ minimum: 0 }), memoryFreeMiB: MiB }, Strict),
+  Type.Object({ type: Type.Literal('vms'), full: Type.Boolean(), vms: Type.Array(VmStatusSchema) }, Strict),
+  Type.Object({ type: Type.Literal('result'), id: Id, ok: Type.Literal(true), value: Type.Optional(Type.Unknown()) }, Strict),
+  Type.Object(
+    {
+      type: Type.Literal('result'),
+      id: Id,
+      ok: Type.Literal(false),
+      error: Type.Object({ code: Type.String(), message: Type.String() }, Strict),
+    },
+    Strict,
+  ),
+  Type.Object({ type: Type.Literal('progress'), id: Id, fraction: Type.Number({ minimum: 0, maximum: 1 }), message: Type.Optional(Type.String()) }, Strict),
+  Type.Object({ type: Type.Literal('console'), vmId: Id, data: Type.String() }, Strict),
+]);
+
+export const ControlMessageSchema = Type.Union([
+  Type.Object({ type: Type.Literal('welcome'), hostId: Id, heartbeatIntervalMs: Type.Integer({ minimum: 10 }) }, Strict),
+  Type.Object({ type: Type.Literal('command'), id: Id, command: CommandSchema }, Strict),
+]);
+
+export type VmStatusMsg = Static<typeof VmStatusSchema>;
+export type HostFactsMsg = Static<typeof HostFactsSchema>;
+export type VmSpecMsg = Static<typeof VmSpecSchema>;
+export type Command = Static<typeof CommandSchema>;
+export type AgentMessage = Static<typeof AgentMessageSchema>;
+export type ControlMessage = Static<typeof ControlMessageSchema>;
+
+const agentCheck = Compile(AgentMessageSchema);
+const controlCheck = Compile(ControlMessageSchema);
+
+export type Parsed<T> = { ok: true; message: T } | { ok: false; error: string };
+
+function parse<T>(raw: string, check: { Check(v: unknown): boolean; Errors(v: unknown): Iterable<{ instancePath: string; message: string }> }): Parsed<T> {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    return { ok: false, error: 'message is not JSON' };
+  }
+  if (check.Check(value)) return { ok: true, message: value as T };
+  const first = [...check.Errors(value)][0];
+  const type = typeof value === 'object' && value && 'type' in value ? String((value as { type: unknown }).type) : '?';
+  return { ok: false, error: `invalid ${type} message${first ? `: ${first.instancePath || '/'} ${first.message}` : ''}` };
+}
+
+export const parseAgentMessage = (raw: string) => parse<AgentMessage>(raw, agentCheck);
+export const parseControlMessage = (raw: string) => parse<ControlMessage>(raw, controlCheck);
+
+/** The agent HTTP join call: a join token buys a host credential. */
+export const JoinRequestSchema = Type.Object(
+  { joinToken: Type.String({ minLength: 1, maxLength: 256 }), name: Type.String({ minLength: 1, maxLength: 63, pattern: '^[a-zA-Z0-9][a-zA-Z0-9._-]*$' }), facts: HostFactsSchema },
+  Strict,
+);
+export const JoinResponseSchema = Type.Object({ hostId: Id, credential: Type.String() }, Strict);
+export type JoinRequest = Static<typeof JoinRequestSchema>;
+export type JoinResponse = Static<typeof JoinResponseSchema>;
