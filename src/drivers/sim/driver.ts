@@ -262,8 +262,8 @@ class SimHypervisor implements SimDriver {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    // x
-    // y
+    for (const vm of this.vms.values()) interrupt(vm, 'driver closed');
+    this.timers.cancelAll();
     this.listeners.clear();
   }
 
