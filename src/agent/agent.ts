@@ -1,0 +1,196 @@
+// Node Control: joins control once, then keeps one WebSocket to it: facts and heartbeats out, commands in,
+// and a report of every VM whenever one changes. It reconnects with backoff and re-reports everything.
+import { hostname } from 'node:os';
+import WebSocket from 'ws';
+import type { HypervisorDriver } from '../drivers/types.ts';
+import type { Logger } from '../lib/logger.ts';
+import {
+  type AgentMessage,
+  type JoinResponse,
+  JoinResponseSchema,
+  type VmStatusMsg,
+  parseControlMessage,
+} from '../protocol/messages.ts';
+import { Compile } from 'typebox/compile';
+import { type AgentCredentials, loadCredentials, saveCredentials } from './credentials.ts';
+import { errorOf, execute } from './executor.ts';
+
+export interface AgentOptions {
+  control: string;
+  joinToken?: string;
+  driver: HypervisorDriver;
+  dataDir: string;
+  name?: string;
+  log: Logger;
+  /** Full VM list every this many heartbeats, so a lost delta heals itself. */
+  fullReportEvery?: number;
+  maxBackoffMs?: number;
+}
+
+const checkJoin = Compile(JoinResponseSchema);
+const VERSION = '0.1.0';
+
+export class Agent {
+  private socket: WebSocket | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
+  private reconnect: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private attempts = 0;
+  private seq = 0;
+  private readonly inflight = new Map<string, AbortController>();
+  private unsubscribe: (() => void) | null = null;
+  creds: AgentCredentials | undefined;
+  connected = false;
+
+  constructor(private readonly opts: AgentOptions) {}
+
+  get hostId(): string | undefined {
+    return this.creds?.hostId;
+  }
+
+  async start(): Promise<void> {
+    this.creds = loadCredentials(this.opts.dataDir);
+    if (!this.creds) this.creds = await this.join();
+    this.unsubscribe = this.opts.driver.subscribe((e) => {
+      if (e.type === 'vm-state') this.send({ type: 'vms', full: false, vms: [toMsg(e.vm)] });
+    });
+    this.connect();
+  }
+
+  private async join(): Promise<AgentCredentials> {
+    if (!this.opts.joinToken) throw new Error(`no credentials in ${this.opts.dataDir} and no --join-token given`);
+    const facts = await this.opts.driver.facts();
+    const name = this.opts.name ?? hostname();
+    const res = await fetch(new URL('/api/v1/agent/join', this.opts.control), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ joinToken: this.opts.joinToken, name, facts }),
+    });
+    const body: unknown = await res.json().catch(() => undefined);
+    if (res.status !== 201 || !checkJoin.Check(body)) {
+      const message = (body as { error?: { message?: string } } | undefined)?.error?.message ?? `HTTP ${res.status}`;
+      throw new Error(`joining ${this.opts.control} failed: ${message}`);
+    }
+    const joined = body as JoinResponse;
+    const creds = { hostId: joined.hostId, credential: joined.credential, control: this.opts.control };
+    saveCredentials(this.opts.dataDir, creds);
+    this.opts.log.info({ hostId: joined.hostId, name }, 'joined control');
+    return creds;
+  }
+
+  private connect(): void {
+    if (this.stopped || !this.creds) return;
+    const url = new URL('/api/v1/agent/connect', this.opts.control.replace(/^http/, 'ws'));
+    const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.creds.credential}` }, maxPayload: 1024 * 1024 });
+    this.socket = socket;
+    socket.on('open', () => {
+      this.attempts = 0;
+      void this.hello();
+    });
+    socket.on('message', (data) => void this.onMessage(data.toString()));
+    socket.on('unexpected-response', (_req, res) => {
+      this.opts.log.error({ status: res.statusCode }, 'control refused the connection');
+      socket.terminate();
+    });
+    socket.on('close', () => {
+      if (this.socket !== socket) return;
+      this.connected = false;
+      this.socket = null;
+      if (this.heartbeat) clearInterval(this.heartbeat);
+      this.heartbeat = null;
+      this.scheduleReconnect();
+    });
+    socket.on('error', (err) => this.opts.log.warn({ err: err.message }, 'connection to control failed'));
+  }
+
+  private scheduleReconnect(): void {
+    if (this.stopped) return;
+    const delay = Math.min(100 * 2 ** this.attempts++, this.opts.maxBackoffMs ?? 5000) * (0.5 + Math.random() / 2);
+    this.reconnect = setTimeout(() => this.connect(), delay);
+  }
+
+  private async hello(): Promise<void> {
+    const [facts, vms] = await Promise.all([this.opts.driver.facts(), this.opts.driver.list()]);
+    this.send({ type: 'hello', facts, vms: vms.map(toMsg), agentVersion: VERSION });
+    this.connected = true;
+  }
+
+  private async onMessage(raw: string): Promise<void> {
+    const parsed = parseControlMessage(raw);
+    if (!parsed.ok) {
+      this.opts.log.warn({ error: parsed.error }, 'refused a message from control');
+      return;
+    }
+    const msg = parsed.message;
+    if (msg.type === 'welcome') {
+      if (this.heartbeat) clearInterval(this.heartbeat);
+      this.heartbeat = setInterval(() => void this.beat(), msg.heartbeatIntervalMs);
+      return;
+    }
+    const { id, command } = msg;
+    if (command.op === 'cancel') {
+      this.inflight.get(command.commandId)?.abort();
+      this.send({ type: 'result', id, ok: true });
+      return;
+    }
+    const abort = new AbortController();
+    this.inflight.set(id, abort);
+    try {
+      const value = await execute(command, {
+        driver: this.opts.driver,
+        signal: abort.signal,
+        progress: (fraction, message) => this.send({ type: 'progress', id, fraction, ...(message ? { message } : {}) }),
+      });
+      this.send({ type: 'result', id, ok: true, ...(value === undefined ? {} : { value }) });
+    } catch (err) {
+      this.opts.log.warn({ op: command.op, err: errorOf(err) }, 'command failed');
+      this.send({ type: 'result', id, ok: false, error: errorOf(err) });
+    } finally {
+      this.inflight.delete(id);
+    }
+  }
+
+  private async beat(): Promise<void> {
+    try {
+      const facts = await this.opts.driver.facts();
+      this.send({ type: 'heartbeat', seq: this.seq++, memoryFreeMiB: facts.memoryFreeMiB });
+      if (this.seq % (this.opts.fullReportEvery ?? 10) === 0) {
+        this.send({ type: 'vms', full: true, vms: (await this.opts.driver.list()).map(toMsg) });
+      }
+    } catch (err) {
+      this.opts.log.warn({ err }, 'heartbeat failed');
+    }
+  }
+
+  private send(msg: AgentMessage): void {
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(msg));
+  }
+
+  /** Stops talking to control; the driver and its VMs are the caller's to close. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.unsubscribe?.();
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.reconnect) clearTimeout(this.reconnect);
+    for (const a of this.inflight.values()) a.abort();
+    const socket = this.socket;
+    this.socket = null;
+    if (socket && socket.readyState !== WebSocket.CLOSED) {
+      await new Promise<void>((resolve) => {
+        socket.once('close', () => resolve());
+        socket.close();
+        setTimeout(() => { socket.terminate(); resolve(); }, 1000).unref();
+      });
+    }
+  }
+}
+
+/** Only the fields the protocol carries (drivers may keep more). */
+function toMsg(vm: VmStatusMsg): VmStatusMsg {
+  return {
+    id: vm.id, name: vm.name, state: vm.state, cpus: vm.cpus, memoryMiB: vm.memoryMiB, memoryActualMiB: vm.memoryActualMiB,
+    ...(vm.memoryUsedMiB !== undefined ? { memoryUsedMiB: vm.memoryUsedMiB } : {}),
+    ...(vm.uptimeS !== undefined ? { uptimeS: vm.uptimeS } : {}),
+    ...(vm.reason !== undefined ? { reason: vm.reason } : {}),
+  };
+}

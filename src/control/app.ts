@@ -1,0 +1,164 @@
+// Cloud Control assembled from its parts: store, services, reconcilers and the HTTP API. No module-level
+// state: every instance is independent (tests run several in one process).
+import { join } from 'node:path';
+import { type Logger, createLogger } from '../lib/logger.ts';
+import type { VmSpecMsg } from '../protocol/messages.ts';
+import { agentGateway } from './features/agents/gateway.ts';
+import { authRoutes } from './features/auth/routes.ts';
+import { createAuthService } from './features/auth/service.ts';
+import { eventRoutes } from './features/events/routes.ts';
+import { createEventService } from './features/events/service.ts';
+import { HostRegistry } from './features/hosts/registry.ts';
+import { hostRoutes } from './features/hosts/routes.ts';
+import { createHostService } from './features/hosts/service.ts';
+import { imageRoutes } from './features/images/routes.ts';
+import { type ImageInspector, createImageService } from './features/images/service.ts';
+import { taskRoutes } from './features/tasks/routes.ts';
+import { createTaskService } from './features/tasks/service.ts';
+import { vmRoutes } from './features/vms/routes.ts';
+import { createVmService } from './features/vms/service.ts';
+import { createHttpServer } from './http/server.ts';
+import { createMetrics } from './metrics.ts';
+import { createVmController } from './reconcile/vm-controller.ts';
+import { resumeTasks } from './reconcile/resume.ts';
+import { CapacityIndex, type PlacementPolicy } from './scheduler/capacity-index.ts';
+import { openStore } from './store/db.ts';
+import type { VmRow } from './store/schema.ts';
+
+export interface ControlConfig {
+  /** sqlite:PATH, sqlite::memory: or postgres://… */
+  db: string;
+  adminPassword?: string;
+  heartbeatIntervalMs?: number;
+  memoryOvercommit?: number;
+  policy?: PlacementPolicy;
+  /** Where VM disks are created: a path every host sees (the shared pool). */
+  poolDir?: string;
+  resyncIntervalMs?: number;
+  log?: Logger;
+  inspectImage?: ImageInspector;
+}
+
+export type Control = Awaited<ReturnType<typeof createControl>>;
+
+export async function createControl(config: ControlConfig) {
+  const log = config.log ?? createLogger('control');
+  const heartbeatIntervalMs = config.heartbeatIntervalMs ?? 1000;
+  const store = await openStore(config.db);
+  const { db } = store;
+  const metrics = createMetrics();
+  const events = createEventService({ db });
+  const tasks = createTaskService({ db, events });
+  const auth = createAuthService({ db });
+  const images = createImageService({ db, events, inspect: config.inspectImage });
+  const capacity = new CapacityIndex({ memoryOvercommit: config.memoryOvercommit ?? 1.0 });
+  const registry = new HostRegistry({ db, events, capacity, log, heartbeatIntervalMs });
+  const poolDir = config.poolDir ?? join(process.cwd(), 'data', 'pool');
+
+  async function buildSpec(vm: VmRow): Promise<VmSpecMsg> {
+    const image = vm.image_id ? await images.find(vm.image_id) : undefined;
+    const boot: VmSpecMsg['boot'] =
+      image?.format === 'kernel'
+        ? { kind: 'kernel', kernelPath: image.kernel_path!, initrdPath: image.initrd_path!, ...(image.cmdline ? { cmdline: image.cmdline } : {}) }
+        : image
+          ? { kind: 'disk' }
+          : { kind: 'none' };
+    const disks: VmSpecMsg['disks'] =
+      image && image.format !== 'kernel'
+        ? [{ path: join(poolDir, 'vms', vm.id, 'disk0.qcow2'), format: 'qcow2', backingPath: image.path!, backingFormat: image.format, sizeMiB: vm.disk_gib * 1024 }]
+        : [];
+    return {
+      id: vm.id,
+      name: vm.name,
+      cpus: vm.cpus,
+      memoryMiB: vm.memory_mib,
+      maxMemoryMiB: vm.max_memory_mib,
+      boot,
+      disks,
+      nics: JSON.parse(vm.nics) as VmSpecMsg['nics'],
+    };
+  }
+
+  const controller = createVmController({
+    db, tasks, events, registry, capacity, log, buildSpec,
+    policy: config.policy,
+    onError: () => metrics.reconcileErrors.inc({ controller: 'vms' }),
+  });
+  const vms = createVmService({ db, tasks, events, images, capacity, registry, controller });
+  const hosts = createHostService({
+    db, registry, capacity, events, tasks,
+    migrateVm: (id, by) => vms.migrate(id, undefined, by),
+    stopVm: (id, by) => vms.stop(id, false, by),
+  });
+
+  registry.onVmsReported((_hostId, vmIds) => vmIds.forEach((id) => controller.enqueue(id)));
+  registry.onHostState(async (hostId) => {
+    for (const r of await db.selectFrom('vms').select('id').where((eb) => eb.or([eb('host_id', '=', hostId), eb('target_host_id', '=', hostId)])).execute()) {
+      controller.enqueue(r.id);
+    }
+  });
+
+  metrics.gauge('awan_hosts', 'Hosts by state', ['state'], (g) => {
+    g.reset();
+    for (const h of hosts.list()) g.inc({ state: h.state });
+  });
+  metrics.gauge('awan_heartbeat_lag_seconds', 'Longest time since a connected host last beat', [], (g) => {
+    const now = Date.now();
+    let lag = 0;
+    for (const h of registry.all()) if (h.connection && h.lastHeartbeatMs) lag = Math.max(lag, now - h.lastHeartbeatMs);
+    g.set(lag / 1000);
+  });
+  metrics.gauge('awan_reconcile_queue_depth', 'Keys waiting in a reconcile queue', ['controller'], (g) => g.set({ controller: 'vms' }, controller.queue.depth));
+  const vmsByPhase = metrics.gauge('awan_vms', 'VMs by phase', ['phase'], () => undefined);
+
+  const app = await createHttpServer({ log, auth, metrics });
+  app.get('/healthz', { schema: { hide: true } }, () => ({ status: 'ok' }));
+  app.get('/readyz', { schema: { hide: true } }, async (_req, reply) => {
+    try {
+      await db.selectFrom('awan_migrations' as never).select('version' as never).limit(1).execute();
+      return { status: 'ready' };
+    } catch {
+      return reply.code(503).send({ error: { code: 'UNAVAILABLE', message: 'the database does not answer' } });
+    }
+  });
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+    vmsByPhase.reset();
+    const rows = await db.selectFrom('vms').select(['phase', db.fn.countAll<number>().as('n')]).groupBy('phase').execute();
+    for (const r of rows) vmsByPhase.set({ phase: r.phase }, Number(r.n));
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+  authRoutes(app, auth);
+  hostRoutes(app, hosts);
+  vmRoutes(app, vms);
+  imageRoutes(app, images);
+  taskRoutes(app, tasks);
+  eventRoutes(app, events);
+  agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs });
+
+  let resync: NodeJS.Timeout | null = null;
+
+  return {
+    app, store, db, log, auth, events, tasks, images, vms, hosts, registry, capacity, controller, metrics,
+    /** Loads state, resumes unfinished work and starts the control loops. */
+    async start(): Promise<{ generatedAdminPassword?: string }> {
+      const admin = await auth.ensureAdmin(config.adminPassword);
+      await registry.load();
+      for (const vm of await db.selectFrom('vms').selectAll().where('host_id', 'is not', null).execute()) {
+        capacity.assign(vm.id, vm.host_id!, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+      }
+      registry.start();
+      await resumeTasks({ db, tasks, controller, log });
+      await controller.resyncAll();
+      resync = setInterval(() => void controller.resyncAll(), config.resyncIntervalMs ?? 30_000);
+      resync.unref();
+      return { generatedAdminPassword: admin.generatedPassword };
+    },
+    async close(): Promise<void> {
+      if (resync) clearInterval(resync);
+      controller.stop();
+      registry.stop();
+      await app.close();
+      await store.close();
+    },
+  };
+}

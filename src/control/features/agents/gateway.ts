@@ -1,0 +1,57 @@
+// The agents' entry: the HTTP join call and the WebSocket every agent keeps open to control.
+import type { Logger } from '../../../lib/logger.ts';
+import { JoinRequestSchema, JoinResponseSchema, parseAgentMessage } from '../../../protocol/messages.ts';
+import { AppError } from '../../errors.ts';
+import type { App } from '../../http/types.ts';
+import type { Metrics } from '../../metrics.ts';
+import type { HostRegistry } from '../hosts/registry.ts';
+import type { HostService } from '../hosts/service.ts';
+
+export interface GatewayDeps {
+  hosts: HostService;
+  registry: HostRegistry;
+  log: Logger;
+  metrics: Metrics;
+  heartbeatIntervalMs: number;
+}
+
+export function agentGateway(app: App, deps: GatewayDeps): void {
+  const { hosts, registry, log } = deps;
+
+  app.post('/api/v1/agent/join', {
+    config: { public: true },
+    schema: { tags: ['agent'], security: [], body: JoinRequestSchema, response: { 201: JoinResponseSchema } },
+  }, async (req, reply) => reply.code(201).send(await hosts.join(req.body)));
+
+  app.get('/api/v1/agent/connect', {
+    config: { public: true },
+    websocket: true,
+    preValidation: async (req) => {
+      const header = req.headers.authorization ?? '';
+      const credential = header.startsWith('Bearer ') ? header.slice(7) : '';
+      const hostId = credential ? await hosts.authenticateAgent(credential) : undefined;
+      if (!hostId) throw new AppError('UNAUTHORIZED', 'the host credential is not valid');
+      (req as { agentHostId?: string }).agentHostId = hostId;
+    },
+    schema: { hide: true },
+  }, (socket, req) => {
+    const hostId = (req as { agentHostId?: string }).agentHostId!;
+    const conn = registry.attach(hostId, socket);
+    const hostLog = log.child({ hostId });
+    conn.send({ type: 'welcome', hostId, heartbeatIntervalMs: deps.heartbeatIntervalMs });
+    let refused = 0;
+    socket.on('message', (data) => {
+      const parsed = parseAgentMessage(data.toString());
+      if (!parsed.ok) {
+        // A bad message is logged and dropped; a flood of them ends the connection.
+        hostLog.warn({ error: parsed.error }, 'refused a message from an agent');
+        if (++refused > 100) socket.close(1008, 'too many invalid messages');
+        return;
+      }
+      if (parsed.message.type === 'heartbeat') deps.metrics.heartbeats.inc();
+      registry.handle(hostId, conn, parsed.message).catch((err: unknown) => hostLog.error({ err }, 'could not handle an agent message'));
+    });
+    socket.on('close', () => void registry.detach(hostId, conn, 'socket closed').catch((err: unknown) => hostLog.error({ err }, 'detach failed')));
+    socket.on('error', (err) => hostLog.warn({ err }, 'agent socket error'));
+  });
+}

@@ -1,0 +1,22 @@
+// Image routes.
+import { Type } from 'typebox';
+import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
+import { CreateImageBody, ImageSchema, type ImageService } from './service.ts';
+
+export function imageRoutes(app: App, images: ImageService): void {
+  const tags = ['images'];
+  app.get('/api/v1/images', { schema: { tags, response: { 200: Type.Object({ items: Type.Array(ImageSchema), nextCursor: Type.Null() }), ...errors } } }, async () => ({
+    items: await images.list(),
+    nextCursor: null,
+  }));
+  app.get('/api/v1/images/:id', { schema: { tags, params: IdParams, response: { 200: ImageSchema, ...errors } } }, (req) => images.get(req.params.id));
+  app.post('/api/v1/images', { schema: { tags, body: CreateImageBody, response: { 201: ImageSchema, ...errors } } }, async (req, reply) => {
+    requireRole(req.principal, 'operator');
+    return reply.code(201).send(await images.create(req.body));
+  });
+  app.delete('/api/v1/images/:id', { schema: { tags, params: IdParams, response: { 204: Type.Null(), ...errors } } }, async (req, reply) => {
+    requireRole(req.principal, 'operator');
+    await images.remove(req.params.id);
+    return reply.code(204).send(null);
+  });
+}

@@ -1,0 +1,106 @@
+// Images: bootable templates (a qcow2/raw disk, or a kernel and initrd) that VMs are created from.
+import { existsSync } from 'node:fs';
+import type { Kysely } from 'kysely';
+import { type Static, Type } from 'typebox';
+import { newId } from '../../../lib/ids.ts';
+import { AppError, notFound } from '../../errors.ts';
+import type { Database, ImageRow } from '../../store/schema.ts';
+import type { EventService } from '../events/service.ts';
+
+export const ImageSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  format: Type.Enum(['qcow2', 'raw', 'kernel'] as const),
+  path: Type.Union([Type.String(), Type.Null()]),
+  kernelPath: Type.Union([Type.String(), Type.Null()]),
+  initrdPath: Type.Union([Type.String(), Type.Null()]),
+  cmdline: Type.Union([Type.String(), Type.Null()]),
+  sizeMiB: Type.Integer(),
+  os: Type.Union([Type.String(), Type.Null()]),
+  createdAt: Type.String(),
+});
+export type Image = Static<typeof ImageSchema>;
+
+const Path = Type.String({ minLength: 1, maxLength: 4096, pattern: '^/' });
+export const CreateImageBody = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 63, pattern: '^[a-zA-Z0-9][a-zA-Z0-9._-]*$' }),
+    format: Type.Enum(['qcow2', 'raw', 'kernel'] as const),
+    path: Type.Optional(Path),
+    kernelPath: Type.Optional(Path),
+    initrdPath: Type.Optional(Path),
+    cmdline: Type.Optional(Type.String({ maxLength: 1024 })),
+    sizeMiB: Type.Optional(Type.Integer({ minimum: 0 })),
+    os: Type.Optional(Type.String({ maxLength: 63 })),
+  },
+  { additionalProperties: false },
+);
+export type CreateImage = Static<typeof CreateImageBody>;
+
+export const imageFromRow = (r: ImageRow): Image => ({
+  id: r.id,
+  name: r.name,
+  format: r.format,
+  path: r.path,
+  kernelPath: r.kernel_path,
+  initrdPath: r.initrd_path,
+  cmdline: r.cmdline,
+  sizeMiB: r.size_mib,
+  os: r.os,
+  createdAt: r.created_at,
+});
+
+/** Checks an image file and returns its size; the qemu driver plugs in a `qemu-img info` check. */
+export type ImageInspector = (img: CreateImage) => Promise<{ sizeMiB: number }>;
+
+export function createImageService({ db, events, inspect }: { db: Kysely<Database>; events: EventService; inspect?: ImageInspector }) {
+  async function find(idOrName: string): Promise<ImageRow> {
+    const row = await db.selectFrom('images').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).executeTakeFirst();
+    if (!row) throw notFound('IMAGE_NOT_FOUND', 'image', idOrName);
+    return row;
+  }
+  return {
+    find,
+    async get(idOrName: string) {
+      return imageFromRow(await find(idOrName));
+    },
+    async list() {
+      return (await db.selectFrom('images').selectAll().orderBy('name').execute()).map(imageFromRow);
+    },
+    async create(body: CreateImage): Promise<Image> {
+      if (body.format === 'kernel' ? !body.kernelPath || !body.initrdPath || body.path : !body.path || body.kernelPath || body.initrdPath) {
+        throw new AppError('VALIDATION_FAILED', body.format === 'kernel' ? 'a kernel image needs kernelPath and initrdPath and no path' : `a ${body.format} image needs path only`);
+      }
+      for (const p of [body.path, body.kernelPath, body.initrdPath]) {
+        if (p && inspect === undefined && !existsSync(p)) throw new AppError('VALIDATION_FAILED', `file ${p} does not exist`, { path: p });
+      }
+      const taken = await db.selectFrom('images').select('id').where('name', '=', body.name).executeTakeFirst();
+      if (taken) throw new AppError('NAME_TAKEN', `an image named ${body.name} already exists`, { name: body.name });
+      const sizeMiB = inspect ? (await inspect(body)).sizeMiB : (body.sizeMiB ?? 0);
+      const row: ImageRow = {
+        id: newId(),
+        name: body.name,
+        format: body.format,
+        path: body.path ?? null,
+        kernel_path: body.kernelPath ?? null,
+        initrd_path: body.initrdPath ?? null,
+        cmdline: body.cmdline ?? null,
+        size_mib: sizeMiB,
+        os: body.os ?? null,
+        created_at: new Date().toISOString(),
+      };
+      await db.insertInto('images').values(row).execute();
+      await events.emit({ type: 'image.created', objectKind: 'image', objectId: row.id, message: `image ${row.name} created` });
+      return imageFromRow(row);
+    },
+    async remove(idOrName: string) {
+      const row = await find(idOrName);
+      const user = await db.selectFrom('vms').select('name').where('image_id', '=', row.id).executeTakeFirst();
+      if (user) throw new AppError('IMAGE_IN_USE', `image ${row.name} is used by VM ${user.name}`, { vm: user.name });
+      await db.deleteFrom('images').where('id', '=', row.id).execute();
+      await events.emit({ type: 'image.deleted', objectKind: 'image', objectId: row.id, message: `image ${row.name} deleted` });
+    },
+  };
+}
+
+export type ImageService = ReturnType<typeof createImageService>;

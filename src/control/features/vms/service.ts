@@ -1,0 +1,242 @@
+// VM operations as the API offers them: each checks its input and the VM's state, writes the desired
+// state in one statement, records a task, and leaves the rest to the VM reconciler.
+import type { Kysely } from 'kysely';
+import { macFor, newId } from '../../../lib/ids.ts';
+import { AppError, notFound } from '../../errors.ts';
+import { decodeCursor, page } from '../../http/pagination.ts';
+import type { VmController } from '../../reconcile/vm-controller.ts';
+import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
+import type { Database, VmRow, VmUpdate } from '../../store/schema.ts';
+import type { EventService } from '../events/service.ts';
+import type { HostRegistry } from '../hosts/registry.ts';
+import type { ImageService } from '../images/service.ts';
+import type { Task, TaskService } from '../tasks/service.ts';
+import { type CreateVm, type Vm, type VmPhase, vmFromRow } from './model.ts';
+
+export interface VmServiceDeps {
+  db: Kysely<Database>;
+  tasks: TaskService;
+  events: EventService;
+  images: ImageService;
+  capacity: CapacityIndex;
+  registry: HostRegistry;
+  controller: VmController;
+}
+
+export interface ListVms {
+  limit: number;
+  cursor?: string;
+  hostId?: string;
+  phase?: string;
+  name?: string;
+}
+
+export type VmService = ReturnType<typeof createVmService>;
+
+export function createVmService(deps: VmServiceDeps) {
+  const { db, tasks, events, capacity, controller } = deps;
+
+  async function find(idOrName: string): Promise<VmRow> {
+    const row = await db.selectFrom('vms').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).executeTakeFirst();
+    if (!row) throw notFound('VM_NOT_FOUND', 'VM', idOrName);
+    return row;
+  }
+
+  /** One long operation at a time per VM: a second one would race the first. */
+  async function assertNoTask(vm: VmRow): Promise<void> {
+    const [busy] = await tasks.activeFor(vm.id);
+    if (busy) throw new AppError('CONFLICT', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
+  }
+
+  function assertPhase(vm: VmRow, allowed: VmPhase[], action: string): void {
+    if (vm.deleting) throw new AppError('INVALID_STATE', `VM ${vm.name} is being deleted`, { phase: vm.phase });
+    if (!allowed.includes(vm.phase as VmPhase)) {
+      throw new AppError('INVALID_STATE', `cannot ${action} VM ${vm.name} while it is ${vm.phase}`, { phase: vm.phase });
+    }
+  }
+
+  /** Writes a desired-state change only if nobody changed the VM since it was read. */
+  async function change(vm: VmRow, patch: VmUpdate): Promise<VmRow> {
+    const row = await db
+      .updateTable('vms')
+      .set({ ...patch, generation: vm.generation + 1, updated_at: new Date().toISOString() })
+      .where('id', '=', vm.id)
+      .where('generation', '=', vm.generation)
+      .returningAll()
+      .executeTakeFirst();
+    if (!row) throw new AppError('GENERATION_MISMATCH', `VM ${vm.name} changed meanwhile; try again`);
+    return row;
+  }
+
+  async function action(vm: VmRow, kind: string, createdBy: string | null, patch: VmUpdate, params?: Record<string, unknown>) {
+    await assertNoTask(vm);
+    const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy, params, message: `${kind} requested` });
+    let row: VmRow;
+    try {
+      row = await change(vm, patch);
+    } catch (err) {
+      await tasks.fail(task.id, 'GENERATION_MISMATCH', 'the VM changed before the request was applied');
+      throw err;
+    }
+    controller.enqueue(vm.id);
+    return { vm: vmFromRow(row), task };
+  }
+
+  return {
+    find,
+
+    async get(idOrName: string): Promise<Vm> {
+      return vmFromRow(await find(idOrName));
+    },
+
+    async list(q: ListVms): Promise<{ items: Vm[]; nextCursor: string | null }> {
+      const c = decodeCursor(q.cursor);
+      let query = db.selectFrom('vms').selectAll().orderBy('created_at').orderBy('id').limit(q.limit + 1);
+      if (c) query = query.where((eb) => eb.or([eb('created_at', '>', c.at), eb.and([eb('created_at', '=', c.at), eb('id', '>', c.id)])]));
+      if (q.hostId) query = query.where('host_id', '=', q.hostId);
+      if (q.phase) query = query.where('phase', '=', q.phase);
+      if (q.name) query = query.where('name', 'like', `%${q.name.replace(/[%_\\]/g, '')}%`);
+      const rows = (await query.execute()).map(vmFromRow);
+      return page(rows, q.limit, (v) => ({ at: v.createdAt, id: v.id }));
+    },
+
+    async create(body: CreateVm, createdBy: string | null): Promise<{ vm: Vm; task: Task }> {
+      const maxMemoryMiB = body.maxMemoryMiB ?? body.memoryMiB;
+      if (maxMemoryMiB < body.memoryMiB) {
+        throw new AppError('VALIDATION_FAILED', `maxMemoryMiB (${maxMemoryMiB}) must not be below memoryMiB (${body.memoryMiB})`);
+      }
+      const largest = capacity.largestHostMiB();
+      if (capacity.size > 0 && body.memoryMiB > largest) {
+        throw new AppError('NO_CAPACITY', `a VM of ${body.memoryMiB} MiB is larger than any host (the largest can hold ${largest} MiB)`, { largestHostMiB: largest });
+      }
+      const image = body.image ? await deps.images.find(body.image).catch(() => {
+        throw new AppError('IMAGE_NOT_FOUND', `image ${body.image} not found`, { image: body.image });
+      }) : undefined;
+      const taken = await db.selectFrom('vms').select('id').where('name', '=', body.name).executeTakeFirst();
+      if (taken) throw new AppError('NAME_TAKEN', `a VM named ${body.name} already exists`, { name: body.name, id: taken.id });
+
+      const id = newId();
+      const now = new Date().toISOString();
+      const start = body.start ?? true;
+      const nics = (body.nics ?? [{ mode: 'user' as const }]).map((n, i) => ({ ...n, mac: macFor(id, i) }));
+      const row: VmRow = {
+        id,
+        name: body.name,
+        cpus: body.cpus,
+        memory_mib: body.memoryMiB,
+        max_memory_mib: maxMemoryMiB,
+        image_id: image?.id ?? null,
+        disk_gib: body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024)),
+        ha: body.ha ? 1 : 0,
+        placement_labels: JSON.stringify(body.placementLabels ?? {}),
+        anti_affinity: body.antiAffinity ?? null,
+        nics: JSON.stringify(nics),
+        desired_power: start ? 'running' : 'stopped',
+        deleting: 0,
+        host_id: null,
+        target_host_id: null,
+        phase: start ? 'pending' : 'stopped',
+        message: null,
+        memory_actual_mib: null,
+        generation: 1,
+        observed_generation: start ? 0 : 1,
+        created_at: now,
+        updated_at: now,
+      };
+      try {
+        await db.insertInto('vms').values(row).execute();
+      } catch (err) {
+        if (/unique|duplicate/i.test(String(err))) throw new AppError('NAME_TAKEN', `a VM named ${body.name} already exists`, { name: body.name });
+        throw err;
+      }
+      const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' });
+      if (!start) await tasks.succeed(task.id, 'created (stopped)');
+      await events.emit({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } });
+      controller.enqueue(id);
+      return { vm: vmFromRow(row), task: start ? task : await tasks.get(task.id) };
+    },
+
+    async start(idOrName: string, by: string | null) {
+      const vm = await find(idOrName);
+      assertPhase(vm, ['stopped', 'failed'], 'start');
+      return action(vm, 'start', by, { desired_power: 'running', phase: 'pending', message: null });
+    },
+
+    async stop(idOrName: string, force: boolean, by: string | null) {
+      const vm = await find(idOrName);
+      assertPhase(vm, ['running', 'starting', 'unknown', 'failed', 'pending', 'scheduling'], 'stop');
+      return action(vm, 'stop', by, { desired_power: 'stopped' }, { force });
+    },
+
+    async reboot(idOrName: string, by: string | null) {
+      const vm = await find(idOrName);
+      assertPhase(vm, ['running'], 'reboot');
+      await assertNoTask(vm);
+      const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
+      if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is not connected`);
+      const task = await tasks.create({ kind: 'reboot', targetKind: 'vm', targetId: vm.id, createdBy: by });
+      host.connection
+        .command({ op: 'reboot', vmId: vm.id }, { timeoutMs: 60_000 })
+        .then(() => tasks.succeed(task.id, 'rebooted'))
+        .catch((err: Error) => tasks.fail(task.id, 'REBOOT_FAILED', err.message));
+      return { vm: vmFromRow(vm), task };
+    },
+
+    async migrate(idOrName: string, targetHost: string | undefined, by: string | null) {
+      const vm = await find(idOrName);
+      assertPhase(vm, ['running'], 'migrate');
+      let targetId: string;
+      if (targetHost) {
+        const target = deps.registry.all().find((h) => h.row.id === targetHost || h.row.name === targetHost);
+        if (!target) throw notFound('HOST_NOT_FOUND', 'host', targetHost);
+        if (target.row.id === vm.host_id) throw new AppError('INVALID_STATE', `VM ${vm.name} already runs on ${target.row.name}`);
+        if (!target.connection || target.row.state !== 'ready') throw new AppError('HOST_NOT_READY', `host ${target.row.name} is not ready`);
+        const usage = capacity.usage(target.row.id);
+        if (usage && usage.freeMiB < vm.memory_mib) {
+          throw new AppError('NO_CAPACITY', `host ${target.row.name} has ${usage.freeMiB} MiB free; VM ${vm.name} needs ${vm.memory_mib} MiB`);
+        }
+        targetId = target.row.id;
+      } else {
+        const placement = capacity.place({
+          memoryMiB: vm.memory_mib,
+          cpus: vm.cpus,
+          labels: JSON.parse(vm.placement_labels) as Record<string, string>,
+          antiAffinity: vm.anti_affinity,
+          exclude: vm.host_id ? [vm.host_id] : [],
+        });
+        if (!placement.ok) throw new AppError('NO_CAPACITY', placement.reason);
+        targetId = placement.hostId;
+      }
+      return action(vm, 'migrate', by, { target_host_id: targetId }, { targetHostId: targetId });
+    },
+
+    async remove(idOrName: string, by: string | null) {
+      const vm = await find(idOrName);
+      if (vm.deleting) throw new AppError('INVALID_STATE', `VM ${vm.name} is already being deleted`);
+      if (vm.phase === 'migrating') throw new AppError('INVALID_STATE', `cannot delete VM ${vm.name} while it migrates`);
+      const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
+      if (host && !host.connection && host.vms.size > 0) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is unreachable`);
+      // A delete supersedes whatever the VM was doing.
+      for (const t of await tasks.activeFor(vm.id)) if (t.kind !== 'migrate') await tasks.fail(t.id, 'VM_DELETED', 'the VM is being deleted');
+      return action(vm, 'delete', by, { deleting: 1 });
+    },
+
+    async setMemory(idOrName: string, targetMiB: number, by: string | null) {
+      const vm = await find(idOrName);
+      assertPhase(vm, ['running'], 'resize the memory of');
+      if (targetMiB > vm.max_memory_mib) {
+        throw new AppError('VALIDATION_FAILED', `targetMiB ${targetMiB} is above the VM's maxMemoryMiB ${vm.max_memory_mib}`);
+      }
+      await assertNoTask(vm);
+      const host = deps.registry.get(vm.host_id!);
+      if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is not connected`);
+      const task = await tasks.create({ kind: 'set-memory', targetKind: 'vm', targetId: vm.id, createdBy: by, params: { targetMiB } });
+      host.connection
+        .command<{ memoryActualMiB: number }>({ op: 'setMemory', vmId: vm.id, targetMiB }, { timeoutMs: 60_000 })
+        .then((s) => tasks.succeed(task.id, `memory is ${s?.memoryActualMiB ?? targetMiB} MiB`, { memoryActualMiB: s?.memoryActualMiB ?? targetMiB }))
+        .then(() => controller.enqueue(vm.id))
+        .catch((err: Error) => tasks.fail(task.id, 'SET_MEMORY_FAILED', err.message));
+      return { vm: vmFromRow(vm), task };
+    },
+  };
+}

@@ -1,0 +1,85 @@
+// The HTTP server's shared behaviour: validation settings, the one error body, authentication, metrics
+// and the OpenAPI document.
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import websocket from '@fastify/websocket';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyError, LogController } from 'fastify';
+import type { Logger } from '../../lib/logger.ts';
+import { newId } from '../../lib/ids.ts';
+import { AppError } from '../errors.ts';
+import type { AuthService } from '../features/auth/service.ts';
+import type { Metrics } from '../metrics.ts';
+import type { App } from './types.ts';
+
+export async function createHttpServer({ log, auth, metrics }: { log: Logger; auth: AuthService; metrics: Metrics }): Promise<App> {
+  const app = Fastify({
+    loggerInstance: log,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1024 * 1024,
+    // Unknown fields are refused, not silently dropped (FACTS.md).
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } },
+  }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
+
+  app.setErrorHandler((err: FastifyError | AppError | Error, req, reply) => {
+    if (err instanceof AppError) return reply.code(err.status).send(err.toBody());
+    const fe = err as FastifyError;
+    if (fe.validation) {
+      const first = fe.validation[0];
+      const where = fe.validationContext ?? 'request';
+      const field = first?.instancePath ? `${where}${first.instancePath.replaceAll('/', '.')}` : where;
+      const extra = first?.params && 'additionalProperty' in first.params ? ` '${String(first.params.additionalProperty)}'` : '';
+      return reply.code(400).send(
+        new AppError('VALIDATION_FAILED', `${field} ${first?.message ?? 'is invalid'}${extra}`, { issues: fe.validation.slice(0, 10) }).toBody(),
+      );
+    }
+    switch (fe.code) {
+      case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+        return reply.code(400).send(new AppError('INVALID_JSON', `the body is not valid JSON: ${fe.message}`).toBody());
+      case 'FST_ERR_CTP_BODY_TOO_LARGE':
+        return reply.code(413).send(new AppError('PAYLOAD_TOO_LARGE', 'the body is larger than 1 MiB').toBody());
+      case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+        return reply.code(415).send(new AppError('UNSUPPORTED_MEDIA_TYPE', `content type ${req.headers['content-type'] ?? '(none)'} is not supported; send application/json`).toBody());
+    }
+    if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
+      return reply.code(fe.statusCode).send(new AppError('BAD_REQUEST', fe.message).toBody());
+    }
+    const errorId = newId();
+    req.log.error({ err, errorId, url: req.url }, 'unhandled error');
+    return reply.code(500).send(new AppError('INTERNAL', `internal error; see the control log for ${errorId}`, { errorId }).toBody());
+  });
+
+  app.setNotFoundHandler((req, reply) =>
+    reply.code(404).send(new AppError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).toBody()),
+  );
+
+  app.addHook('onRequest', async (req) => {
+    (req as { startedAt?: bigint }).startedAt = process.hrtime.bigint();
+    if (!req.url.startsWith('/api/v1/') || (req.routeOptions.config as { public?: boolean } | undefined)?.public) return;
+    if (req.url.startsWith('/api/v1/openapi.json')) return;
+    const header = req.headers.authorization;
+    if (!header?.startsWith('Bearer ')) throw new AppError('UNAUTHORIZED', 'send Authorization: Bearer <token>; get one from POST /api/v1/auth/login');
+    req.principal = await auth.authenticate(header.slice(7).trim());
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    const started = (req as { startedAt?: bigint }).startedAt;
+    if (started === undefined) return;
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    metrics.httpDuration.observe({ method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) }, seconds);
+  });
+
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'awan', description: 'Cloud Control API of awan, an open datacenter manager', version: '0.1.0' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+  app.get('/api/v1/openapi.json', { schema: { hide: true } }, () => app.swagger());
+  return app;
+}

@@ -1,0 +1,232 @@
+// The VM reconciler: compares what the API asked for (power state, host, deletion, migration target) with
+// what the agents report, and takes one idempotent step toward agreement per pass.
+import type { Kysely } from 'kysely';
+import type { Logger } from '../../lib/logger.ts';
+import type { VmSpecMsg } from '../../protocol/messages.ts';
+import { CommandError } from '../features/agents/connection.ts';
+import type { EventService } from '../features/events/service.ts';
+import type { HostRegistry } from '../features/hosts/registry.ts';
+import type { Task, TaskService } from '../features/tasks/service.ts';
+import { type VmPhase, canTransition } from '../features/vms/model.ts';
+import type { CapacityIndex, PlacementPolicy } from '../scheduler/capacity-index.ts';
+import type { Database, VmRow, VmUpdate } from '../store/schema.ts';
+import { type ReconcileResult, WorkQueue } from './queue.ts';
+import { migrateVm, recoverMigration } from './vm-migration.ts';
+
+export interface VmControllerDeps {
+  db: Kysely<Database>;
+  tasks: TaskService;
+  events: EventService;
+  registry: HostRegistry;
+  capacity: CapacityIndex;
+  log: Logger;
+  buildSpec: (vm: VmRow) => Promise<VmSpecMsg>;
+  policy?: PlacementPolicy;
+  startTimeoutMs?: number;
+  onError?: () => void;
+}
+
+export type VmController = ReturnType<typeof createVmController>;
+
+export function createVmController(deps: VmControllerDeps) {
+  const { db, tasks, events, registry, capacity, log } = deps;
+  /** VMs whose migration this process is driving right now. */
+  const migrating = new Set<string>();
+  /** Tasks older than this process were started by an earlier one. */
+  const bootAt = new Date().toISOString();
+
+  async function update(vm: VmRow, patch: VmUpdate, why?: string): Promise<VmRow> {
+    const next = patch.phase as VmPhase | undefined;
+    if (next && !canTransition(vm.phase as VmPhase, next)) {
+      log.warn({ vmId: vm.id, from: vm.phase, to: next }, 'refused an illegal phase change');
+      return vm;
+    }
+    const row = await db
+      .updateTable('vms')
+      .set({ ...patch, updated_at: new Date().toISOString() })
+      .where('id', '=', vm.id)
+      .where('generation', '=', vm.generation)
+      .returningAll()
+      .executeTakeFirst();
+    if (!row) throw new Error(`VM ${vm.id} changed while it was reconciled; retrying`);
+    if (next && next !== vm.phase) {
+      await events.emit({
+        type: `vm.${next}`,
+        objectKind: 'vm',
+        objectId: vm.id,
+        message: `VM ${vm.name} is ${next}${why ? `: ${why}` : ''}`,
+        data: { from: vm.phase, to: next, hostId: row.host_id },
+      });
+    }
+    return row;
+  }
+
+  const finishTasks = async (active: Task[], kinds: string[], message: string, result?: Record<string, unknown>) => {
+    for (const t of active) if (kinds.includes(t.kind)) await tasks.succeed(t.id, message, result);
+  };
+  const failTasks = async (active: Task[], kinds: string[], code: string, message: string) => {
+    for (const t of active) if (kinds.includes(t.kind)) await tasks.fail(t.id, code, message);
+  };
+
+  async function reconcile(vmId: string): Promise<ReconcileResult> {
+    let vm = await db.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirst();
+    if (!vm) {
+      capacity.release(vmId);
+      return;
+    }
+    const active = await tasks.activeFor(vmId);
+    const host = vm.host_id ? registry.get(vm.host_id) : undefined;
+    const observed = host?.vms.get(vm.id);
+    const connected = !!host?.connection;
+
+    if (vm.deleting) return reconcileDelete(vm, active);
+
+    if (vm.target_host_id) {
+      if (migrating.has(vm.id)) return;
+      const migrateTask = active.find((t) => t.kind === 'migrate');
+      if (!migrateTask || migrateTask.createdAt < bootAt) return recoverMigration(ctx, vm, active);
+      migrating.add(vm.id);
+      try {
+        await migrateVm(ctx, vm, migrateTask);
+      } finally {
+        migrating.delete(vm.id);
+      }
+      return;
+    }
+
+    if (vm.host_id && !connected) {
+      // The host is silent: we cannot know what runs there. Say so, and wait for it to return.
+      if (vm.phase !== 'unknown' && vm.phase !== 'stopped' && vm.phase !== 'failed') {
+        vm = await update(vm, { phase: 'unknown', message: `host ${host?.row.name ?? vm.host_id} is unreachable` });
+      }
+      await failTasks(active, ['create', 'start', 'stop'], 'HOST_NOT_READY', `host ${host?.row.name ?? vm.host_id} is unreachable`);
+      return;
+    }
+
+    if (vm.desired_power === 'running') {
+      if (!vm.host_id) return schedule(vm, active);
+      if (observed?.state === 'running') {
+        const hostId = vm.host_id;
+        if (vm.phase !== 'running' || vm.observed_generation !== vm.generation || vm.memory_actual_mib !== observed.memoryActualMiB) {
+          vm = await update(vm, { phase: 'running', message: null, observed_generation: vm.generation, memory_actual_mib: observed.memoryActualMiB });
+        }
+        capacity.assign(vm.id, hostId, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+        await finishTasks(active, ['create', 'start'], `running on ${host!.row.name}`, { hostId });
+        return;
+      }
+      if (observed?.state === 'crashed' && vm.phase === 'running') {
+        const reason = observed.reason ?? 'the VM process ended unexpectedly';
+        await update(vm, { phase: 'failed', desired_power: 'stopped', message: reason, generation: vm.generation + 1 }, reason);
+        return;
+      }
+      return startOnHost(vm, active);
+    }
+
+    // Desired: stopped.
+    if (vm.host_id && observed && ['running', 'starting', 'paused'].includes(observed.state)) {
+      const stopTask = active.find((t) => t.kind === 'stop');
+      const force = stopTask?.params?.force === true;
+      vm = await update(vm, { phase: 'stopping' });
+      try {
+        await host!.connection!.command({ op: 'stop', vmId: vm.id, force, timeoutMs: 30_000 }, { timeoutMs: 60_000 });
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        vm = await update(vm, { phase: 'running', desired_power: 'running', generation: vm.generation + 1, message: `stop failed: ${message}` });
+        await failTasks(active, ['stop'], 'STOP_FAILED', message);
+        return;
+      }
+      return { requeueAfterMs: 0 };
+    }
+    if (vm.phase !== 'stopped' || vm.host_id || vm.observed_generation !== vm.generation) {
+      const stayFailed = vm.phase === 'failed';
+      vm = await update(vm, { phase: stayFailed ? 'failed' : 'stopped', host_id: null, observed_generation: vm.generation, memory_actual_mib: null });
+    }
+    capacity.release(vm.id);
+    await finishTasks(active, ['stop', 'create'], 'stopped');
+  }
+
+  async function schedule(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
+    vm = await update(vm, { phase: 'scheduling' });
+    const placement = capacity.place(
+      { memoryMiB: vm.memory_mib, cpus: vm.cpus, labels: JSON.parse(vm.placement_labels) as Record<string, string>, antiAffinity: vm.anti_affinity },
+      deps.policy ?? 'spread',
+    );
+    if (!placement.ok) {
+      await update(vm, { phase: 'failed', desired_power: 'stopped', generation: vm.generation + 1, message: placement.reason }, placement.reason);
+      await failTasks(active, ['create', 'start'], 'NO_CAPACITY', placement.reason);
+      return;
+    }
+    // Reserve first so a parallel placement sees the space as taken; the row write below is the commit.
+    capacity.assign(vm.id, placement.hostId, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+    try {
+      await update(vm, { phase: 'starting', host_id: placement.hostId, message: null });
+    } catch (err) {
+      capacity.release(vm.id);
+      throw err;
+    }
+    const name = registry.get(placement.hostId)?.row.name ?? placement.hostId;
+    for (const t of active) await tasks.progress(t.id, 30, `placed on ${name}`);
+    return { requeueAfterMs: 0 };
+  }
+
+  async function startOnHost(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
+    const host = registry.get(vm.host_id!)!;
+    if (vm.phase !== 'starting') vm = await update(vm, { phase: 'starting' });
+    for (const t of active) await tasks.progress(t.id, 50, `starting on ${host.row.name}`);
+    try {
+      const spec = await deps.buildSpec(vm);
+      await host.connection!.command({ op: 'start', spec }, { timeoutMs: deps.startTimeoutMs ?? 120_000 });
+    } catch (err) {
+      const code = err instanceof CommandError ? err.code : 'START_FAILED';
+      const message = err instanceof Error ? err.message : String(err);
+      if (code === 'HOST_DISCONNECTED') return { requeueAfterMs: 0 }; // the disconnect path takes over
+      capacity.release(vm.id);
+      await update(vm, { phase: 'failed', desired_power: 'stopped', host_id: null, generation: vm.generation + 1, message }, message);
+      await failTasks(active, ['create', 'start'], code, `could not start on ${host.row.name}: ${message}`);
+      return;
+    }
+    // The agent reports the running VM; the next pass (triggered by that report) records it.
+    return { requeueAfterMs: 1000 };
+  }
+
+  async function reconcileDelete(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
+    if (vm.phase !== 'deleting') vm = await update(vm, { phase: 'deleting' });
+    const host = vm.host_id ? registry.get(vm.host_id) : undefined;
+    if (host && host.vms.has(vm.id)) {
+      if (!host.connection) return { requeueAfterMs: 2000 };
+      await host.connection.command({ op: 'delete', vmId: vm.id }, { timeoutMs: 60_000 });
+      host.vms.delete(vm.id);
+    }
+    await db.deleteFrom('vms').where('id', '=', vm.id).execute();
+    capacity.release(vm.id);
+    await events.emit({ type: 'vm.deleted', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} deleted` });
+    await finishTasks(active, ['delete'], 'deleted');
+    await failTasks(active, ['create', 'start', 'stop', 'migrate', 'reboot'], 'VM_DELETED', 'the VM was deleted');
+  }
+
+  const ctx = { db, tasks, events, registry, capacity, log, update, buildSpec: deps.buildSpec };
+
+  const queue = new WorkQueue({ name: 'vms', reconcile, log, concurrency: 64, onError: deps.onError });
+
+  return {
+    queue,
+    enqueue: (vmId: string) => queue.add(vmId),
+    /** Level-triggered safety net: look at every VM now and then, whatever events said. */
+    async resyncAll(): Promise<void> {
+      const rows = await db.selectFrom('vms').select('id').execute();
+      for (const r of rows) queue.add(r.id);
+    },
+    stop: () => queue.stop(),
+  };
+}
+
+export type VmControllerContext = {
+  db: Kysely<Database>;
+  tasks: TaskService;
+  events: EventService;
+  registry: HostRegistry;
+  capacity: CapacityIndex;
+  log: Logger;
+  update: (vm: VmRow, patch: VmUpdate, why?: string) => Promise<VmRow>;
+  buildSpec: (vm: VmRow) => Promise<VmSpecMsg>;
+};

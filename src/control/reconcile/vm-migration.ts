@@ -1,0 +1,75 @@
+// Live migration as the VM reconciler drives it: prepare the destination, send, confirm, and on any
+// failure leave the VM running where it was.
+import type { MigrationResult, MigrationTarget } from '../../drivers/types.ts';
+import type { Task } from '../features/tasks/service.ts';
+import type { VmRow } from '../store/schema.ts';
+import type { VmControllerContext } from './vm-controller.ts';
+
+export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task): Promise<void> {
+  const { registry, capacity, tasks, events } = ctx;
+  const src = registry.get(vm.host_id!);
+  const dst = registry.get(vm.target_host_id!);
+  const fail = async (code: string, message: string) => {
+    capacity.release(`${vm.id}:incoming`);
+    const current = await ctx.db.selectFrom('vms').selectAll().where('id', '=', vm.id).executeTakeFirstOrThrow();
+    await ctx.update(current, { target_host_id: null, phase: current.phase === 'migrating' ? 'running' : current.phase, message: `migration failed: ${message}` });
+    await tasks.fail(task.id, code, message);
+  };
+  if (!src?.connection || !dst?.connection) {
+    return fail('HOST_NOT_READY', `${!src?.connection ? 'source' : 'destination'} host is not connected`);
+  }
+  capacity.assign(`${vm.id}:incoming`, dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: null });
+  vm = await ctx.update(vm, { phase: 'migrating' }, `to ${dst.row.name}`);
+  await tasks.progress(task.id, 5, `preparing ${dst.row.name}`);
+  let prepared = false;
+  try {
+    const spec = await ctx.buildSpec(vm);
+    const target = await dst.connection.command<MigrationTarget>({ op: 'prepareIncoming', spec }, { timeoutMs: 60_000 });
+    prepared = true;
+    let lastReported = 0;
+    const result = await src.connection.command<MigrationResult>(
+      { op: 'migrate', vmId: vm.id, uri: target.uri },
+      {
+        timeoutMs: 30 * 60_000,
+        onProgress: (fraction) => {
+          const pct = 10 + Math.floor(fraction * 80);
+          if (pct > lastReported) {
+            lastReported = pct;
+            void tasks.progress(task.id, pct, `copying memory to ${dst.row.name}`);
+          }
+        },
+      },
+    );
+    await tasks.progress(task.id, 92, `waiting for ${dst.row.name} to run the VM`);
+    await dst.connection.command({ op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, { timeoutMs: 45_000 });
+    src.vms.delete(vm.id);
+    capacity.release(`${vm.id}:incoming`);
+    capacity.assign(vm.id, dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+    await ctx.update(vm, { phase: 'running', host_id: dst.row.id, target_host_id: null, message: null }, `migrated from ${src.row.name}`);
+    await tasks.succeed(task.id, `migrated to ${dst.row.name} in ${result.totalMs} ms (downtime ${result.downtimeMs} ms)`, {
+      from: src.row.id,
+      to: dst.row.id,
+      totalMs: result.totalMs,
+      downtimeMs: result.downtimeMs,
+    });
+    await events.emit({ type: 'vm.migrated', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} migrated from ${src.row.name} to ${dst.row.name}`, data: { ...result } });
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (prepared) await dst.connection?.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
+    await fail('MIGRATION_FAILED', message);
+  }
+}
+
+/**
+ * A migration target is set but no task of this process drives it: control restarted mid-migration.
+ * Settle the VM where an agent reports it running and fail any leftover migrate task with the reason.
+ */
+export async function recoverMigration(ctx: VmControllerContext, vm: VmRow, active: Task[]): Promise<void> {
+  const dst = ctx.registry.get(vm.target_host_id!);
+  const onDst = dst?.vms.get(vm.id)?.state === 'running';
+  if (!onDst && dst?.connection && dst.vms.has(vm.id)) {
+    await dst.connection.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
+  }
+  await ctx.update(vm, { host_id: onDst ? vm.target_host_id : vm.host_id, target_host_id: null, phase: 'running', message: 'control restarted during a migration' });
+  for (const t of active) if (t.kind === 'migrate') await ctx.tasks.fail(t.id, 'INTERRUPTED', 'control restarted during the migration');
+}

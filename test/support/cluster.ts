@@ -1,0 +1,90 @@
+// An in-process datacenter for tests: Cloud Control on a loopback port and N Node Control agents with
+// simulated servers, talking over real HTTP and WebSockets.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent } from '../../src/agent/agent.ts';
+import { type Control, type ControlConfig, createControl } from '../../src/control/app.ts';
+import { createSimDriver, type SimDriver, type SimDriverOptions } from '../../src/drivers/sim/index.ts';
+import { createLogger } from '../../src/lib/logger.ts';
+import { until } from '../until.ts';
+
+export interface TestHost {
+  name: string;
+  driver: SimDriver;
+  agent: Agent;
+  dataDir: string;
+}
+
+export interface Cluster {
+  control: Control;
+  url: string;
+  token: string;
+  hosts: TestHost[];
+  dir: string;
+  api<T = any>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }>;
+  addHost(name: string, sim?: Partial<SimDriverOptions>): Promise<TestHost>;
+  stopAgent(host: TestHost): Promise<void>;
+  startAgent(host: TestHost): Promise<void>;
+  waitTask(id: string, timeoutMs?: number): Promise<any>;
+  close(): Promise<void>;
+}
+
+export async function startCluster(opts: { hosts?: number; sim?: Partial<SimDriverOptions>; control?: Partial<ControlConfig>; db?: string } = {}): Promise<Cluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'awan-test-'));
+  const log = createLogger('test', process.env.AWAN_TEST_LOG ?? 'silent');
+  const control = await createControl({ db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control });
+  await control.start();
+  await control.app.listen({ port: 0, host: '127.0.0.1' });
+  const address = control.app.server.address();
+  const url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+
+  async function api<T>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
+    const res = await fetch(url + path, {
+      method,
+      headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(token !== '' ? { authorization: `Bearer ${token ?? cluster.token}` } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
+  }
+
+  const login = await api<{ token: string }>('POST', '/api/v1/auth/login', { username: 'admin', password: 'admin-password' }, '');
+  const cluster: Cluster = {
+    control, url, token: login.body.token, hosts: [], dir, api,
+    async addHost(name, sim) {
+      const { body } = await api<{ token: string }>('POST', '/api/v1/hosts/join-tokens');
+      const driver = createSimDriver({ hostname: name, address: name, cpus: 8, memoryMiB: 16384, bootDelayMs: 20, migrateMiBPerS: 8192, ...opts.sim, ...sim });
+      const dataDir = join(dir, name);
+      const agent = new Agent({ control: url, joinToken: body.token, driver, dataDir, name, log });
+      await agent.start();
+      const host = { name, driver, agent, dataDir };
+      cluster.hosts.push(host);
+      await until(async () => (await api<{ items: { name: string; state: string }[] }>('GET', '/api/v1/hosts')).body.items.find((h) => h.name === name)?.state === 'ready', { what: `${name} ready` });
+      return host;
+    },
+    async stopAgent(host) {
+      await host.agent.stop();
+    },
+    async startAgent(host) {
+      host.agent = new Agent({ control: url, driver: host.driver, dataDir: host.dataDir, name: host.name, log });
+      await host.agent.start();
+    },
+    async waitTask(id, timeoutMs = 15_000) {
+      return until(async () => {
+        const t = (await api<{ state: string }>('GET', `/api/v1/tasks/${id}`)).body;
+        return ['succeeded', 'failed', 'cancelled'].includes(t.state) ? t : undefined;
+      }, { timeoutMs, what: `task ${id}` });
+    },
+    async close() {
+      for (const h of cluster.hosts) {
+        await h.agent.stop();
+        await h.driver.close();
+      }
+      await control.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  for (let i = 1; i <= (opts.hosts ?? 0); i++) await cluster.addHost(`host-${i}`);
+  return cluster;
+}
