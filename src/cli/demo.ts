@@ -1,0 +1,81 @@
+// awan demo: Cloud Control plus N servers on this machine, with sample images, ready to use.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Agent } from '../agent/agent.ts';
+import { loadCredentials } from '../agent/credentials.ts';
+import type { HypervisorDriver } from '../drivers/types.ts';
+import { createLogger } from '../lib/logger.ts';
+import type { StartControl, makeDriver as MakeDriver } from './runtime.ts';
+import { ensureGuest } from './guest.ts';
+
+export interface DemoOptions {
+  hosts: number;
+  driver: 'sim' | 'qemu';
+  port: number;
+  dataDir: string;
+  startControl: StartControl;
+  makeDriver: typeof MakeDriver;
+  onSignal: (stop: () => Promise<void>) => void;
+}
+
+export async function runDemo(o: DemoOptions): Promise<void> {
+  mkdirSync(o.dataDir, { recursive: true });
+  const passwordFile = join(o.dataDir, 'admin-password');
+  // The demo keeps its admin password so that every start can print it.
+  if (!process.env.AWAN_ADMIN_PASSWORD) {
+    if (!existsSync(passwordFile)) writeFileSync(passwordFile, `${crypto.randomUUID().slice(0, 13)}\n`, { mode: 0o600 });
+    process.env.AWAN_ADMIN_PASSWORD = readFileSync(passwordFile, 'utf8').trim();
+  }
+  const { control, url } = await o.startControl({ db: `sqlite:${join(o.dataDir, 'awan.db')}`, port: o.port, host: '127.0.0.1', poolDir: join(o.dataDir, 'pool') });
+  const admin = await control.db.selectFrom('users').select('id').where('username', '=', 'admin').executeTakeFirstOrThrow();
+
+  const agents: { agent: Agent; driver: HypervisorDriver }[] = [];
+  for (let i = 1; i <= o.hosts; i++) {
+    const name = `${o.driver}-host-${i}`;
+    const dataDir = join(o.dataDir, 'hosts', name);
+    const driver = await o.makeDriver(o.driver, { name, address: '127.0.0.1', dataDir, memoryMiB: 16384, cpus: 8 });
+    const joinToken = loadCredentials(dataDir) ? undefined : (await control.hosts.createJoinToken(admin.id)).token;
+    const agent = new Agent({ control: url, joinToken, driver, dataDir, name, log: createLogger(`agent:${name}`, process.env.AWAN_LOG_LEVEL ?? 'warn') });
+    await agent.start();
+    agents.push({ agent, driver });
+  }
+
+  await addSampleImages(o, control.images);
+
+  console.log(`
+awan demo is running: ${o.hosts} ${o.driver} hosts
+  API and docs  ${url}/docs
+  login         admin / ${process.env.AWAN_ADMIN_PASSWORD}
+  CLI           npm run awan -- login --server ${url} --username admin
+                npm run awan -- vm create web-1 --cpus 1 --memory 512
+Ctrl-C stops everything.`);
+
+  o.onSignal(async () => {
+    for (const { agent, driver } of agents) {
+      await agent.stop();
+      // Demo VMs live as long as the demo: a QEMU host stops its guests on the way out.
+      if (o.driver === 'qemu') for (const vm of await driver.list()) await driver.stop(vm.id, { force: true }).catch(() => undefined);
+      await driver.close();
+    }
+    await control.close();
+  });
+}
+
+async function addSampleImages(o: DemoOptions, images: import('../control/features/images/service.ts').ImageService): Promise<void> {
+  const existing = new Set((await images.list()).map((i) => i.name));
+  if (o.driver === 'qemu') {
+    if (existing.has('test-guest')) return;
+    const guest = await ensureGuest();
+    await images.create({ name: 'test-guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, os: 'busybox' });
+    return;
+  }
+  // Simulated hosts read no disk; the sample images are small placeholder files so the catalogue is real.
+  const dir = join(o.dataDir, 'images');
+  mkdirSync(dir, { recursive: true });
+  for (const [name, os, sizeMiB] of [['debian-12', 'debian', 2048], ['ubuntu-24.04', 'ubuntu', 3072], ['alpine-3.20', 'alpine', 256]] as const) {
+    if (existing.has(name)) continue;
+    const path = join(dir, `${name}.raw`);
+    if (!existsSync(path)) writeFileSync(path, '');
+    await images.create({ name, format: 'raw', path, sizeMiB, os });
+  }
+}

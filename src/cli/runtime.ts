@@ -1,0 +1,110 @@
+// The long-running commands: awan serve (Cloud Control), awan agent (Node Control) and awan demo (both).
+import { mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { type Command, Option } from 'commander';
+import { Agent } from '../agent/agent.ts';
+import { type Control, createControl } from '../control/app.ts';
+import { createDriver } from '../drivers/index.ts';
+import type { HypervisorDriver } from '../drivers/types.ts';
+import { createLogger } from '../lib/logger.ts';
+
+const intOption = (v: string) => {
+  const n = Number.parseInt(v, 10);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${v} is not a number`);
+  return n;
+};
+
+async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; overcommit?: number }) {
+  const log = createLogger('control');
+  const control = await createControl({
+    db: opts.db,
+    adminPassword: process.env.AWAN_ADMIN_PASSWORD,
+    heartbeatIntervalMs: opts.heartbeatMs,
+    poolDir: opts.poolDir,
+    memoryOvercommit: opts.overcommit,
+    log,
+  });
+  const { generatedAdminPassword } = await control.start();
+  await control.app.listen({ port: opts.port, host: opts.host });
+  return { control, generatedAdminPassword, url: `http://${opts.host}:${opts.port}` };
+}
+
+function onSignal(stop: () => Promise<void>): void {
+  let stopping = false;
+  const handler = () => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    stop().then(() => process.exit(0), (err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
+
+export function registerRuntimeCommands(program: Command): void {
+  program
+    .command('serve')
+    .description('run Cloud Control: the REST API, the reconcilers and the agents\' endpoint')
+    .addOption(new Option('--port <port>', 'port to listen on').env('AWAN_PORT').default(8080).argParser(intOption))
+    .option('--host <address>', 'address to listen on', '127.0.0.1')
+    .addOption(new Option('--db <url>', 'sqlite:PATH or postgres://…').env('AWAN_DB').default('sqlite:./data/awan.db'))
+    .option('--pool-dir <dir>', 'shared pool directory for VM disks', './data/pool')
+    .option('--memory-overcommit <ratio>', 'memory the scheduler may promise per MiB of host RAM', parseFloat, 1.0)
+    .action(async (o: { port: number; host: string; db: string; poolDir: string; memoryOvercommit: number }) => {
+      const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), overcommit: o.memoryOvercommit });
+      if (generatedAdminPassword) console.log(`first start: user admin, password ${generatedAdminPassword} (shown once)`);
+      console.log(`awan control serving on ${url}`);
+      onSignal(() => control.close());
+    });
+
+  program
+    .command('agent')
+    .description('run Node Control on this server: joins control and runs VMs through a driver')
+    .requiredOption('--control <url>', 'Cloud Control URL')
+    .option('--join-token <token>', 'single-use join token (first start only)')
+    .addOption(new Option('--driver <kind>', 'hypervisor driver').choices(['qemu', 'sim']).default('qemu'))
+    .option('--data-dir <dir>', 'where the agent keeps its credential and VM files', './data/agent')
+    .option('--name <name>', 'host name', hostname())
+    .option('--address <address>', 'address other hosts reach this one at (migration)', '127.0.0.1')
+    .option('--sim-memory-mib <mib>', 'simulated server memory (sim driver)', intOption, 16384)
+    .option('--sim-cpus <n>', 'simulated server CPUs (sim driver)', intOption, 8)
+    .action(async (o: { control: string; joinToken?: string; driver: 'qemu' | 'sim'; dataDir: string; name: string; address: string; simMemoryMib: number; simCpus: number }) => {
+      const log = createLogger(`agent:${o.name}`);
+      const dataDir = resolve(o.dataDir);
+      mkdirSync(dataDir, { recursive: true });
+      const driver = await makeDriver(o.driver, { name: o.name, address: o.address, dataDir, memoryMiB: o.simMemoryMib, cpus: o.simCpus });
+      const agent = new Agent({ control: o.control, joinToken: o.joinToken, driver, dataDir, name: o.name, log });
+      await agent.start();
+      log.info({ hostId: agent.hostId, driver: o.driver }, 'agent running');
+      onSignal(async () => {
+        await agent.stop();
+        await driver.close();
+      });
+    });
+
+  program
+    .command('demo')
+    .description('control plus N servers on this machine, SQLite in a data directory, sample images')
+    .option('--hosts <n>', 'number of servers', intOption, 3)
+    .addOption(new Option('--driver <kind>', 'hypervisor driver').choices(['sim', 'qemu']).default('sim'))
+    .addOption(new Option('--port <port>', 'port to listen on').env('AWAN_PORT').default(8080).argParser(intOption))
+    .option('--data-dir <dir>', 'where the demo keeps its state', './data/demo')
+    .action(async (o: { hosts: number; driver: 'sim' | 'qemu'; port: number; dataDir: string }) => {
+      const { runDemo } = await import('./demo.ts');
+      await runDemo({ ...o, dataDir: resolve(o.dataDir), startControl, makeDriver, onSignal });
+    });
+}
+
+export async function makeDriver(
+  kind: 'sim' | 'qemu',
+  o: { name: string; address: string; dataDir: string; memoryMiB?: number; cpus?: number },
+): Promise<HypervisorDriver> {
+  if (kind === 'sim') return createDriver('sim', { hostname: o.name, address: o.address, memoryMiB: o.memoryMiB, cpus: o.cpus });
+  return createDriver('qemu', { dataDir: join(o.dataDir, 'qemu'), hostname: o.name, address: o.address });
+}
+
+export type StartControl = typeof startControl;
+export type { Control };
