@@ -1,0 +1,88 @@
+// Builds the qemu-system-x86_64 command line for a VM; source and migration destination share one device model.
+import type { DriverVmSpec } from '../types.ts';
+import type { VmPaths } from './paths.ts';
+
+export type Accel = 'kvm' | 'tcg';
+
+/** How one NIC is attached on this host: the spec's bridge mode becomes a tap we created, or user mode. */
+export type NicBackend = { kind: 'user'; mac: string } | { kind: 'tap'; ifname: string; mac: string };
+
+export interface QemuLaunch {
+  spec: DriverVmSpec;
+  paths: VmPaths;
+  accel: Accel;
+  nics: NicBackend[];
+  /** Destination of a live migration: `tcp:host:port` to listen on. */
+  incoming?: string;
+}
+
+/** QOM ids the driver addresses over QMP. */
+export const BALLOON_ID = 'balloon0';
+export const BALLOON_PATH = `/machine/peripheral/${BALLOON_ID}`;
+export const VMEM_ID = 'vmem0';
+export const VMEM_BLOCK_BYTES = 2 * 1024 * 1024;
+
+/** QEMU option values are comma-separated: a literal comma is written twice. */
+function esc(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+export function hasVirtioMem(spec: DriverVmSpec): boolean {
+  return spec.maxMemoryMiB > spec.memoryMiB;
+}
+
+/** virtio-mem grows in whole blocks: the hot-pluggable region is rounded down to them. */
+export function virtioMemSizeMiB(spec: DriverVmSpec): number {
+  const blockMiB = VMEM_BLOCK_BYTES / (1024 * 1024);
+  return Math.floor((spec.maxMemoryMiB - spec.memoryMiB) / blockMiB) * blockMiB;
+}
+
+export function qemuArgs(l: QemuLaunch): string[] {
+  const { spec, paths } = l;
+  const args = [
+    '-name', `guest=${esc(spec.name || spec.id)},debug-threads=on`,
+    '-machine', 'pc',
+    '-accel', l.accel,
+    '-smp', String(spec.cpus),
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    '-msg', 'timestamp=on',
+    '-pidfile', paths.pidfile,
+    '-qmp', `unix:${esc(paths.qmp)},server=on,wait=off`,
+    // A socket carries keystrokes both ways; the logfile keeps history while nobody is connected.
+    '-chardev', `socket,id=ser0,path=${esc(paths.serialSocket)},server=on,wait=off,logfile=${esc(paths.serialLog)},logappend=on`,
+    '-serial', 'chardev:ser0',
+    '-device', `virtio-balloon-pci,id=${BALLOON_ID},deflate-on-oom=on`,
+  ];
+  const vmemMiB = virtioMemSizeMiB(spec);
+  if (hasVirtioMem(spec) && vmemMiB > 0) {
+    args.push(
+      '-m', `${spec.memoryMiB}M,maxmem=${spec.memoryMiB + vmemMiB}M`,
+      '-object', `memory-backend-ram,id=${VMEM_ID}-ram,size=${vmemMiB}M`,
+      '-device', `virtio-mem-pci,id=${VMEM_ID},memdev=${VMEM_ID}-ram,block-size=${VMEM_BLOCK_BYTES},requested-size=0`,
+    );
+  } else {
+    args.push('-m', `${spec.memoryMiB}M`);
+  }
+  const boot = spec.boot;
+  if (boot.kind === 'kernel') {
+    args.push('-kernel', boot.kernelPath, '-initrd', boot.initrdPath);
+    args.push('-append', boot.cmdline ?? 'console=ttyS0 memhp_default_state=online_movable');
+  }
+  spec.disks.forEach((disk, i) => {
+    // cache=none would be safer for shared pools but tmpfs (tests) refuses O_DIRECT; writeback + flushes is QEMU's default.
+    args.push('-blockdev', `driver=file,node-name=disk${i}-file,filename=${esc(disk.path)}`);
+    args.push('-blockdev', `driver=${disk.format},node-name=disk${i},file=disk${i}-file`);
+    const bootindex = boot.kind === 'disk' && i === 0 ? ',bootindex=0' : '';
+    args.push('-device', `virtio-blk-pci,id=vd${i},drive=disk${i}${bootindex}`);
+  });
+  l.nics.forEach((nic, i) => {
+    if (nic.kind === 'user') {
+      args.push('-netdev', `user,id=net${i}`);
+    } else {
+      args.push('-netdev', `tap,id=net${i},ifname=${nic.ifname},script=no,downscript=no`);
+    }
+    args.push('-device', `virtio-net-pci,id=nic${i},netdev=net${i},mac=${nic.mac}`);
+  });
+  if (l.incoming) args.push('-incoming', l.incoming);
+  return args;
+}

@@ -1,0 +1,374 @@
+// The QEMU HypervisorDriver: one detached qemu-system-x86_64 per VM, steered over QMP, found again after restarts.
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { cpus as hostCpus, hostname as osHostname, totalmem } from 'node:os';
+import {
+  DriverError,
+  type DriverEvent,
+  type DriverVmSpec,
+  type DriverVmStatus,
+  type HostFacts,
+  type HypervisorDriver,
+  type MigrationProgress,
+  type MigrationResult,
+  type MigrationTarget,
+  type StopOptions,
+} from '../types.ts';
+import { chooseAccel, type ProbeGuest } from './accel.ts';
+import type { Accel } from './args.ts';
+import { readHistory } from './console.ts';
+import { hostAvailableMiB, launchVm, reattach, stopQemu, type LifecycleContext } from './lifecycle.ts';
+import { setGuestMemory } from './memory.ts';
+import { checkMigrationUri, freePort, runMigration } from './migrate.ts';
+import { tearDownNics } from './network.ts';
+import { checkVmId, vmPaths, vmsDir } from './paths.ts';
+import { QemuVm, readRecord, type VmHooks } from './vm.ts';
+
+export interface QemuDriverOptions {
+  dataDir: string;
+  hostname?: string;
+  /** Address other hosts reach this one at; incoming migrations listen on it. */
+  address?: string;
+  accel?: Accel;
+  qemuBinary?: string;
+  /** Serial output that proves a kernel-booted guest is up; start() then waits for it. */
+  guestReadyPattern?: RegExp;
+  bootTimeoutMs?: number;
+  /** Graceful stop's wait before it forces, when the caller gives none. */
+  stopTimeoutMs?: number;
+  /** Memory a shrink leaves above what the guest uses. */
+  memoryMarginMiB?: number;
+  migrationBandwidthBytes?: number;
+  probeGuest?: ProbeGuest;
+  probeTimeoutMs?: number;
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
+}
+
+export async function createQemuDriver(opts: QemuDriverOptions): Promise<HypervisorDriver> {
+  const qemuBinary = opts.qemuBinary ?? 'qemu-system-x86_64';
+  await mkdir(vmsDir(opts.dataDir), { recursive: true });
+  const accel = await chooseAccel({ ...opts, qemuBinary });
+  const driver = new QemuDriver(opts, qemuBinary, accel);
+  await driver.init();
+  return driver;
+}
+
+class QemuDriver implements HypervisorDriver {
+  readonly kind = 'qemu' as const;
+  private readonly vms = new Map<string, QemuVm>();
+  private readonly listeners = new Set<(event: DriverEvent) => void>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly ctx: LifecycleContext;
+  private readonly hostname: string;
+  private readonly address: string;
+  private closed = false;
+
+  constructor(
+    private readonly opts: QemuDriverOptions,
+    binary: string,
+    private readonly accel: Accel,
+  ) {
+    this.hostname = opts.hostname ?? osHostname();
+    this.address = opts.address ?? '127.0.0.1';
+    const hooks: VmHooks = {
+      stateChanged: (vm) => this.emit({ type: 'vm-state', vm: vm.snapshot() }),
+      consoleOutput: (vm, data) => this.emit({ type: 'console', vmId: vm.id, data }),
+    };
+    this.ctx = {
+      binary,
+      owner: opts.dataDir,
+      hooks,
+      bootTimeoutMs: opts.bootTimeoutMs ?? 120_000,
+      guestReadyPattern: opts.guestReadyPattern,
+      log: opts.log ?? (() => undefined),
+    };
+  }
+
+  /** Finds the VMs earlier driver instances left running (or stopped) in the data dir. */
+  async init(): Promise<void> {
+    for (const id of await readdir(vmsDir(this.opts.dataDir))) {
+      const paths = vmPaths(this.opts.dataDir, id);
+      const record = await readRecord(paths.spec);
+      if (!record || record.spec.id !== id) continue;
+      const vm = await reattach(this.ctx, record, paths);
+      if (vm) this.vms.set(id, vm);
+      else await rm(paths.dir, { recursive: true, force: true });
+    }
+  }
+
+  async facts(): Promise<HostFacts> {
+    this.checkOpen();
+    return {
+      hostname: this.hostname,
+      cpus: hostCpus().length,
+      memoryMiB: Math.floor(totalmem() / (1024 * 1024)),
+      memoryFreeMiB: await hostAvailableMiB(),
+      driver: 'qemu',
+      address: this.address,
+      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console'],
+      accelerator: this.accel,
+    };
+  }
+
+  async list(): Promise<DriverVmStatus[]> {
+    this.checkOpen();
+    return Promise.all([...this.vms.values()].map((vm) => vm.status()));
+  }
+
+  async status(vmId: string): Promise<DriverVmStatus> {
+    return this.get(vmId).status();
+  }
+
+  start(spec: DriverVmSpec, signal?: AbortSignal): Promise<DriverVmStatus> {
+    this.checkOpen();
+    checkSpec(spec);
+    return this.locked(spec.id, async () => {
+      const existing = this.vms.get(spec.id);
+      if (existing?.state === 'incoming') throw new DriverError('VM_EXISTS', `${spec.id} is arriving by migration`);
+      if (existing?.alive) {
+        if (existing.state !== 'crashed') return existing.status();
+        // A guest that panicked leaves QEMU running; starting it again means a fresh QEMU.
+        await stopQemu(existing, { force: true, timeoutMs: 0, reason: existing.reason });
+        existing.detach();
+      }
+      if (signal?.aborted) throw new DriverError('BOOT_FAILED', `start of ${spec.id} cancelled`);
+      const free = await hostAvailableMiB();
+      if (spec.memoryMiB > free) {
+        throw new DriverError('INSUFFICIENT_MEMORY', `${spec.id} needs ${spec.memoryMiB} MiB, the host has ${free} MiB available`);
+      }
+      const paths = vmPaths(this.opts.dataDir, spec.id);
+      await mkdir(paths.dir, { recursive: true });
+      const vm = new QemuVm({ spec, accel: this.accel, mode: 'run' }, paths, this.ctx.hooks);
+      await vm.saveRecord();
+      this.vms.set(spec.id, vm);
+      vm.setState('starting');
+      try {
+        await launchVm(this.ctx, vm, { accel: this.accel, signal });
+      } catch (err) {
+        vm.setState('stopped', err instanceof Error ? err.message : String(err));
+        throw err instanceof DriverError ? err : new DriverError('BOOT_FAILED', String(err));
+      }
+      vm.setState('running');
+      return vm.status();
+    });
+  }
+
+  stop(vmId: string, opts: StopOptions = {}): Promise<void> {
+    const vm = this.get(vmId);
+    if (vm.state === 'incoming') throw new DriverError('VM_NOT_RUNNING', `${vmId} has not arrived yet; abort the incoming migration`);
+    return this.locked(vmId, async () => {
+      if (!vm.alive) return; // stopped, or crashed and gone: nothing to stop
+      await stopQemu(vm, { force: opts.force ?? false, timeoutMs: opts.timeoutMs ?? this.opts.stopTimeoutMs ?? 60_000 });
+      await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
+    });
+  }
+
+  async reboot(vmId: string): Promise<void> {
+    const vm = this.get(vmId);
+    if ((vm.state !== 'running' && vm.state !== 'paused') || !vm.qmp) {
+      throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    }
+    await vm.qmp.call('system_reset', undefined);
+  }
+
+  delete(vmId: string): Promise<void> {
+    this.checkOpen();
+    return this.locked(vmId, async () => {
+      const vm = this.vms.get(vmId);
+      if (!vm) return;
+      await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'deleted' });
+      vm.detach();
+      await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
+      // Disks inside the VM directory go with it; disks elsewhere (pools) belong to someone else.
+      await rm(vm.paths.dir, { recursive: true, force: true });
+      this.vms.delete(vmId);
+      if (vm.state !== 'stopped') vm.setState('stopped', 'deleted');
+    });
+  }
+
+  async setMemory(vmId: string, targetMiB: number): Promise<DriverVmStatus> {
+    const vm = this.get(vmId);
+    if (vm.state !== 'running' || !vm.qmp) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    await setGuestMemory(vm.qmp, vm.spec, targetMiB, {
+      marginMiB: this.opts.memoryMarginMiB ?? 32,
+      statsTimeoutMs: 30_000,
+      hostAvailableMiB,
+    });
+    const status = await vm.status();
+    this.emit({ type: 'vm-state', vm: status });
+    return status;
+  }
+
+  prepareIncoming(spec: DriverVmSpec): Promise<MigrationTarget> {
+    this.checkOpen();
+    checkSpec(spec);
+    return this.locked(spec.id, async () => {
+      const existing = this.vms.get(spec.id);
+      if (existing?.state === 'incoming' && existing.record.incomingUri && existing.alive) {
+        return { uri: existing.record.incomingUri };
+      }
+      if (existing?.qmp && existing.alive) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
+      const free = await hostAvailableMiB();
+      if (spec.memoryMiB > free) {
+        throw new DriverError('INSUFFICIENT_MEMORY', `${spec.id} needs ${spec.memoryMiB} MiB, the host has ${free} MiB available`);
+      }
+      const paths = vmPaths(this.opts.dataDir, spec.id);
+      await mkdir(paths.dir, { recursive: true });
+      // The port is free when chosen but QEMU binds it later: a clash makes QEMU exit, and we pick another.
+      let lastErr: unknown;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const uri = `tcp:${this.address}:${await freePort(this.address)}`;
+        const vm = new QemuVm({ spec, accel: this.accel, mode: 'incoming', incomingUri: uri }, paths, this.ctx.hooks);
+        await vm.saveRecord();
+        this.vms.set(spec.id, vm);
+        try {
+          await launchVm(this.ctx, vm, { accel: this.accel, incoming: uri });
+          vm.setState('incoming');
+          return { uri };
+        } catch (err) {
+          lastErr = err;
+          this.vms.delete(spec.id);
+        }
+      }
+      await rm(paths.dir, { recursive: true, force: true });
+      throw lastErr instanceof DriverError ? lastErr : new DriverError('MIGRATION_FAILED', String(lastErr));
+    });
+  }
+
+  migrate(
+    vmId: string,
+    target: MigrationTarget,
+    onProgress?: (p: MigrationProgress) => void,
+    signal?: AbortSignal,
+  ): Promise<MigrationResult> {
+    const vm = this.get(vmId);
+    checkMigrationUri(target.uri);
+    return this.locked(vmId, async () => {
+      const qmp = vm.qmp;
+      if (vm.state !== 'running' || !qmp) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+      vm.migrating = true;
+      let result: MigrationResult;
+      try {
+        result = await runMigration(qmp, target.uri, {
+          maxBandwidthBytes: this.opts.migrationBandwidthBytes ?? 10 * 1024 ** 3,
+          downtimeLimitMs: 300,
+          pollIntervalMs: 100,
+          onProgress,
+          signal,
+        });
+      } finally {
+        vm.migrating = false;
+      }
+      // The guest runs on the destination now; this copy is paused and must never run again.
+      await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'migrated to another host' });
+      vm.detach();
+      await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
+      await rm(vm.paths.dir, { recursive: true, force: true });
+      this.vms.delete(vmId);
+      return result;
+    });
+  }
+
+  async completeIncoming(vmId: string, timeoutMs = 120_000): Promise<DriverVmStatus> {
+    const vm = this.get(vmId);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (vm.state === 'running' && vm.record.mode === 'run') return vm.status();
+      const qmp = vm.qmp;
+      if (!qmp || !vm.alive) throw new DriverError('MIGRATION_FAILED', `${vmId} did not arrive: ${vm.reason ?? 'QEMU is gone'}`);
+      const status = await qmp.call('query-status', undefined).catch(() => undefined);
+      if (status?.running) {
+        await vm.arrived();
+        return vm.status();
+      }
+      if (Date.now() > deadline) throw new DriverError('MIGRATION_FAILED', `${vmId} did not arrive within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  abortIncoming(vmId: string): Promise<void> {
+    this.checkOpen();
+    return this.locked(vmId, async () => {
+      const vm = this.vms.get(vmId);
+      if (!vm) return;
+      if (vm.record.mode !== 'incoming') throw new DriverError('VM_EXISTS', `${vmId} is ${vm.state}, not an incoming migration`);
+      await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'incoming migration aborted' });
+      vm.detach();
+      await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
+      await rm(vm.paths.dir, { recursive: true, force: true });
+      this.vms.delete(vmId);
+      if (vm.state !== 'stopped') vm.setState('stopped', 'incoming migration aborted');
+    });
+  }
+
+  subscribe(listener: (event: DriverEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  async consoleWrite(vmId: string, data: string): Promise<void> {
+    const vm = this.get(vmId);
+    if (vm.state !== 'running' && vm.state !== 'paused' && vm.state !== 'crashed') {
+      throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    }
+    await vm.consoleWrite(data).catch((err: unknown) => {
+      throw new DriverError('INTERNAL', `${vmId}: console not available (${String(err)})`);
+    });
+  }
+
+  async consoleHistory(vmId: string): Promise<string> {
+    return readHistory(this.get(vmId).paths.serialLog);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.allSettled([...this.locks.values()]);
+    for (const vm of this.vms.values()) vm.detach();
+    this.listeners.clear();
+  }
+
+  private get(vmId: string): QemuVm {
+    this.checkOpen();
+    const vm = this.vms.get(vmId);
+    if (!vm) throw new DriverError('VM_NOT_FOUND', `no VM ${vmId} on ${this.hostname}`);
+    return vm;
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new DriverError('INTERNAL', `qemu driver of ${this.hostname} is closed`);
+  }
+
+  /** One mutating operation per VM at a time, in call order. */
+  private locked<T>(vmId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(vmId) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    const tail = next.catch(() => undefined);
+    this.locks.set(vmId, tail);
+    void tail.then(() => {
+      if (this.locks.get(vmId) === tail) this.locks.delete(vmId);
+    });
+    return next;
+  }
+
+  private emit(event: DriverEvent): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(event);
+      } catch {
+        // A broken subscriber must not break the VM lifecycle or starve the others.
+      }
+    }
+  }
+}
+
+function checkSpec(spec: DriverVmSpec): void {
+  const problems: string[] = [];
+  const idProblem = checkVmId(spec.id);
+  if (idProblem) problems.push(idProblem);
+  if (!Number.isInteger(spec.cpus) || spec.cpus < 1) problems.push('cpus must be a positive integer');
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 16) problems.push('memoryMiB must be an integer of at least 16');
+  if (!(spec.maxMemoryMiB >= spec.memoryMiB)) problems.push('maxMemoryMiB must be at least memoryMiB');
+  if (problems.length > 0) throw new DriverError('BOOT_FAILED', `invalid VM spec ${spec.id}: ${problems.join(', ')}`);
+}

@@ -1,0 +1,159 @@
+// Boots, stops and re-attaches QEMU processes for VMs; the driver decides when, this module knows how.
+import { readFile, stat } from 'node:fs/promises';
+import { DriverError } from '../types.ts';
+import { qemuArgs, type Accel } from './args.ts';
+import { ensureDisk } from './images.ts';
+import { setUpNics } from './network.ts';
+import type { VmPaths } from './paths.ts';
+import { isQemuAlive, killHard, launchQemu, readPid, startedAtMs } from './process.ts';
+import { QmpClient } from './qmp.ts';
+import { QemuVm, type VmHooks, type VmRecord } from './vm.ts';
+
+export interface LifecycleContext {
+  binary: string;
+  /** Owner of host resources such as tap devices: the driver's data dir. */
+  owner: string;
+  hooks: VmHooks;
+  bootTimeoutMs: number;
+  guestReadyPattern?: RegExp;
+  log: (msg: string, fields?: Record<string, unknown>) => void;
+}
+
+/** Host memory the kernel says is available for new allocations. */
+export async function hostAvailableMiB(): Promise<number> {
+  const meminfo = await readFile('/proc/meminfo', 'utf8');
+  const kib = Number(/^MemAvailable:\s+(\d+)/m.exec(meminfo)?.[1] ?? 0);
+  return Math.floor(kib / 1024);
+}
+
+/** Unix socket paths are limited to 108 bytes; a deep data dir must fail clearly, not with ENAMETOOLONG. */
+function checkSocketPaths(paths: VmPaths): void {
+  for (const p of [paths.qmp, paths.serialSocket]) {
+    if (Buffer.byteLength(p) > 100) throw new DriverError('BOOT_FAILED', `socket path too long (${p}); use a shorter data dir`);
+  }
+}
+
+/** Starts QEMU for `vm` and takes it over. With `incoming` it listens for a migration instead of booting. */
+export async function launchVm(
+  ctx: LifecycleContext,
+  vm: QemuVm,
+  opts: { accel: Accel; incoming?: string; signal?: AbortSignal },
+): Promise<void> {
+  const spec = vm.spec;
+  checkSocketPaths(vm.paths);
+  // A destination opens the disks the source already created (shared pool); only a fresh boot creates them.
+  if (!opts.incoming) for (const disk of spec.disks) await ensureDisk(disk);
+  const { backends, warnings } = await setUpNics(ctx.owner, spec.id, spec.nics);
+  for (const w of warnings) ctx.log(w, { vmId: spec.id });
+  const args = qemuArgs({ spec, paths: vm.paths, accel: opts.accel, nics: backends, incoming: opts.incoming });
+  let logSize = 0;
+  try {
+    logSize = (await stat(vm.paths.serialLog)).size;
+  } catch {
+    // no serial log yet
+  }
+  const { launched, qmp } = await launchQemu(ctx.binary, args, vm.paths, { timeoutMs: ctx.bootTimeoutMs, signal: opts.signal });
+  vm.attach(qmp, launched.pid, launched);
+  vm.bootedAtMs = Date.now();
+  if (opts.incoming) return;
+  try {
+    const status = await qmp.call('query-status', undefined);
+    if (!status.running) throw new DriverError('BOOT_FAILED', `${spec.id}: QEMU is ${status.status}, not running`);
+    await vm.enableStats();
+    if (ctx.guestReadyPattern && spec.boot.kind === 'kernel') {
+      await waitForSerial(vm, logSize, ctx.guestReadyPattern, ctx.bootTimeoutMs, opts.signal);
+    }
+  } catch (err) {
+    vm.expectedExit = { reason: 'boot failed' };
+    await killHard(launched.pid, vm.paths.dir);
+    await vm.waitExit(5000);
+    if (err instanceof DriverError) throw err;
+    throw new DriverError('BOOT_FAILED', `${spec.id}: ${String(err)}`);
+  }
+}
+
+/** Waits for the guest to print `pattern` on its serial console (after byte `from` of the log). */
+async function waitForSerial(vm: QemuVm, from: number, pattern: RegExp, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (signal?.aborted) throw new DriverError('BOOT_FAILED', `${vm.id}: start cancelled`);
+    if (!vm.qmp) throw new DriverError('BOOT_FAILED', `${vm.id}: QEMU exited during boot (${vm.reason ?? 'no reason'})`);
+    if (vm.state === 'crashed') throw new DriverError('BOOT_FAILED', `${vm.id}: ${vm.reason ?? 'crashed during boot'}`);
+    const log = await readFile(vm.paths.serialLog).catch(() => Buffer.alloc(0));
+    if (pattern.test(log.subarray(from).toString('utf8'))) return;
+    if (Date.now() > deadline) throw new DriverError('BOOT_FAILED', `${vm.id}: the guest did not boot within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Makes QEMU exit. Graceful: ACPI powerdown, then `quit` after `timeoutMs` (a guest may ignore the button);
+ * forced: `quit` at once. SIGKILL when QMP does not get it done.
+ */
+export async function stopQemu(vm: QemuVm, opts: { force: boolean; timeoutMs: number; reason?: string }): Promise<void> {
+  const qmp = vm.qmp;
+  const pid = vm.pid;
+  if (pid === undefined) return;
+  if (!qmp) {
+    // Re-attached without QMP: the process is all we can reach.
+    await killHard(pid, vm.paths.dir);
+    vm.pid = undefined;
+    vm.setState('stopped', opts.reason);
+    return;
+  }
+  vm.expectedExit = { reason: opts.reason };
+  if (!opts.force && vm.state === 'running') {
+    const sent = await qmp.call('system_powerdown', undefined).then(() => true, () => false);
+    if (sent && (await vm.waitExit(opts.timeoutMs))) return;
+  }
+  await qmp.call('quit', undefined, { timeoutMs: 5000 }).catch(() => undefined);
+  if (await vm.waitExit(5000)) return;
+  await killHard(pid, vm.paths.dir);
+  await vm.waitExit(15_000);
+}
+
+/** Rebuilds a VM from its directory after a driver restart: attached when its QEMU still runs, else stopped. */
+export async function reattach(ctx: LifecycleContext, record: VmRecord, paths: VmPaths): Promise<QemuVm | undefined> {
+  const vm = new QemuVm(record, paths, ctx.hooks);
+  const pid = await readPid(paths.pidfile);
+  if (pid === undefined || !isQemuAlive(pid, paths.dir)) {
+    // An incoming VM that is gone will never arrive: nothing to keep.
+    if (record.mode === 'incoming') return undefined;
+    vm.state = 'stopped';
+    return vm;
+  }
+  let qmp: QmpClient;
+  try {
+    qmp = await QmpClient.connect(paths.qmp, { timeoutMs: 5000 });
+  } catch (err) {
+    // QEMU accepts one QMP client: another agent may still hold it. The VM runs; we cannot steer it.
+    vm.pid = pid;
+    vm.state = 'running';
+    vm.reason = `QMP unavailable: ${String(err)}`;
+    ctx.log('re-attach without QMP', { vmId: record.spec.id, err: String(err) });
+    return vm;
+  }
+  vm.attach(qmp, pid);
+  vm.bootedAtMs = await startedAtMs(paths.pidfile);
+  const status = await qmp.call('query-status', undefined).catch(() => undefined);
+  if (status?.status === 'inmigrate') {
+    vm.state = 'incoming';
+  } else if (status?.running) {
+    vm.state = 'running';
+    if (record.mode === 'incoming') {
+      vm.record = { ...record, mode: 'run' };
+      delete vm.record.incomingUri;
+      await vm.saveRecord();
+    }
+    await vm.enableStats();
+  } else if (status?.status === 'postmigrate') {
+    // It left for another host while no agent watched; the copy there is the VM now.
+    vm.expectedExit = { reason: 'migrated to another host' };
+    await qmp.call('quit', undefined).catch(() => undefined);
+    await vm.waitExit(5000);
+    return undefined;
+  } else {
+    vm.state = 'paused';
+  }
+  return vm;
+}
