@@ -30,7 +30,8 @@ export function requireGuest(): TestGuest {
   if (guest) return guest;
   const dir = process.env.AWAN_GUEST_DIR ?? join(repo, '.cache', 'guest');
   const meta = join(dir, 'guest.json');
-  if (!existsSync(meta)) {
+  {
+    // The script returns at once when the cached guest is current, and rebuilds an outdated one.
     try {
       execFileSync('bash', [join(repo, 'scripts', 'build-guest')], { stdio: 'pipe', env: { ...process.env, AWAN_GUEST_DIR: dir } });
     } catch (err) {
