@@ -50,6 +50,9 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
     return reply.code(500).send(new AppError('INTERNAL', `internal error; see the control log for ${errorId}`, { errorId }).toBody());
   });
 
+  // The API speaks JSON only: a text body is refused with 415 instead of failing validation.
+  app.removeContentTypeParser('text/plain');
+
   app.setNotFoundHandler((req, reply) =>
     reply.code(404).send(new AppError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).toBody()),
   );
