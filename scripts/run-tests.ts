@@ -2,6 +2,7 @@
 // fails when the runner executed no test at all.
 import { spawn } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 
 const root = join(import.meta.dirname, '..');
@@ -26,16 +27,17 @@ if (files.length === 0) {
   process.exit(1);
 }
 
+const summaryFile = join(tmpdir(), `awan-test-summary-${process.pid}.tap`);
 const child = spawn(
   process.execPath,
   ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-reporter-destination=stdout',
-    '--test-reporter=tap', '--test-reporter-destination=.test-summary.tap', ...files],
+    '--test-reporter=tap', `--test-reporter-destination=${summaryFile}`, ...files],
   { cwd: root, stdio: 'inherit' },
 );
 child.on('exit', async (code, signal) => {
   const { readFileSync, rmSync } = await import('node:fs');
-  const tap = readFileSync(join(root, '.test-summary.tap'), 'utf8');
-  rmSync(join(root, '.test-summary.tap'), { force: true });
+  const tap = readFileSync(summaryFile, 'utf8');
+  rmSync(summaryFile, { force: true });
   const summary = tap.split('\n').filter((l) => /^# (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) /.test(l));
   console.log(summary.join('\n'));
   const tests = Number(/^# tests (\d+)/m.exec(tap)?.[1] ?? 0);

@@ -72,6 +72,7 @@ export function createVmController(deps: VmControllerDeps) {
     let vm = await db.selectFrom('vms').selectAll().where('id', '=', vmId).executeTakeFirst();
     if (!vm) {
       capacity.release(vmId);
+      await reportStrangers(vmId);
       return;
     }
     const active = await tasks.activeFor(vmId);
@@ -143,6 +144,25 @@ export function createVmController(deps: VmControllerDeps) {
     }
     capacity.release(vm.id);
     await finishTasks(active, ['stop', 'create'], 'stopped');
+  }
+
+  /** A host runs a VM control does not know: say so once, and leave it alone (it may be someone's). */
+  const reported = new Set<string>();
+  async function reportStrangers(vmId: string): Promise<void> {
+    for (const h of registry.all()) {
+      const vm = h.vms.get(vmId);
+      const key = `${h.row.id}/${vmId}`;
+      if (!vm || vm.state === 'incoming' || reported.has(key)) continue;
+      reported.add(key);
+      log.warn({ hostId: h.row.id, vmId }, 'host runs a VM control does not know');
+      await events.emit({
+        type: 'host.unknown-vm',
+        objectKind: 'host',
+        objectId: h.row.id,
+        message: `host ${h.row.name} runs VM ${vm.name} (${vmId}), which control does not know; it is left running`,
+        data: { vmId, name: vm.name, state: vm.state },
+      });
+    }
   }
 
   async function schedule(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
