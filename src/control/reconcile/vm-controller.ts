@@ -96,6 +96,9 @@ export function createVmController(deps: VmControllerDeps) {
     }
 
     if (vm.host_id && !connected) {
+      // Not connected but not yet declared unreachable (control just restarted, or the agent is
+      // reconnecting): wait for it rather than give up on its VMs.
+      if (host && (host.row.state === 'ready' || host.row.state === 'joining')) return { requeueAfterMs: 250 };
       // The host is silent: we cannot know what runs there. Say so, and wait for it to return.
       if (vm.phase !== 'unknown' && vm.phase !== 'stopped' && vm.phase !== 'failed') {
         vm = await update(vm, { phase: 'unknown', message: `host ${host?.row.name ?? vm.host_id} is unreachable` });
