@@ -38,6 +38,7 @@ export class Agent {
   private attempts = 0;
   private seq = 0;
   private readonly inflight = new Map<string, AbortController>();
+  private readonly consoles = new Set<string>();
   private unsubscribe: (() => void) | null = null;
   creds: AgentCredentials | undefined;
   connected = false;
@@ -53,6 +54,7 @@ export class Agent {
     if (!this.creds) this.creds = await this.join();
     this.unsubscribe = this.opts.driver.subscribe((e) => {
       if (e.type === 'vm-state') this.send({ type: 'vms', full: false, vms: [toMsg(e.vm)] });
+      else if (this.consoles.has(e.vmId)) this.send({ type: 'console', vmId: e.vmId, data: e.data });
     });
     this.connect();
   }
@@ -95,6 +97,7 @@ export class Agent {
     socket.on('close', () => {
       if (this.socket !== socket) return;
       this.connected = false;
+      this.consoles.clear(); // viewers attach again through the new connection
       this.socket = null;
       if (this.heartbeat) clearInterval(this.heartbeat);
       this.heartbeat = null;
@@ -138,6 +141,7 @@ export class Agent {
     try {
       const value = await execute(command, {
         driver: this.opts.driver,
+        consoles: this.consoles,
         signal: abort.signal,
         progress: (fraction, message) => this.send({ type: 'progress', id, fraction, ...(message ? { message } : {}) }),
       });

@@ -4,11 +4,13 @@ import type { Command } from '../protocol/messages.ts';
 
 export interface ExecuteContext {
   driver: HypervisorDriver;
+  /** VMs whose console output is streamed to control. */
+  consoles: Set<string>;
   signal: AbortSignal;
   progress: (fraction: number, message?: string) => void;
 }
 
-export async function execute(cmd: Command, { driver, signal, progress }: ExecuteContext): Promise<unknown> {
+export async function execute(cmd: Command, { driver, consoles, signal, progress }: ExecuteContext): Promise<unknown> {
   switch (cmd.op) {
     case 'start':
       return driver.start(cmd.spec, signal);
@@ -32,6 +34,13 @@ export async function execute(cmd: Command, { driver, signal, progress }: Execut
       return driver.consoleWrite(cmd.vmId, cmd.data);
     case 'consoleHistory':
       return driver.consoleHistory(cmd.vmId);
+    case 'consoleAttach':
+      await driver.status(cmd.vmId); // refuses an unknown VM
+      consoles.add(cmd.vmId);
+      return driver.consoleHistory(cmd.vmId);
+    case 'consoleDetach':
+      consoles.delete(cmd.vmId);
+      return;
     case 'cancel':
       throw new DriverError('INTERNAL', 'cancel is handled by the agent, not the driver');
   }

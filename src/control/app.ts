@@ -15,6 +15,7 @@ import { imageRoutes } from './features/images/routes.ts';
 import { type ImageInspector, createImageService } from './features/images/service.ts';
 import { taskRoutes } from './features/tasks/routes.ts';
 import { createTaskService } from './features/tasks/service.ts';
+import { consoleRoute } from './features/vms/console.ts';
 import { vmRoutes } from './features/vms/routes.ts';
 import { createVmService } from './features/vms/service.ts';
 import { createHttpServer } from './http/server.ts';
@@ -130,6 +131,7 @@ export async function createControl(config: ControlConfig) {
   authRoutes(app, auth);
   hostRoutes(app, hosts);
   vmRoutes(app, vms);
+  consoleRoute(app, { vms, registry, auth });
   imageRoutes(app, images);
   taskRoutes(app, tasks);
   eventRoutes(app, events);

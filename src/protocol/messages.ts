@@ -98,6 +98,9 @@ export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('cancel'), commandId: Id }, Strict),
   Type.Object({ op: Type.Literal('consoleWrite'), vmId: Id, data: Type.String({ maxLength: 4096 }) }, Strict),
   Type.Object({ op: Type.Literal('consoleHistory'), vmId: Id }, Strict),
+  /** Start or stop streaming a VM's console output to control (only while someone watches it). */
+  Type.Object({ op: Type.Literal('consoleAttach'), vmId: Id }, Strict),
+  Type.Object({ op: Type.Literal('consoleDetach'), vmId: Id }, Strict),
 ]);
 
 export const AgentMessageSchema = Type.Union([

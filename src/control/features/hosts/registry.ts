@@ -32,6 +32,7 @@ export class HostRegistry {
   private readonly hosts = new Map<string, LiveHost>();
   private readonly vmListeners = new Set<(hostId: string, vmIds: string[]) => void>();
   private readonly hostListeners = new Set<(hostId: string, state: HostState) => void>();
+  private readonly consoleListeners = new Map<string, Set<(data: string) => void>>();
   private monitor: NodeJS.Timeout | null = null;
 
   constructor(private readonly deps: HostRegistryDeps) {}
@@ -67,6 +68,17 @@ export class HostRegistry {
 
   onVmsReported(listener: (hostId: string, vmIds: string[]) => void): void {
     this.vmListeners.add(listener);
+  }
+
+  /** Console output of one VM, as its agent streams it while attached. */
+  onConsole(vmId: string, listener: (data: string) => void): () => void {
+    let set = this.consoleListeners.get(vmId);
+    if (!set) this.consoleListeners.set(vmId, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.consoleListeners.delete(vmId);
+    };
   }
 
   onHostState(listener: (hostId: string, state: HostState) => void): void {
@@ -126,7 +138,8 @@ export class HostRegistry {
         conn.handleProgress(msg.id, msg.fraction, msg.message);
         return;
       case 'console':
-        return; // consoles are relayed by the console route, which subscribes separately
+        for (const l of this.consoleListeners.get(msg.vmId) ?? []) l(msg.data);
+        return;
     }
   }
 

@@ -1,0 +1,66 @@
+// The serial console of a VM over a WebSocket: history first, then live output; what the client types
+// goes to the guest. Control relays; the agent streams only while someone watches.
+import { AppError } from '../../errors.ts';
+import { type App, requireRole } from '../../http/types.ts';
+import type { AuthService } from '../auth/service.ts';
+import type { HostRegistry } from '../hosts/registry.ts';
+import type { VmService } from './service.ts';
+
+/** Close codes: 4001 unauthorized, 4004 unknown VM, 4009 VM not running or host unreachable. */
+export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; auth: AuthService }): void {
+  const watchers = new Map<string, number>();
+
+  app.get('/api/v1/vms/:id/console', {
+    websocket: true,
+    config: { public: true },
+    schema: { hide: true },
+  }, async (socket, req) => {
+    const fail = (code: number, message: string) => {
+      socket.send(`\r\n[awan] ${message}\r\n`);
+      socket.close(code, message.slice(0, 120));
+    };
+    const { id } = req.params as { id: string };
+    const header = req.headers.authorization;
+    const token = header?.startsWith('Bearer ') ? header.slice(7) : new URL(req.url, 'http://x').searchParams.get('token');
+    try {
+      if (!token) throw new AppError('UNAUTHORIZED', 'send Authorization: Bearer <token> or ?token=');
+      requireRole(await deps.auth.authenticate(token), 'operator');
+    } catch (err) {
+      return fail(4001, err instanceof Error ? err.message : 'unauthorized');
+    }
+    const vm = await deps.vms.find(id).catch(() => undefined);
+    if (!vm) return fail(4004, `VM ${id} not found`);
+    const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
+    if (!host?.connection || vm.phase !== 'running') return fail(4009, `VM ${vm.name} is ${vm.phase}; its console is available while it runs`);
+    const conn = host.connection;
+
+    // Buffer live output until the history is sent, so nothing is lost or reordered.
+    const pending: string[] = [];
+    let live = false;
+    const unsubscribe = deps.registry.onConsole(vm.id, (data) => (live ? socket.send(data) : pending.push(data)));
+    watchers.set(vm.id, (watchers.get(vm.id) ?? 0) + 1);
+    socket.on('close', () => {
+      unsubscribe();
+      const n = (watchers.get(vm.id) ?? 1) - 1;
+      if (n > 0) watchers.set(vm.id, n);
+      else {
+        watchers.delete(vm.id);
+        void conn.command({ op: 'consoleDetach', vmId: vm.id }).catch(() => undefined);
+      }
+    });
+    socket.on('message', (data) => {
+      const text = data.toString();
+      for (let i = 0; i < text.length; i += 4096) {
+        void conn.command({ op: 'consoleWrite', vmId: vm.id, data: text.slice(i, i + 4096) }).catch(() => undefined);
+      }
+    });
+    try {
+      const history = await conn.command<string>({ op: 'consoleAttach', vmId: vm.id }, { timeoutMs: 10_000 });
+      if (typeof history === 'string' && history) socket.send(history);
+      for (const d of pending.splice(0)) socket.send(d);
+      live = true;
+    } catch (err) {
+      fail(4009, err instanceof Error ? err.message : String(err));
+    }
+  });
+}
