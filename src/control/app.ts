@@ -12,6 +12,7 @@ import { HostRegistry } from './features/hosts/registry.ts';
 import { hostRoutes } from './features/hosts/routes.ts';
 import { createHostService } from './features/hosts/service.ts';
 import { imageRoutes } from './features/images/routes.ts';
+import { createImageInspector } from './features/images/inspect.ts';
 import { type ImageInspector, createImageService } from './features/images/service.ts';
 import { taskRoutes } from './features/tasks/routes.ts';
 import { createTaskService } from './features/tasks/service.ts';
@@ -51,10 +52,10 @@ export async function createControl(config: ControlConfig) {
   const events = createEventService({ db });
   const tasks = createTaskService({ db, events });
   const auth = createAuthService({ db });
-  const images = createImageService({ db, events, inspect: config.inspectImage });
   const capacity = new CapacityIndex({ memoryOvercommit: config.memoryOvercommit ?? 1.0 });
   const registry = new HostRegistry({ db, events, capacity, log, heartbeatIntervalMs });
   const poolDir = config.poolDir ?? join(process.cwd(), 'data', 'pool');
+  const images = createImageService({ db, events, inspect: config.inspectImage ?? createImageInspector({ poolDir, log }) });
 
   async function buildSpec(vm: VmRow): Promise<VmSpecMsg> {
     const image = vm.image_id ? await images.find(vm.image_id) : undefined;

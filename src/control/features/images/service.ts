@@ -32,6 +32,7 @@ export const CreateImageBody = Type.Object(
     cmdline: Type.Optional(Type.String({ maxLength: 1024 })),
     sizeMiB: Type.Optional(Type.Integer({ minimum: 0 })),
     os: Type.Optional(Type.String({ maxLength: 63 })),
+    import: Type.Optional(Type.Boolean({ description: 'copy the file into the shared pool instead of using it in place' })),
   },
   { additionalProperties: false },
 );
@@ -50,8 +51,8 @@ export const imageFromRow = (r: ImageRow): Image => ({
   createdAt: r.created_at,
 });
 
-/** Checks an image file and returns its size; the qemu driver plugs in a `qemu-img info` check. */
-export type ImageInspector = (img: CreateImage) => Promise<{ sizeMiB: number }>;
+/** Checks an image file and returns its size, and its new path when it was imported into the pool. */
+export type ImageInspector = (img: CreateImage) => Promise<{ sizeMiB: number; path?: string }>;
 
 export function createImageService({ db, events, inspect }: { db: Kysely<Database>; events: EventService; inspect?: ImageInspector }) {
   async function find(idOrName: string): Promise<ImageRow> {
@@ -76,16 +77,16 @@ export function createImageService({ db, events, inspect }: { db: Kysely<Databas
       }
       const taken = await db.selectFrom('images').select('id').where('name', '=', body.name).executeTakeFirst();
       if (taken) throw new AppError('NAME_TAKEN', `an image named ${body.name} already exists`, { name: body.name });
-      const sizeMiB = inspect ? (await inspect(body)).sizeMiB : (body.sizeMiB ?? 0);
+      const checked = inspect ? await inspect(body) : { sizeMiB: body.sizeMiB ?? 0 };
       const row: ImageRow = {
         id: newId(),
         name: body.name,
         format: body.format,
-        path: body.path ?? null,
+        path: checked.path ?? body.path ?? null,
         kernel_path: body.kernelPath ?? null,
         initrd_path: body.initrdPath ?? null,
         cmdline: body.cmdline ?? null,
-        size_mib: sizeMiB,
+        size_mib: checked.sizeMiB,
         os: body.os ?? null,
         created_at: new Date().toISOString(),
       };
