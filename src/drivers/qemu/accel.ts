@@ -1,9 +1,9 @@
 // Chooses KVM or TCG: KVM only when a probe guest really boots under it (on some hosts KVM guests hang).
 import { spawn } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Accel } from './args.ts';
 
 export interface ProbeGuest {
@@ -20,6 +20,8 @@ export interface AccelOptions {
   accel?: Accel;
   probeGuest?: ProbeGuest;
   probeTimeoutMs?: number;
+  /** The per-user cache shared by all data dirs; a file in the temp dir unless told otherwise. */
+  probeCacheFile?: string;
 }
 
 const repoGuestDir = join(import.meta.dirname, '..', '..', '..', '.cache', 'guest');
@@ -78,27 +80,46 @@ export async function chooseAccel(opts: AccelOptions): Promise<Accel> {
   const env = process.env.AWAN_ACCEL;
   if (env === 'kvm' || env === 'tcg') return env;
   const cacheFile = join(opts.dataDir, 'accel.json');
-  const cached = await readCache(cacheFile, opts.qemuBinary);
-  if (cached) return cached;
-  let probe = probes.get(opts.qemuBinary);
+  const cached = (await readCache(cacheFile, opts.qemuBinary)) ?? (await readCache(opts.probeCacheFile ?? machineCache(), opts.qemuBinary, true));
+  if (cached) {
+    await writeCache(cacheFile, opts.qemuBinary, cached);
+    return cached;
+  }
+  const guest = opts.probeGuest ?? defaultProbeGuest();
+  const timeoutMs = opts.probeTimeoutMs ?? 15_000;
+  const key = JSON.stringify([opts.qemuBinary, guest, timeoutMs]);
+  let probe = probes.get(key);
   if (!probe) {
     probe = (async (): Promise<Accel> => {
       if (!kvmUsable()) return 'tcg';
-      const ok = await probeKvm(opts.qemuBinary, opts.probeGuest ?? defaultProbeGuest(), opts.probeTimeoutMs ?? 15_000);
-      return ok ? 'kvm' : 'tcg';
+      return (await probeKvm(opts.qemuBinary, guest, timeoutMs)) ? 'kvm' : 'tcg';
     })();
-    probes.set(opts.qemuBinary, probe);
+    probes.set(key, probe);
   }
   const accel = await probe;
-  await mkdir(opts.dataDir, { recursive: true });
-  const record = { accel, qemuBinary: opts.qemuBinary, hostKernel: release(), probedAt: new Date().toISOString() };
-  await writeFile(cacheFile, `${JSON.stringify(record, null, 2)}\n`);
+  await writeCache(cacheFile, opts.qemuBinary, accel);
+  await writeCache(opts.probeCacheFile ?? machineCache(), opts.qemuBinary, accel).catch(() => undefined);
   return accel;
 }
 
+/** Shared by every data dir of this user on the machine, so each new agent or test process skips the probe. */
+function machineCache(): string {
+  return join(tmpdir(), `awan-accel-${process.getuid?.() ?? 0}.json`);
+}
+
+async function writeCache(file: string, binary: string, accel: Accel): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
+  const record = { accel, qemuBinary: binary, hostKernel: release(), probedAt: new Date().toISOString() };
+  const tmp = `${file}.${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(record, null, 2)}\n`);
+  await rename(tmp, file);
+}
+
 /** A cached answer holds while the QEMU binary and the host kernel are the same. */
-async function readCache(file: string, binary: string): Promise<Accel | undefined> {
+async function readCache(file: string, binary: string, mustBeOurs = false): Promise<Accel | undefined> {
   try {
+    // In a shared temp dir, only trust a file this user wrote.
+    if (mustBeOurs && (await stat(file)).uid !== process.getuid?.()) return undefined;
     const parsed: unknown = JSON.parse(await readFile(file, 'utf8'));
     if (typeof parsed !== 'object' || parsed === null) return undefined;
     const r = parsed as Record<string, unknown>;
@@ -107,9 +128,4 @@ async function readCache(file: string, binary: string): Promise<Accel | undefine
   } catch {
     return undefined;
   }
-}
-
-/** Forgets in-process probe results (tests of the probe itself). */
-export function forgetAccelProbes(): void {
-  probes.clear();
 }

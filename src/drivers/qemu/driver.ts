@@ -40,6 +40,7 @@ export interface QemuDriverOptions {
   migrationBandwidthBytes?: number;
   probeGuest?: ProbeGuest;
   probeTimeoutMs?: number;
+  probeCacheFile?: string;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 

@@ -1,8 +1,10 @@
 // Shared by the QEMU tests: finds QEMU and the test guest (building it when missing), temp dirs, pid cleanup.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { DriverVmSpec } from '../types.ts';
 
 const repo = join(import.meta.dirname, '..', '..', '..');
 const INSTALL_HINT =
@@ -71,4 +73,28 @@ export function killProcessesMentioning(marker: string): number[] {
     }
   }
   return killed;
+}
+
+/** A small VM booting the test guest: 256 MiB with room to grow to 512 MiB, one user-mode NIC. */
+export function guestSpec(id: string, overrides: Partial<DriverVmSpec> = {}): DriverVmSpec {
+  const g = requireGuest();
+  const mac = `52:54:00:${randomBytes(3).toString('hex').match(/../g)?.join(':') ?? '00:00:01'}`;
+  return {
+    id,
+    name: id,
+    cpus: 1,
+    memoryMiB: 256,
+    maxMemoryMiB: 512,
+    boot: { kind: 'kernel', kernelPath: g.kernelPath, initrdPath: g.initrdPath, cmdline: g.cmdline },
+    disks: [],
+    nics: [{ mode: 'user', mac }],
+    ...overrides,
+  };
+}
+
+/** The guest prints its memory every second; the last report in the console text, in MiB. */
+export function lastGuestMemory(consoleText: string): { totalMiB: number; freeMiB: number } | undefined {
+  const all = [...consoleText.matchAll(/AWAN-MEM total=(\d+)KiB free=(\d+)KiB/g)];
+  const last = all.at(-1);
+  return last ? { totalMiB: Number(last[1]) / 1024, freeMiB: Number(last[2]) / 1024 } : undefined;
 }

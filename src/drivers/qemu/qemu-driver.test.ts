@@ -1,0 +1,174 @@
+// What the QEMU driver does beyond the shared contract: restarts, crashes, console, guest-visible memory, stops.
+import { describe, it, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { DriverEvent, DriverVmStatus, HypervisorDriver } from '../types.ts';
+import { createQemuDriver, type QemuDriverOptions } from './index.ts';
+import { guestSpec, killProcessesMentioning, lastGuestMemory, requireGuest, tempDir } from './test-support.ts';
+import { until } from '../../../test/until.ts';
+
+const root = tempDir('qd');
+let drivers: HypervisorDriver[] = [];
+let dirCount = 0;
+
+async function newDriver(dataDir?: string, extra: Partial<QemuDriverOptions> = {}): Promise<{ driver: HypervisorDriver; dataDir: string }> {
+  requireGuest();
+  const dir = dataDir ?? join(root.path, `d${dirCount++}`);
+  const driver = await createQemuDriver({ dataDir: dir, address: '127.0.0.1', guestReadyPattern: /AWAN-BOOTED/, ...extra });
+  drivers.push(driver);
+  return { driver, dataDir: dir };
+}
+
+function stateEvents(driver: HypervisorDriver, id: string): DriverVmStatus[] {
+  const seen: DriverVmStatus[] = [];
+  driver.subscribe((e: DriverEvent) => {
+    if (e.type === 'vm-state' && e.vm.id === id) seen.push(e.vm);
+  });
+  return seen;
+}
+
+afterEach(async () => {
+  for (const d of drivers) {
+    for (const vm of await d.list().catch(() => [])) await d.delete(vm.id).catch(() => undefined);
+    await d.close();
+  }
+  drivers = [];
+  killProcessesMentioning(root.path);
+});
+
+after(() => {
+  killProcessesMentioning(root.path);
+  root.remove();
+});
+
+const T = { timeout: 120_000 };
+
+describe('qemu driver', () => {
+  it('probes the accelerator, caches the answer, and lets AWAN_ACCEL override it', T, async () => {
+    const g = requireGuest();
+    const probeCacheFile = join(root.path, 'probe-cache.json');
+    const { driver, dataDir } = await newDriver(undefined, { probeCacheFile });
+    const facts = await driver.facts();
+    assert.ok(facts.accelerator === 'kvm' || facts.accelerator === 'tcg');
+    for (const file of [join(dataDir, 'accel.json'), probeCacheFile]) {
+      const cached: unknown = JSON.parse(readFileSync(file, 'utf8'));
+      assert.equal((cached as { accel: string }).accel, facts.accelerator, file);
+    }
+    // A guest that does not boot under KVM in time (here: its marker never shows) means TCG.
+    const { driver: slow } = await newDriver(undefined, {
+      probeCacheFile: join(root.path, 'probe-cache-2.json'),
+      probeGuest: { kernelPath: g.kernelPath, initrdPath: g.initrdPath, bootedMarker: 'NEVER-PRINTED' },
+      probeTimeoutMs: 1500,
+    });
+    assert.equal((await slow.facts()).accelerator, 'tcg');
+    const saved = process.env.AWAN_ACCEL;
+    process.env.AWAN_ACCEL = 'tcg';
+    try {
+      const { driver: forced } = await newDriver(undefined, { probeCacheFile: join(root.path, 'probe-cache-3.json') });
+      assert.equal((await forced.facts()).accelerator, 'tcg');
+    } finally {
+      if (saved === undefined) delete process.env.AWAN_ACCEL;
+      else process.env.AWAN_ACCEL = saved;
+    }
+  });
+
+  it('a new driver instance re-attaches to VMs that kept running', T, async () => {
+    const { driver, dataDir } = await newDriver();
+    const spec = guestSpec('keep');
+    await driver.start(spec);
+    const pid = readFileSync(join(dataDir, 'vms', 'keep', 'qemu.pid'), 'utf8').trim();
+    await driver.close();
+    drivers = drivers.filter((d) => d !== driver);
+
+    const { driver: again } = await newDriver(dataDir);
+    const listed = await again.list();
+    assert.deepEqual(listed.map((v) => [v.id, v.state]), [['keep', 'running']]);
+    assert.equal(readFileSync(join(dataDir, 'vms', 'keep', 'qemu.pid'), 'utf8').trim(), pid);
+    // QMP and the console work through the new instance.
+    await again.consoleWrite('keep', 'echo reattached-$((40+2))\n');
+    await until(async () => (await again.consoleHistory('keep')).includes('reattached-42'), { timeoutMs: 30_000, what: 'echo' });
+    await again.stop('keep', { force: true });
+    assert.equal((await again.status('keep')).state, 'stopped');
+  });
+
+  it('reports a crash when QEMU dies under the VM', T, async () => {
+    const { driver, dataDir } = await newDriver();
+    const events = stateEvents(driver, 'crashy');
+    await driver.start(guestSpec('crashy'));
+    const pid = Number(readFileSync(join(dataDir, 'vms', 'crashy', 'qemu.pid'), 'utf8'));
+    process.kill(pid, 'SIGKILL');
+    const crashed = await until(() => events.find((e) => e.state === 'crashed'), { timeoutMs: 30_000, what: 'a crashed event' });
+    assert.match(crashed.reason ?? '', /SIGKILL|unexpectedly/);
+    assert.equal((await driver.status('crashy')).state, 'crashed');
+    // A crashed VM can be started again.
+    assert.equal((await driver.start(guestSpec('crashy'))).state, 'running');
+  });
+
+  it('sends keystrokes to the serial console and streams its output', T, async () => {
+    const { driver } = await newDriver();
+    const output: string[] = [];
+    driver.subscribe((e) => {
+      if (e.type === 'console' && e.vmId === 'tty') output.push(e.data);
+    });
+    await driver.start(guestSpec('tty'));
+    await driver.consoleWrite('tty', 'echo console-$((6*7))\n');
+    await until(() => output.join('').includes('console-42'), { timeoutMs: 30_000, what: 'echo on the console' });
+    const history = await driver.consoleHistory('tty');
+    assert.ok(history.includes('AWAN-BOOTED'), 'boot output is in the history');
+    assert.ok(history.includes('console-42'));
+  });
+
+  it('balloon and virtio-mem change the memory the guest itself sees', T, async () => {
+    const { driver } = await newDriver();
+    await driver.start(guestSpec('mem'));
+    const guest = async (): Promise<{ totalMiB: number; freeMiB: number } | undefined> =>
+      lastGuestMemory(await driver.consoleHistory('mem'));
+    const before = await until(guest, { timeoutMs: 30_000, what: 'a memory report' });
+    const used = await until(async () => (await driver.status('mem')).memoryUsedMiB, { timeoutMs: 30_000, what: 'balloon stats' });
+    assert.ok(used > 0 && used < 256, `guest uses ${used} MiB`);
+
+    // With deflate-on-oom the guest keeps ballooned pages in its total (it may take them back), so they show as not free.
+    await driver.setMemory('mem', 192);
+    await until(async () => ((await guest())?.freeMiB ?? Infinity) <= before.freeMiB - 60, { timeoutMs: 30_000, what: 'the guest to lose 64 MiB' });
+    await driver.setMemory('mem', 448);
+    await until(async () => ((await guest())?.totalMiB ?? 0) >= before.totalMiB + 180, { timeoutMs: 30_000, what: 'the guest to gain 192 MiB' });
+    assert.equal((await driver.status('mem')).memoryActualMiB, 448);
+    await assert.rejects(driver.setMemory('mem', 16), { name: 'DriverError', code: 'INSUFFICIENT_MEMORY' });
+  });
+
+  it('graceful stop powers the guest off, and forces a guest that ignores the button', T, async () => {
+    const { driver } = await newDriver();
+    const events = stateEvents(driver, 'polite');
+    await driver.start(guestSpec('polite'));
+    await driver.stop('polite', { timeoutMs: 60_000 });
+    assert.ok((await driver.consoleHistory('polite')).includes('AWAN-POWEROFF'), 'the guest handled the power button');
+    assert.equal(events.at(-1)?.state, 'stopped');
+
+    // Without ACPI the guest has no power button: only the fallback can stop it.
+    const g = requireGuest();
+    const deaf = guestSpec('deaf', { boot: { kind: 'kernel', kernelPath: g.kernelPath, initrdPath: g.initrdPath, cmdline: `${g.cmdline} acpi=off` } });
+    await driver.start(deaf);
+    await driver.stop('deaf', { timeoutMs: 1000 });
+    assert.equal((await driver.status('deaf')).state, 'stopped');
+    assert.ok(!(await driver.consoleHistory('deaf')).includes('AWAN-POWEROFF'));
+  });
+
+  it('a guest that powers itself off is stopped, not crashed', T, async () => {
+    const { driver } = await newDriver();
+    const events = stateEvents(driver, 'selfoff');
+    await driver.start(guestSpec('selfoff'));
+    await driver.consoleWrite('selfoff', 'poweroff -f\n');
+    const stopped = await until(() => events.find((e) => e.state === 'stopped'), { timeoutMs: 30_000, what: 'a stopped event' });
+    assert.equal(stopped.reason, 'guest powered off');
+  });
+
+  it('delete removes the VM directory but keeps disks outside it', T, async () => {
+    const { driver, dataDir } = await newDriver();
+    const disk = join(root.path, 'kept.qcow2');
+    await driver.start(guestSpec('gone', { disks: [{ path: disk, format: 'qcow2', sizeMiB: 64 }] }));
+    await driver.delete('gone');
+    assert.equal(existsSync(join(dataDir, 'vms', 'gone')), false);
+    assert.equal(existsSync(disk), true);
+  });
+});
