@@ -4,6 +4,7 @@ import type { Kysely } from 'kysely';
 import { macFor, newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
+import { CommandError } from '../agents/connection.ts';
 import type { VmController } from '../../reconcile/vm-controller.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
 import type { Database, VmRow, VmUpdate } from '../../store/schema.ts';
@@ -12,6 +13,9 @@ import type { HostRegistry } from '../hosts/registry.ts';
 import type { ImageService } from '../images/service.ts';
 import type { Task, TaskService } from '../tasks/service.ts';
 import { type CreateVm, type Vm, type VmPhase, vmFromRow } from './model.ts';
+
+/** The agent's own error code (INSUFFICIENT_MEMORY …) says more than a generic one. */
+const codeOf = (err: Error, fallback: string) => (err instanceof CommandError ? err.code : fallback);
 
 export interface VmServiceDeps {
   db: Kysely<Database>;
@@ -178,7 +182,7 @@ export function createVmService(deps: VmServiceDeps) {
       host.connection
         .command({ op: 'reboot', vmId: vm.id }, { timeoutMs: 60_000 })
         .then(() => tasks.succeed(task.id, 'rebooted'))
-        .catch((err: Error) => tasks.fail(task.id, 'REBOOT_FAILED', err.message));
+        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'REBOOT_FAILED'), err.message));
       return { vm: vmFromRow(vm), task };
     },
 
@@ -235,7 +239,7 @@ export function createVmService(deps: VmServiceDeps) {
         .command<{ memoryActualMiB: number }>({ op: 'setMemory', vmId: vm.id, targetMiB }, { timeoutMs: 60_000 })
         .then((s) => tasks.succeed(task.id, `memory is ${s?.memoryActualMiB ?? targetMiB} MiB`, { memoryActualMiB: s?.memoryActualMiB ?? targetMiB }))
         .then(() => controller.enqueue(vm.id))
-        .catch((err: Error) => tasks.fail(task.id, 'SET_MEMORY_FAILED', err.message));
+        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'SET_MEMORY_FAILED'), err.message));
       return { vm: vmFromRow(vm), task };
     },
   };
