@@ -3,11 +3,12 @@ import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
-import { Agent } from '../agent/agent.ts';
-import { type Control, createControl } from '../control/app.ts';
-import { createDriver } from '../drivers/index.ts';
+import type { Control } from '../control/app.ts';
 import type { HypervisorDriver } from '../drivers/types.ts';
-import { createLogger } from '../lib/logger.ts';
+
+// The server, agent and drivers load on first use: the client commands share this binary and should not
+// pay for Fastify, Kysely and the drivers on every `awan vm list`.
+const createLogger = async (name: string, level?: string) => (await import('../lib/logger.ts')).createLogger(name, level);
 
 const intOption = (v: string) => {
   const n = Number.parseInt(v, 10);
@@ -16,7 +17,8 @@ const intOption = (v: string) => {
 };
 
 async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; overcommit?: number }) {
-  const log = createLogger('control');
+  const log = await createLogger('control');
+  const { createControl } = await import('../control/app.ts');
   const control = await createControl({
     db: opts.db,
     adminPassword: process.env.AWAN_ADMIN_PASSWORD,
@@ -72,7 +74,8 @@ export function registerRuntimeCommands(program: Command): void {
     .option('--sim-memory-mib <mib>', 'simulated server memory (sim driver)', intOption, 16384)
     .option('--sim-cpus <n>', 'simulated server CPUs (sim driver)', intOption, 8)
     .action(async (o: { control: string; joinToken?: string; driver: 'qemu' | 'sim'; dataDir: string; name: string; address: string; simMemoryMib: number; simCpus: number }) => {
-      const log = createLogger(`agent:${o.name}`);
+      const log = await createLogger(`agent:${o.name}`);
+      const { Agent } = await import('../agent/agent.ts');
       const dataDir = resolve(o.dataDir);
       mkdirSync(dataDir, { recursive: true });
       const driver = await makeDriver(o.driver, { name: o.name, address: o.address, dataDir, memoryMiB: o.simMemoryMib, cpus: o.simCpus });
@@ -102,6 +105,7 @@ export async function makeDriver(
   kind: 'sim' | 'qemu',
   o: { name: string; address: string; dataDir: string; memoryMiB?: number; cpus?: number },
 ): Promise<HypervisorDriver> {
+  const { createDriver } = await import('../drivers/index.ts');
   if (kind === 'sim') return createDriver('sim', { hostname: o.name, address: o.address, memoryMiB: o.memoryMiB, cpus: o.cpus });
   return createDriver('qemu', { dataDir: join(o.dataDir, 'qemu'), hostname: o.name, address: o.address });
 }
