@@ -1,4 +1,17 @@
 // The API client commands (login, host, vm, task, image).
 import type { Command } from 'commander';
+import { registerHosts } from './hosts.ts';
+import { registerImages } from './images.ts';
+import { registerLogin } from './login.ts';
+import { registerTasks } from './tasks.ts';
+import { registerVms } from './vms.ts';
+import { addServerOption } from './shared.ts';
 
-export function registerClientCommands(_program: Command): void {}
+export function registerClientCommands(program: Command): void {
+  addServerOption(program);
+  registerLogin(program);
+  registerHosts(program);
+  registerVms(program);
+  registerTasks(program);
+  registerImages(program);
+}
