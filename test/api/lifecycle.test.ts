@@ -53,7 +53,8 @@ describe('VM lifecycle through the API', () => {
     const stopped = (await c.api('GET', '/api/v1/vms/web-1')).body;
     assert.equal(stopped.phase, 'stopped');
     assert.equal(stopped.hostId, null);
-    for (const h of c.hosts) assert.ok(!(await h.driver.list()).some((v) => v.name === 'web-1' && v.state === 'running'));
+    // A stopped VM is placed afresh on its next start, so no host keeps a definition of it.
+    for (const h of c.hosts) assert.ok(!(await h.driver.list()).some((v) => v.name === 'web-1'));
 
     const start = await c.api('POST', '/api/v1/vms/web-1/start');
     assert.equal((await c.waitTask(start.body.task.id)).state, 'succeeded');
@@ -103,6 +104,24 @@ describe('VM lifecycle through the API', () => {
     assert.equal((await c.waitTask(r.body.task.id)).state, 'succeeded');
     assert.equal((await c.api('GET', '/api/v1/vms/web-5')).status, 404);
     assert.ok(!(await host.driver.list()).some((v) => v.id === vm.id));
+  });
+
+  it('fails a start the host cannot boot, with the host\'s reason, and leaves nothing behind on the host', async () => {
+    for (const h of c.hosts) h.driver.failNextStart('no bootable disk');
+    const r = await c.api('POST', '/api/v1/vms', { name: 'doomed', cpus: 1, memoryMiB: 256 });
+    const task = await c.waitTask(r.body.task.id);
+    assert.equal(task.state, 'failed');
+    assert.equal(task.error.code, 'BOOT_FAILED');
+    assert.match(task.error.message, /no bootable disk/);
+    const vm = (await c.api('GET', '/api/v1/vms/doomed')).body;
+    assert.equal(vm.phase, 'failed');
+    assert.equal(vm.hostId, null);
+    for (const h of c.hosts) assert.ok(!(await h.driver.list()).some((v) => v.id === vm.id));
+    const counted = (await c.api('GET', '/api/v1/hosts')).body.items.reduce((n: number, h: any) => n + h.vmCount, 0);
+    const running = (await c.api('GET', '/api/v1/vms?phase=running')).body.items.length;
+    assert.equal(counted, running, 'hosts count only the VMs they run');
+    await c.waitTask((await c.api('DELETE', '/api/v1/vms/doomed')).body.task.id);
+    for (const h of c.hosts) h.driver.failNextStart(undefined);
   });
 
   it('explains a placement that fails for lack of room', async () => {

@@ -141,6 +141,8 @@ export function createVmController(deps: VmControllerDeps) {
       }
       return { requeueAfterMs: 0 };
     }
+    // A stopped VM belongs to no host: its next start is placed afresh, so the old host forgets it.
+    if (vm.host_id && observed) await forget(vm.host_id, vm.id);
     if (vm.phase !== 'stopped' || vm.host_id || vm.observed_generation !== vm.generation) {
       const stayFailed = vm.phase === 'failed';
       vm = await update(vm, { phase: stayFailed ? 'failed' : 'stopped', host_id: null, observed_generation: vm.generation, memory_actual_mib: null });
@@ -203,6 +205,7 @@ export function createVmController(deps: VmControllerDeps) {
       const code = err instanceof CommandError ? err.code : 'START_FAILED';
       const message = err instanceof Error ? err.message : String(err);
       if (code === 'HOST_DISCONNECTED') return { requeueAfterMs: 0 }; // the disconnect path takes over
+      await forget(host.row.id, vm.id).catch((e: unknown) => log.warn({ vmId: vm.id, err: e }, 'could not clear a failed start'));
       capacity.release(vm.id);
       await update(vm, { phase: 'failed', desired_power: 'stopped', host_id: null, generation: vm.generation + 1, message }, message);
       await failTasks(active, ['create', 'start'], code, `could not start on ${host.row.name}: ${message}`);
@@ -212,13 +215,20 @@ export function createVmController(deps: VmControllerDeps) {
     return { requeueAfterMs: 1000 };
   }
 
+  /** Tells a host to drop its definition of a VM that no longer runs there. */
+  async function forget(hostId: string, vmId: string): Promise<void> {
+    const host = registry.get(hostId);
+    if (!host?.connection || !host.vms.has(vmId)) return;
+    await host.connection.command({ op: 'delete', vmId }, { timeoutMs: 60_000 });
+    host.vms.delete(vmId);
+  }
+
   async function reconcileDelete(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
     if (vm.phase !== 'deleting') vm = await update(vm, { phase: 'deleting' });
     const host = vm.host_id ? registry.get(vm.host_id) : undefined;
     if (host && host.vms.has(vm.id)) {
       if (!host.connection) return { requeueAfterMs: 2000 };
-      await host.connection.command({ op: 'delete', vmId: vm.id }, { timeoutMs: 60_000 });
-      host.vms.delete(vm.id);
+      await forget(host.row.id, vm.id);
     }
     await db.deleteFrom('vms').where('id', '=', vm.id).execute();
     capacity.release(vm.id);

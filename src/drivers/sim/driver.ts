@@ -38,8 +38,8 @@ export interface SimDriverOptions {
 
 export interface SimDriver extends HypervisorDriver {
   readonly kind: 'sim';
-  /** The next start() that actually boots a VM fails with BOOT_FAILED and this reason. */
-  failNextStart(reason: string): void;
+  /** The next start() that actually boots a VM fails with BOOT_FAILED and this reason; undefined disarms it. */
+  failNextStart(reason: string | undefined): void;
   /** The guest dies: state 'crashed', its memory is freed, waiting callers fail. */
   crash(vmId: string, reason?: string): void;
   /** Timers the driver still holds; 0 once close() returned. */
@@ -267,7 +267,7 @@ class SimHypervisor implements SimDriver {
     this.listeners.clear();
   }
 
-  failNextStart(reason: string): void {
+  failNextStart(reason: string | undefined): void {
     this.nextStartFailure = reason;
   }
 
