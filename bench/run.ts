@@ -1,0 +1,31 @@
+// Runs the benchmarks, one JSON line per figure: all of them, or those whose name contains a word given.
+import { agentsHeartbeats } from './agents-heartbeats.ts';
+import { apiVmCreates } from './api-vm-creates.ts';
+import { schedulerPlacements } from './scheduler.ts';
+
+const benches: { name: string; run: () => Promise<void> }[] = [
+  { name: 'scheduler.placements', run: schedulerPlacements },
+  { name: 'api.vm_creates', run: apiVmCreates },
+  { name: 'agents.heartbeats', run: agentsHeartbeats },
+];
+
+const words = process.argv.slice(2);
+const selected = benches.filter((b) => words.length === 0 || words.some((w) => b.name.includes(w)));
+if (selected.length === 0) {
+  console.error(`no benchmark matches ${words.join(' ')}; known: ${benches.map((b) => b.name).join(', ')}`);
+  process.exit(2);
+}
+
+// Ctrl-C: exit through process.exit so the temp-dir hook runs; helper processes end with their IPC channel.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
+
+let failed = false;
+for (const b of selected) {
+  try {
+    await b.run();
+  } catch (err) {
+    failed = true;
+    console.error(`${b.name} failed:`, err);
+  }
+}
+process.exitCode = failed ? 1 : 0;
