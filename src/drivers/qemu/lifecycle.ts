@@ -9,6 +9,8 @@ import { isQemuAlive, killHard, launchQemu, readPid, startedAtMs } from './proce
 import { QmpClient } from './qmp.ts';
 import { QemuVm, type VmHooks, type VmRecord } from './vm.ts';
 
+const POWERDOWN_REPEAT_MS = 5000;
+
 export interface LifecycleContext {
   binary: string;
   /** Owner of host resources such as tap devices: the driver's data dir. */
@@ -103,8 +105,13 @@ export async function stopQemu(vm: QemuVm, opts: { force: boolean; timeoutMs: nu
   }
   vm.expectedExit = { reason: opts.reason };
   if (!opts.force && vm.state === 'running') {
-    const sent = await qmp.call('system_powerdown', undefined).then(() => true, () => false);
-    if (sent && (await vm.waitExit(opts.timeoutMs))) return;
+    // The button is edge-triggered: a guest still booting misses a press, so press again now and then.
+    const deadline = Date.now() + opts.timeoutMs;
+    while (Date.now() < deadline) {
+      const sent = await qmp.call('system_powerdown', undefined).then(() => true, () => false);
+      if (!sent) break;
+      if (await vm.waitExit(Math.min(POWERDOWN_REPEAT_MS, Math.max(0, deadline - Date.now())))) return;
+    }
   }
   await qmp.call('quit', undefined, { timeoutMs: 5000 }).catch(() => undefined);
   if (await vm.waitExit(5000)) return;

@@ -1,10 +1,12 @@
 // What the QEMU driver does beyond the shared contract: restarts, crashes, console, guest-visible memory, stops.
 import { describe, it, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DriverEvent, DriverVmStatus, HypervisorDriver } from '../types.ts';
 import { createQemuDriver, type QemuDriverOptions } from './index.ts';
+import { tapName } from './network.ts';
 import { guestSpec, killProcessesMentioning, lastGuestMemory, requireGuest, tempDir } from './test-support.ts';
 import { until } from '../../../test/until.ts';
 
@@ -170,5 +172,32 @@ describe('qemu driver', () => {
     await driver.delete('gone');
     assert.equal(existsSync(join(dataDir, 'vms', 'gone')), false);
     assert.equal(existsSync(disk), true);
+  });
+
+  it('bridge NICs get a tap on the bridge; a missing bridge falls back to user networking', T, async (t) => {
+    if (process.getuid?.() !== 0) return t.skip('creating a bridge needs root');
+    const bridge = `awbr${process.pid % 100000}`;
+    execFileSync('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    try {
+      const { driver, dataDir } = await newDriver();
+      const spec = guestSpec('bridged', {
+        nics: [
+          { mode: 'bridge', bridge, mac: '52:54:00:aa:00:01' },
+          { mode: 'bridge', bridge: 'no-such-br0', mac: '52:54:00:aa:00:02' },
+        ],
+      });
+      await driver.start(spec);
+      const tap = tapName(dataDir, 'bridged', 0);
+      assert.equal(readFileSync(`/sys/class/net/${tap}/master/uevent`, 'utf8').includes(`INTERFACE=${bridge}`), true);
+      assert.equal(existsSync(`/sys/class/net/${tapName(dataDir, 'bridged', 1)}`), false);
+      // Both NICs reach the guest.
+      await driver.consoleWrite('bridged', 'ls /sys/class/net | tr "\\n" " "; echo; echo nics-$((1+1))\n');
+      await until(async () => (await driver.consoleHistory('bridged')).includes('nics-2'), { timeoutMs: 30_000, what: 'nic list' });
+      assert.match(await driver.consoleHistory('bridged'), /eth0 eth1/);
+      await driver.delete('bridged');
+      assert.equal(existsSync(`/sys/class/net/${tap}`), false);
+    } finally {
+      execFileSync('ip', ['link', 'del', bridge]);
+    }
   });
 });
