@@ -168,7 +168,7 @@ class QemuDriver implements HypervisorDriver {
     if ((vm.state !== 'running' && vm.state !== 'paused') || !vm.qmp) {
       throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
     }
-    await vm.qmp.call('system_reset', undefined);
+    await vm.qmp.call('system_reset', undefined).catch(internal);
   }
 
   delete(vmId: string): Promise<void> {
@@ -193,7 +193,7 @@ class QemuDriver implements HypervisorDriver {
       marginMiB: this.opts.memoryMarginMiB ?? 32,
       statsTimeoutMs: 30_000,
       hostAvailableMiB,
-    });
+    }).catch(internal);
     const status = await vm.status();
     this.emit({ type: 'vm-state', vm: status });
     return status;
@@ -362,6 +362,12 @@ class QemuDriver implements HypervisorDriver {
       }
     }
   }
+}
+
+/** QMP and system errors leave the driver as DriverErrors, so control gets a code for every failure. */
+function internal(err: unknown): never {
+  if (err instanceof DriverError) throw err;
+  throw new DriverError('INTERNAL', err instanceof Error ? err.message : String(err));
 }
 
 function checkSpec(spec: DriverVmSpec): void {

@@ -1,8 +1,8 @@
 // What the QEMU driver does beyond the shared contract: restarts, crashes, console, guest-visible memory, stops.
 import { describe, it, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DriverEvent, DriverVmStatus, HypervisorDriver } from '../types.ts';
 import { createQemuDriver, type QemuDriverOptions } from './index.ts';
@@ -200,4 +200,54 @@ describe('qemu driver', () => {
       execFileSync('ip', ['link', 'del', bridge]);
     }
   });
+
+  it('VMs outlive the agent process that started them', T, async () => {
+    requireGuest();
+    const dataDir = join(root.path, 'agent');
+    // A separate process plays the agent: it starts a VM, says so, and is then killed without any cleanup.
+    const code = `
+      const { createQemuDriver } = await import(${JSON.stringify(join(import.meta.dirname, 'index.ts'))});
+      const { guestSpec } = await import(${JSON.stringify(join(import.meta.dirname, 'test-support.ts'))});
+      const d = await createQemuDriver({ dataDir: ${JSON.stringify(dataDir)}, guestReadyPattern: /AWAN-BOOTED/ });
+      await d.start(guestSpec('survivor'));
+      console.log('STARTED');
+      setInterval(() => {}, 1000);
+    `;
+    const agent = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    agent.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    try {
+      await until(() => out.includes('STARTED') || agent.exitCode !== null, { timeoutMs: 60_000, what: 'the agent to start a VM' });
+      assert.ok(out.includes('STARTED'), 'the agent process failed');
+    } finally {
+      agent.kill('SIGKILL');
+    }
+    await until(() => agent.exitCode !== null || agent.signalCode !== null, { what: 'the agent to die' });
+
+    const { driver } = await newDriver(dataDir);
+    const vm = await driver.status('survivor');
+    assert.equal(vm.state, 'running');
+    await driver.consoleWrite('survivor', 'echo alive-$((3*3))\n');
+    await until(async () => (await driver.consoleHistory('survivor')).includes('alive-9'), { timeoutMs: 30_000, what: 'echo' });
+  });
+
+  it('the guest swaps on a disk that carries a swap signature', T, async () => {
+    const { driver } = await newDriver();
+    const disk = join(root.path, 'swap.raw');
+    writeFileSync(disk, swapImage(32));
+    await driver.start(guestSpec('swapper', { disks: [{ path: disk, format: 'raw' }] }));
+    await until(async () => /AWAN-SWAPON \/dev\/vda/.test(await driver.consoleHistory('swapper')), { timeoutMs: 30_000, what: 'swapon' });
+    await until(async () => /swap=3\d{4}KiB/.test(await driver.consoleHistory('swapper')), { timeoutMs: 30_000, what: 'swap in the memory report' });
+  });
 });
+
+/** A raw disk with a Linux swap header (what mkswap writes): version 1, the page count, label awan-swap. */
+function swapImage(sizeMiB: number): Buffer {
+  const page = 4096;
+  const buf = Buffer.alloc(sizeMiB * 1024 * 1024);
+  buf.writeUInt32LE(1, 1024); // version
+  buf.writeUInt32LE(buf.length / page - 1, 1028); // last page
+  buf.write('awan-swap', 1052, 'latin1'); // volume label, after nr_badpages and the uuid
+  buf.write('SWAPSPACE2', page - 10, 'latin1');
+  return buf;
+}
