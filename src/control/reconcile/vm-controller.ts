@@ -2,7 +2,7 @@
 // what the agents report, and takes one idempotent step toward agreement per pass.
 import type { Kysely } from 'kysely';
 import type { Logger } from '../../lib/logger.ts';
-import type { VmSpecMsg } from '../../protocol/messages.ts';
+import type { VmSpecMsg, VmStatusMsg } from '../../protocol/messages.ts';
 import { CommandError } from '../features/agents/connection.ts';
 import type { EventService } from '../features/events/service.ts';
 import type { HostRegistry } from '../features/hosts/registry.ts';
@@ -109,15 +109,7 @@ export function createVmController(deps: VmControllerDeps) {
 
     if (vm.desired_power === 'running') {
       if (!vm.host_id) return schedule(vm, active);
-      if (observed?.state === 'running') {
-        const hostId = vm.host_id;
-        if (vm.phase !== 'running' || vm.observed_generation !== vm.generation || vm.memory_actual_mib !== observed.memoryActualMiB) {
-          vm = await update(vm, { phase: 'running', message: null, observed_generation: vm.generation, memory_actual_mib: observed.memoryActualMiB });
-        }
-        capacity.assign(vm.id, hostId, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
-        await finishTasks(active, ['create', 'start'], `running on ${host!.row.name}`, { hostId });
-        return;
-      }
+      if (observed?.state === 'running') return recordRunning(vm, observed, active);
       if (observed?.state === 'crashed' && vm.phase === 'running') {
         const reason = observed.reason ?? 'the VM process ended unexpectedly';
         await update(vm, { phase: 'failed', desired_power: 'stopped', message: reason, generation: vm.generation + 1 }, reason);
@@ -170,8 +162,17 @@ export function createVmController(deps: VmControllerDeps) {
     }
   }
 
+  async function recordRunning(vm: VmRow, observed: VmStatusMsg, active: Task[]): Promise<void> {
+    const hostId = vm.host_id!;
+    if (vm.phase !== 'running' || vm.observed_generation !== vm.generation || vm.memory_actual_mib !== observed.memoryActualMiB) {
+      vm = await update(vm, { phase: 'running', message: null, observed_generation: vm.generation, memory_actual_mib: observed.memoryActualMiB });
+    }
+    capacity.assign(vm.id, hostId, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+    await finishTasks(active, ['create', 'start'], `running on ${registry.get(hostId)?.row.name ?? hostId}`, { hostId });
+  }
+
   async function schedule(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
-    vm = await update(vm, { phase: 'scheduling' });
+    // Placement is one in-memory step, so the VM goes from pending to starting in a single write.
     const placement = capacity.place(
       { memoryMiB: vm.memory_mib, cpus: vm.cpus, labels: JSON.parse(vm.placement_labels) as Record<string, string>, antiAffinity: vm.anti_affinity },
       deps.policy ?? 'spread',
@@ -184,14 +185,14 @@ export function createVmController(deps: VmControllerDeps) {
     // Reserve first so a parallel placement sees the space as taken; the row write below is the commit.
     capacity.assign(vm.id, placement.hostId, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
     try {
-      await update(vm, { phase: 'starting', host_id: placement.hostId, message: null });
+      vm = await update(vm, { phase: 'starting', host_id: placement.hostId, message: null });
     } catch (err) {
       capacity.release(vm.id);
       throw err;
     }
-    const name = registry.get(placement.hostId)?.row.name ?? placement.hostId;
-    for (const t of active) await tasks.progress(t.id, 30, `placed on ${name}`);
-    return { requeueAfterMs: 0 };
+    const host = registry.get(placement.hostId);
+    for (const t of active) await tasks.progress(t.id, 30, `placed on ${host?.row.name ?? placement.hostId}`);
+    return host?.connection ? startOnHost(vm, active) : { requeueAfterMs: 250 };
   }
 
   async function startOnHost(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
@@ -211,8 +212,10 @@ export function createVmController(deps: VmControllerDeps) {
       await failTasks(active, ['create', 'start'], code, `could not start on ${host.row.name}: ${message}`);
       return;
     }
-    // The agent reports the running VM; the next pass (triggered by that report) records it.
-    return { requeueAfterMs: 1000 };
+    // The agent reported the VM's state before its answer, so it is usually known to run by now.
+    const seen = host.vms.get(vm.id);
+    if (seen?.state === 'running') return recordRunning(vm, seen, active);
+    return { requeueAfterMs: 5000 };
   }
 
   /** Tells a host to drop its definition of a VM that no longer runs there. */

@@ -27,7 +27,14 @@ export interface ApiTokenInfo {
 const SESSION_TTL_MS = 12 * 3600_000;
 const LAST_USED_RESOLUTION_MS = 60_000;
 
+/**
+ * A token checked a moment ago is trusted again for this long without SQL: every API call authenticates,
+ * and the lookup was a large share of a request. Revocation in this process takes effect at once.
+ */
+const AUTH_CACHE_MS = 5000;
+
 export function createAuthService({ db }: { db: Kysely<Database> }) {
+  const recent = new Map<string, { principal: Principal; until: number; expiresMs: number | null }>();
   async function issueToken(userId: string, kind: 'session' | 'api', name: string, expiresAt: string | null) {
     const token = newSecret(kind === 'session' ? 'aws' : 'awt');
     const id = newId();
@@ -76,11 +83,14 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
     },
 
     async authenticate(bearer: string): Promise<Principal> {
+      const hash = hashToken(bearer);
+      const hit = recent.get(hash);
+      if (hit && hit.until > Date.now() && (!hit.expiresMs || hit.expiresMs > Date.now())) return hit.principal;
       const row = await db
         .selectFrom('api_tokens')
         .innerJoin('users', 'users.id', 'api_tokens.user_id')
         .select(['api_tokens.id as tokenId', 'api_tokens.expires_at', 'api_tokens.last_used_at', 'users.id as userId', 'users.username', 'users.role'])
-        .where('api_tokens.token_hash', '=', hashToken(bearer))
+        .where('api_tokens.token_hash', '=', hash)
         .executeTakeFirst();
       if (!row) throw new AppError('UNAUTHORIZED', 'the token is not valid');
       const now = Date.now();
@@ -88,7 +98,10 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
       if (!row.last_used_at || now - Date.parse(row.last_used_at) > LAST_USED_RESOLUTION_MS) {
         await db.updateTable('api_tokens').set({ last_used_at: new Date(now).toISOString() }).where('id', '=', row.tokenId).execute();
       }
-      return { userId: row.userId, username: row.username, role: row.role, tokenId: row.tokenId };
+      const principal: Principal = { userId: row.userId, username: row.username, role: row.role, tokenId: row.tokenId };
+      if (recent.size > 10_000) recent.clear();
+      recent.set(hash, { principal, until: now + AUTH_CACHE_MS, expiresMs: row.expires_at ? Date.parse(row.expires_at) : null });
+      return principal;
     },
 
     async createApiToken(userId: string, name: string, expiresInDays?: number) {
@@ -103,6 +116,7 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
 
     async revokeToken(userId: string, tokenId: string) {
       const res = await db.deleteFrom('api_tokens').where('id', '=', tokenId).where('user_id', '=', userId).executeTakeFirst();
+      for (const [hash, entry] of recent) if (entry.principal.tokenId === tokenId) recent.delete(hash);
       if (Number(res.numDeletedRows) === 0) throw new AppError('TOKEN_NOT_FOUND', `token ${tokenId} not found`, { id: tokenId });
     },
   };

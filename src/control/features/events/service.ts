@@ -16,6 +16,9 @@ export type EventInput = Omit<AwanEvent, 'seq' | 'at'>;
 
 export interface EventService {
   emit(e: EventInput): Promise<AwanEvent>;
+  /** Writes an event inside the caller's transaction; `notify` it once that transaction committed. */
+  record(e: EventInput, trx: Kysely<Database>): Promise<AwanEvent>;
+  notify(e: AwanEvent): void;
   /** Fans an event out to live subscribers only (task progress ticks): it is not kept and has seq 0. */
   publish(e: EventInput): void;
   list(q: { after?: number; limit: number; objectId?: string; type?: string }): Promise<AwanEvent[]>;
@@ -34,18 +37,26 @@ export const toEvent = (r: EventRow): AwanEvent => ({
 
 export function createEventService({ db }: { db: Kysely<Database> }): EventService {
   const listeners = new Set<(e: AwanEvent) => void>();
+  async function record(e: EventInput, trx: Kysely<Database>): Promise<AwanEvent> {
+    const at = new Date().toISOString();
+    const row = await trx
+      .insertInto('events')
+      .values({ at, type: e.type, object_kind: e.objectKind, object_id: e.objectId, message: e.message, data: e.data ? JSON.stringify(e.data) : null })
+      .returning('seq')
+      .executeTakeFirstOrThrow();
+    return { ...e, seq: row.seq, at };
+  }
+  function notify(event: AwanEvent): void {
+    for (const l of listeners) l(event);
+  }
   return {
     async emit(e) {
-      const at = new Date().toISOString();
-      const row = await db
-        .insertInto('events')
-        .values({ at, type: e.type, object_kind: e.objectKind, object_id: e.objectId, message: e.message, data: e.data ? JSON.stringify(e.data) : null })
-        .returning('seq')
-        .executeTakeFirstOrThrow();
-      const event: AwanEvent = { ...e, seq: row.seq, at };
-      for (const l of listeners) l(event);
+      const event = await record(e, db);
+      notify(event);
       return event;
     },
+    record,
+    notify,
     publish(e) {
       const event: AwanEvent = { ...e, seq: 0, at: new Date().toISOString() };
       for (const l of listeners) l(event);

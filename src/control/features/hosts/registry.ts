@@ -121,11 +121,11 @@ export class HostRegistry {
       case 'hello':
         host.lastHeartbeatMs = Date.now();
         await this.updateFacts(host, msg.facts);
-        this.replaceVms(host, msg.vms);
+        this.replaceVms(host, msg.vms, true);
         if (host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'agent connected');
         return;
       case 'vms':
-        if (msg.full) this.replaceVms(host, msg.vms);
+        if (msg.full) this.replaceVms(host, msg.vms, false);
         else {
           for (const vm of msg.vms) host.vms.set(vm.id, vm);
           this.notifyVms(hostId, msg.vms.map((v) => v.id));
@@ -207,10 +207,20 @@ export class HostRegistry {
     this.index(r.id);
   }
 
-  private replaceVms(host: LiveHost, vms: VmStatusMsg[]): void {
-    const ids = new Set([...host.vms.keys(), ...vms.map((v) => v.id)]);
-    host.vms = new Map(vms.map((v) => [v.id, v]));
-    this.notifyVms(host.row.id, [...ids]);
+  /**
+   * Takes a host's full VM list. After a (re)connect every VM is looked at again; the periodic full report
+   * only wakes the reconciler for VMs whose report changed (a lost delta), not for every VM on the host.
+   */
+  private replaceVms(host: LiveHost, vms: VmStatusMsg[], all: boolean): void {
+    const next = new Map(vms.map((v) => [v.id, v]));
+    const changed: string[] = [];
+    for (const [id, vm] of next) {
+      const prev = host.vms.get(id);
+      if (all || !prev || prev.state !== vm.state || prev.memoryActualMiB !== vm.memoryActualMiB) changed.push(id);
+    }
+    for (const id of host.vms.keys()) if (!next.has(id)) changed.push(id);
+    host.vms = next;
+    if (changed.length) this.notifyVms(host.row.id, changed);
   }
 
   private notifyVms(hostId: string, vmIds: string[]): void {

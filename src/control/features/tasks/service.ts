@@ -48,7 +48,8 @@ export const toTask = (r: TaskRow): Task => ({
 });
 
 export interface TaskService {
-  create(t: { kind: string; targetKind: string; targetId: string; createdBy?: string | null; params?: Record<string, unknown>; message?: string }): Promise<Task>;
+  /** Records a running task; pass a transaction to make it part of a larger change. */
+  create(t: { kind: string; targetKind: string; targetId: string; createdBy?: string | null; params?: Record<string, unknown>; message?: string }, trx?: Kysely<Database>): Promise<Task>;
   progress(id: string, progress: number, message?: string): Promise<void>;
   succeed(id: string, message: string, result?: Record<string, unknown>): Promise<void>;
   fail(id: string, code: string, message: string): Promise<void>;
@@ -59,7 +60,16 @@ export interface TaskService {
   unfinished(): Promise<Task[]>;
 }
 
+const PERSIST_PROGRESS_MS = 2000;
+
 export function createTaskService({ db, events }: { db: Kysely<Database>; events: EventService }): TaskService {
+  /** The latest progress of running tasks, ahead of what SQL holds. */
+  const live = new Map<string, { progress: number; message: string | null; updatedAt: string; persistedAt: number }>();
+  const withLive = (t: Task): Task => {
+    const l = live.get(t.id);
+    if (!l || isFinished(t.state)) return t;
+    return { ...t, progress: l.progress, message: l.message, updatedAt: l.updatedAt };
+  };
   const finish = async (id: string, state: TaskState, message: string, extra: Partial<TaskRow>) => {
     const now = new Date().toISOString();
     const updated = await db
@@ -69,6 +79,7 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
       .where('state', 'in', ['queued', 'running'])
       .returningAll()
       .executeTakeFirst();
+    live.delete(id);
     if (!updated) return; // already finished: finishing is idempotent
     await events.emit({
       type: `task.${state}`,
@@ -80,7 +91,7 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
   };
 
   return {
-    async create(t) {
+    async create(t, trx = db) {
       const now = new Date().toISOString();
       const row: TaskRow = {
         id: newId(),
@@ -100,24 +111,33 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
         finished_at: null,
         updated_at: now,
       };
-      await db.insertInto('tasks').values(row).execute();
+      await trx.insertInto('tasks').values(row).execute();
       return toTask(row);
     },
     async progress(id, progress, message) {
+      const pct = Math.max(0, Math.min(99, Math.round(progress)));
+      const now = Date.now();
+      const prev = live.get(id);
+      // The first tick counts as persisted: a task that ends within seconds never writes its progress.
+      const entry = { progress: pct, message: message ?? prev?.message ?? null, updatedAt: new Date(now).toISOString(), persistedAt: prev?.persistedAt ?? now };
+      live.set(id, entry);
+      events.publish({ type: 'task.progress', objectKind: 'task', objectId: id, message: message ?? '', data: { progress: pct } });
+      // Progress ticks are many and short-lived: readers see them from memory; SQL gets one every few seconds.
+      if (now - entry.persistedAt < PERSIST_PROGRESS_MS) return;
+      entry.persistedAt = now;
       await db
         .updateTable('tasks')
-        .set({ progress: Math.max(0, Math.min(99, Math.round(progress))), ...(message !== undefined ? { message } : {}), updated_at: new Date().toISOString() })
+        .set({ progress: pct, message: entry.message, updated_at: entry.updatedAt })
         .where('id', '=', id)
         .where('state', 'in', ['queued', 'running'])
         .execute();
-      events.publish({ type: 'task.progress', objectKind: 'task', objectId: id, message: message ?? '', data: { progress } });
     },
     succeed: (id, message, result) => finish(id, 'succeeded', message, { result: result ? JSON.stringify(result) : null }),
     fail: (id, code, message) => finish(id, 'failed', message, { error_code: code, error_message: message }),
     async get(id) {
       const row = await db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
       if (!row) throw notFound('TASK_NOT_FOUND', 'task', id);
-      return toTask(row);
+      return withLive(toTask(row));
     },
     async list({ limit, cursor, state, targetId, kind }) {
       const c = decodeCursor(cursor);
@@ -126,7 +146,7 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
       if (state) q = q.where('state', '=', state as TaskState);
       if (targetId) q = q.where('target_id', '=', targetId);
       if (kind) q = q.where('kind', '=', kind);
-      const rows = (await q.execute()).map(toTask);
+      const rows = (await q.execute()).map((r) => withLive(toTask(r)));
       return page(rows, limit, (t) => ({ at: t.createdAt, id: t.id }));
     },
     async activeFor(targetId) {

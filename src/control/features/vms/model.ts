@@ -7,7 +7,7 @@ export type VmPhase = (typeof vmPhases)[number];
 
 /** Which phase may follow which: every phase change goes through `assertTransition`. */
 const transitions: Record<VmPhase, readonly VmPhase[]> = {
-  pending: ['scheduling', 'stopped', 'failed', 'deleting'],
+  pending: ['scheduling', 'starting', 'stopped', 'failed', 'deleting'],
   scheduling: ['starting', 'failed', 'stopped', 'deleting', 'pending'],
   starting: ['running', 'failed', 'stopping', 'stopped', 'unknown', 'deleting'],
   running: ['migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting', 'starting'],

@@ -8,7 +8,7 @@ import { CommandError } from '../agents/connection.ts';
 import type { VmController } from '../../reconcile/vm-controller.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
 import type { Database, VmRow, VmUpdate } from '../../store/schema.ts';
-import type { EventService } from '../events/service.ts';
+import type { AwanEvent, EventService } from '../events/service.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
 import type { ImageService } from '../images/service.ts';
 import type { Task, TaskService } from '../tasks/service.ts';
@@ -116,8 +116,6 @@ export function createVmService(deps: VmServiceDeps) {
       const image = body.image ? await deps.images.find(body.image).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${body.image} not found`, { image: body.image });
       }) : undefined;
-      const taken = await db.selectFrom('vms').select('id').where('name', '=', body.name).executeTakeFirst();
-      if (taken) throw new AppError('NAME_TAKEN', `a VM named ${body.name} already exists`, { name: body.name, id: taken.id });
 
       const id = newId();
       const now = new Date().toISOString();
@@ -147,15 +145,22 @@ export function createVmService(deps: VmServiceDeps) {
         created_at: now,
         updated_at: now,
       };
+      // The VM, its task and its event are written together or not at all; the unique name is the check.
+      let task: Task;
+      let created: AwanEvent;
       try {
-        await db.insertInto('vms').values(row).execute();
+        ({ task, created } = await db.transaction().execute(async (trx) => {
+          await trx.insertInto('vms').values(row).execute();
+          const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' }, trx);
+          const created = await events.record({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } }, trx);
+          return { task, created };
+        }));
       } catch (err) {
         if (/unique|duplicate/i.test(String(err))) throw new AppError('NAME_TAKEN', `a VM named ${body.name} already exists`, { name: body.name });
         throw err;
       }
-      const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' });
+      events.notify(created);
       if (!start) await tasks.succeed(task.id, 'created (stopped)');
-      await events.emit({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } });
       controller.enqueue(id);
       return { vm: vmFromRow(row), task: start ? task : await tasks.get(task.id) };
     },

@@ -1,6 +1,7 @@
 // The ordered list of schema migrations; they only move forward.
 import type { Kysely } from 'kysely';
 import * as m001 from './001_initial.ts';
+import * as m002 from './002_host_credential_index.ts';
 
 export interface Migration {
   version: number;
@@ -8,4 +9,7 @@ export interface Migration {
   up(db: Kysely<any>, dialect: 'sqlite' | 'postgres'): Promise<void>;
 }
 
-export const migrations: Migration[] = [{ version: 1, name: 'initial', up: m001.up }];
+export const migrations: Migration[] = [
+  { version: 1, name: 'initial', up: m001.up },
+  { version: 2, name: 'host_credential_index', up: m002.up },
+];
