@@ -16,7 +16,7 @@ const intOption = (v: string) => {
   return n;
 };
 
-async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; overcommit?: number }) {
+async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; overcommit?: number; policy?: 'spread' | 'pack' }) {
   const log = await createLogger('control');
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
@@ -25,6 +25,7 @@ async function startControl(opts: { db: string; port: number; host: string; hear
     heartbeatIntervalMs: opts.heartbeatMs,
     poolDir: opts.poolDir,
     memoryOvercommit: opts.overcommit,
+    policy: opts.policy,
     log,
   });
   const { generatedAdminPassword } = await control.start();
@@ -55,8 +56,10 @@ export function registerRuntimeCommands(program: Command): void {
     .addOption(new Option('--db <url>', 'sqlite:PATH or postgres://…').env('AWAN_DB').default('sqlite:./data/awan.db'))
     .option('--pool-dir <dir>', 'shared pool directory for VM disks', './data/pool')
     .option('--memory-overcommit <ratio>', 'memory the scheduler may promise per MiB of host RAM', parseFloat, 1.0)
-    .action(async (o: { port: number; host: string; db: string; poolDir: string; memoryOvercommit: number }) => {
-      const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), overcommit: o.memoryOvercommit });
+    .option('--heartbeat-ms <ms>', 'agent heartbeat interval; a host is unreachable after 2.5 missed beats', intOption, 1000)
+    .addOption(new Option('--placement <policy>', 'spread VMs over hosts, or pack them to leave hosts empty').choices(['spread', 'pack']).default('spread'))
+    .action(async (o: { port: number; host: string; db: string; poolDir: string; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack' }) => {
+      const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), overcommit: o.memoryOvercommit, policy: o.placement });
       if (generatedAdminPassword) console.log(`first start: user admin, password ${generatedAdminPassword} (shown once)`);
       console.log(`awan control serving on ${url}`);
       onSignal(() => control.close());

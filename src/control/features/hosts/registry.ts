@@ -143,6 +143,18 @@ export class HostRegistry {
     }
   }
 
+  async setLabels(hostId: string, labels: Record<string, string>, zone: string | null | undefined): Promise<void> {
+    const host = this.hosts.get(hostId);
+    if (!host) return;
+    host.row = await this.deps.db
+      .updateTable('hosts')
+      .set({ labels: JSON.stringify(labels), ...(zone !== undefined ? { zone } : {}), generation: host.row.generation + 1, updated_at: new Date().toISOString() })
+      .where('id', '=', hostId)
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    this.index(hostId);
+  }
+
   async setMaintenance(hostId: string, on: boolean): Promise<void> {
     const host = this.hosts.get(hostId);
     if (!host) return;

@@ -13,6 +13,24 @@ export function hostRoutes(app: App, hosts: HostService): void {
 
   app.get('/api/v1/hosts/:id', { schema: { tags, params: IdParams, response: { 200: HostSchema, ...errors } } }, (req) => hosts.get(req.params.id));
 
+  app.patch('/api/v1/hosts/:id', {
+    schema: {
+      tags,
+      params: IdParams,
+      body: Type.Object(
+        {
+          labels: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 63, pattern: '^[a-zA-Z0-9._/-]+$' }), Type.String({ maxLength: 63 }), { maxProperties: 64 })),
+          zone: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 63 }), Type.Null()])),
+        },
+        { additionalProperties: false },
+      ),
+      response: { 200: HostSchema, ...errors },
+    },
+  }, async (req) => {
+    requireRole(req.principal, 'admin');
+    return hosts.update(req.params.id, req.body);
+  });
+
   app.post('/api/v1/hosts/join-tokens', {
     schema: { tags, response: { 201: Type.Object({ token: Type.String(), expiresAt: Type.String() }), ...errors } },
   }, async (req, reply) => {

@@ -139,6 +139,14 @@ export function createHostService(deps: HostServiceDeps) {
       return { host: view(host.row), task };
     },
 
+    async update(idOrName: string, patch: { labels?: Record<string, string>; zone?: string | null }): Promise<Host> {
+      const host = find(idOrName);
+      const labels = patch.labels ?? (JSON.parse(host.row.labels) as Record<string, string>);
+      await registry.setLabels(host.row.id, labels, patch.zone);
+      await events.emit({ type: 'host.updated', objectKind: 'host', objectId: host.row.id, message: `host ${host.row.name} updated`, data: { labels, zone: patch.zone } });
+      return view(registry.get(host.row.id)!.row);
+    },
+
     async activate(idOrName: string): Promise<Host> {
       const host = find(idOrName);
       await registry.setMaintenance(host.row.id, false);
