@@ -88,7 +88,7 @@ export async function runMigration(qmp: QmpClient, uri: string, opts: MigrateOpt
       const info = await qmp.call('query-migrate', undefined);
       if (info.status === 'completed') {
         opts.onProgress?.(progressOf(info, last));
-        return { totalMs: info.totalTimeMs ?? 0, downtimeMs: Math.min(info.downtimeMs ?? 0, info.totalTimeMs ?? 0) };
+        return resultOf(await withTimes(qmp, info));
       }
       if (FAILED.has(info.status)) {
         const why = aborted ? 'migration aborted' : `migration ${info.status}${info.errorDesc ? `: ${info.errorDesc}` : ''}`;
@@ -104,14 +104,27 @@ export async function runMigration(qmp: QmpClient, uri: string, opts: MigrateOpt
   } catch (err) {
     // A lost answer does not mean a lost migration: if it completed, the guest now runs there, never here too.
     const settled = await settle(qmp);
-    if (settled?.status === 'completed') {
-      return { totalMs: settled.totalTimeMs ?? 0, downtimeMs: Math.min(settled.downtimeMs ?? 0, settled.totalTimeMs ?? 0) };
-    }
+    if (settled?.status === 'completed') return resultOf(await withTimes(qmp, settled));
     if (err instanceof DriverError) throw err;
     throw new DriverError('MIGRATION_FAILED', aborted ? 'migration aborted' : `migration failed: ${String(err)}`);
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }
+}
+
+function resultOf(info: MigrationInfo): MigrationResult {
+  const totalMs = info.totalTimeMs ?? 0;
+  return { totalMs, downtimeMs: Math.min(info.downtimeMs ?? 0, totalMs) };
+}
+
+/** QEMU 7.2 reports 'completed' a moment before it fills in total-time and downtime: ask again briefly. */
+async function withTimes(qmp: QmpClient, info: MigrationInfo): Promise<MigrationInfo> {
+  for (let i = 0; i < 40 && !info.totalTimeMs; i++) {
+    await new Promise((r) => setTimeout(r, 25));
+    const again = await qmp.call('query-migrate', undefined).catch(() => undefined);
+    if (again?.status === 'completed') info = again;
+  }
+  return info;
 }
 
 /** Waits for a migration to reach a final state; QEMU itself resumes the guest after a failure or cancel. */
