@@ -145,6 +145,7 @@ class QemuDriver implements HypervisorDriver {
       try {
         await launchVm(this.ctx, vm, { accel: this.accel, signal });
       } catch (err) {
+        await tearDownNics(this.opts.dataDir, spec.id, spec.nics);
         vm.setState('stopped', err instanceof Error ? err.message : String(err));
         throw err instanceof DriverError ? err : new DriverError('BOOT_FAILED', String(err));
       }
@@ -154,9 +155,11 @@ class QemuDriver implements HypervisorDriver {
   }
 
   stop(vmId: string, opts: StopOptions = {}): Promise<void> {
-    const vm = this.get(vmId);
-    if (vm.state === 'incoming') throw new DriverError('VM_NOT_RUNNING', `${vmId} has not arrived yet; abort the incoming migration`);
+    this.get(vmId);
     return this.locked(vmId, async () => {
+      // Looked up under the lock: a start that ran first may have replaced the record.
+      const vm = this.get(vmId);
+      if (vm.state === 'incoming') throw new DriverError('VM_NOT_RUNNING', `${vmId} has not arrived yet; abort the incoming migration`);
       if (!vm.alive) return; // stopped, or crashed and gone: nothing to stop
       await stopQemu(vm, { force: opts.force ?? false, timeoutMs: opts.timeoutMs ?? this.opts.stopTimeoutMs ?? 60_000 });
       await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
@@ -241,9 +244,10 @@ class QemuDriver implements HypervisorDriver {
     onProgress?: (p: MigrationProgress) => void,
     signal?: AbortSignal,
   ): Promise<MigrationResult> {
-    const vm = this.get(vmId);
+    this.get(vmId);
     checkMigrationUri(target.uri);
     return this.locked(vmId, async () => {
+      const vm = this.get(vmId);
       const qmp = vm.qmp;
       if (vm.state !== 'running' || !qmp) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
       vm.migrating = true;

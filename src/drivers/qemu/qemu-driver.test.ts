@@ -107,6 +107,18 @@ describe('qemu driver', () => {
     assert.equal((await driver.start(guestSpec('crashy'))).state, 'running');
   });
 
+  it('reports a guest kernel panic as a crash', T, async () => {
+    const { driver } = await newDriver();
+    const events = stateEvents(driver, 'panicky');
+    await driver.start(guestSpec('panicky'));
+    await driver.consoleWrite('panicky', 'echo c > /proc/sysrq-trigger\n');
+    const crashed = await until(() => events.find((e) => e.state === 'crashed'), { timeoutMs: 30_000, what: 'a crashed event' });
+    assert.match(crashed.reason ?? '', /Kernel panic - not syncing/);
+    // QEMU itself still runs the dead guest; a forced stop ends it.
+    await driver.stop('panicky', { force: true });
+    assert.equal((await driver.status('panicky')).state, 'stopped');
+  });
+
   it('sends keystrokes to the serial console and streams its output', T, async () => {
     const { driver } = await newDriver();
     const output: string[] = [];

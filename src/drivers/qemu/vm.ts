@@ -201,7 +201,7 @@ export class QemuVm {
     const window = this.panicTail + text;
     this.panicTail = window.slice(-200);
     const panic = PANIC.exec(window);
-    if (panic && this.state === 'running') this.setState('crashed', panic[0].trim());
+    if (panic && (this.state === 'running' || this.state === 'starting')) this.setState('crashed', panic[0].trim());
   }
 
   private async onQmpClosed(launched?: Launched): Promise<void> {
