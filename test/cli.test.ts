@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { mib, table } from '../src/cli/commands/output.ts';
 import { bar } from '../src/cli/commands/progress.ts';
 import { type Cluster, startCluster } from './support/cluster.ts';
+import { until } from './until.ts';
 
 const root = join(import.meta.dirname, '..');
 const main = join(root, 'src', 'cli', 'main.ts');
@@ -231,5 +232,28 @@ describe('awan CLI against a cluster', () => {
     const gone = await awan(['image', 'show', 'tiny']);
     assert.equal(gone.code, 1);
     assert.match(gone.stderr, /^error IMAGE_NOT_FOUND: /m);
+  });
+
+  it('opens a VM console, sends keystrokes, and leaves on Ctrl-]', async () => {
+    await ok('vm', 'create', 'console-vm', '--cpus', '1', '--memory', '256', '--wait');
+    const child = spawn(process.execPath, ['--import', 'tsx', main, 'vm', 'console', 'console-vm'], { cwd: root, env: env(), stdio: ['pipe', 'pipe', 'pipe'] });
+    children.add(child);
+    let stdout = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    await until(() => stdout.includes('console-vm login:'), { what: 'console history' });
+    child.stdin.write('hello there\n');
+    await until(() => stdout.includes('hello there'), { what: 'echo' });
+    child.stdin.write('\x1d');
+    assert.equal(await exited, 0);
+    children.delete(child);
+  });
+
+  it('moves a VM\'s memory and refuses an unknown VM\'s console', async () => {
+    await ok('vm', 'memory', 'console-vm', '--target', '128', '--wait');
+    await until(async () => JSON.parse(await ok('vm', 'show', 'console-vm', '--json')).memoryActualMiB === 128, { what: 'memory 128' });
+    const r = await awan(['vm', 'console', 'no-such-vm']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /VM no-such-vm not found/);
   });
 });

@@ -6,6 +6,7 @@ import type { CreateVm, Vm } from '../../control/features/vms/model.ts';
 import { type ApiClient, type Page, seg } from './client.ts';
 import { labels, mib, orDash, printFields, printJson, printTable, yesNo } from './output.ts';
 import { type ClientOptions, client, collect, followTask, jsonOption, positiveInt, run, waitOption } from './shared.ts';
+import { registerConsole } from './console.ts';
 
 type Accepted = { vm: Vm; task: Task };
 
@@ -103,8 +104,8 @@ function registerReads(vm: Command): void {
 
 /** start, stop, reboot, migrate and delete share their shape: one call, a 202 with a task, maybe a wait. */
 function registerActions(vm: Command): void {
-  const action = (verb: string, description: string, call: (api: ApiClient, name: string, o: ClientOptions & { force?: boolean; to?: string }) => Promise<Accepted>) =>
-    waitOption(jsonOption(vm.command(`${verb} <name>`).description(description))).action(run(async (name: string, o: ClientOptions & { force?: boolean; to?: string }) => {
+  const action = (verb: string, description: string, call: (api: ApiClient, name: string, o: ClientOptions & { force?: boolean; to?: string; target?: number }) => Promise<Accepted>) =>
+    waitOption(jsonOption(vm.command(`${verb} <name>`).description(description))).action(run(async (name: string, o: ClientOptions & { force?: boolean; to?: string; target?: number }) => {
       const api = client(o);
       const r = await call(api, name, o);
       if (o.json && !o.wait) return printJson(r);
@@ -118,6 +119,9 @@ function registerActions(vm: Command): void {
   action('migrate', 'live-migrate a running VM to another server', (api, name, o) => api.post(`/api/v1/vms/${seg(name)}/migrate`, o.to ? { host: o.to } : undefined))
     .option('--to <host>', 'target server (name or id); the scheduler picks one when absent');
   action('delete', 'stop a VM and delete it with its disk', (api, name) => api.request('DELETE', `/api/v1/vms/${seg(name)}`));
+  action('memory', 'give a running VM this much memory now (balloon, or hot-plug up to its maximum)', (api, name, o) =>
+    api.post(`/api/v1/vms/${seg(name)}/memory`, { targetMiB: o.target }))
+    .requiredOption('--target <MiB>', 'memory the guest should have, in MiB', positiveInt);
 }
 
 export function registerVms(program: Command): void {
@@ -125,4 +129,5 @@ export function registerVms(program: Command): void {
   registerCreate(vm);
   registerReads(vm);
   registerActions(vm);
+  registerConsole(vm);
 }
