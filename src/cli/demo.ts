@@ -26,7 +26,14 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     if (!existsSync(passwordFile)) writeFileSync(passwordFile, `${crypto.randomUUID().slice(0, 13)}\n`, { mode: 0o600 });
     process.env.AWAN_ADMIN_PASSWORD = readFileSync(passwordFile, 'utf8').trim();
   }
-  const { control, url } = await o.startControl({ db: `sqlite:${join(o.dataDir, 'awan.db')}`, port: o.port, host: '127.0.0.1', poolDir: join(o.dataDir, 'pool') });
+  const { control, url } = await o.startControl({
+    db: `sqlite:${join(o.dataDir, 'awan.db')}`,
+    port: o.port,
+    host: '127.0.0.1',
+    poolDir: join(o.dataDir, 'pool'),
+    // Real VMs need something to boot: the test guest, unless a VM names another image.
+    defaultImage: o.driver === 'qemu' ? 'test-guest' : undefined,
+  });
   const admin = await control.db.selectFrom('users').select('id').where('username', '=', 'admin').executeTakeFirstOrThrow();
 
   const agents: { agent: Agent; driver: HypervisorDriver }[] = [];

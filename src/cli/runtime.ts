@@ -16,7 +16,7 @@ const intOption = (v: string) => {
   return n;
 };
 
-async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; overcommit?: number; policy?: 'spread' | 'pack' }) {
+async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string }) {
   const log = await createLogger('control');
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
@@ -26,6 +26,7 @@ async function startControl(opts: { db: string; port: number; host: string; hear
     poolDir: opts.poolDir,
     memoryOvercommit: opts.overcommit,
     policy: opts.policy,
+    defaultImage: opts.defaultImage,
     log,
   });
   const { generatedAdminPassword } = await control.start();
@@ -57,8 +58,9 @@ export function registerRuntimeCommands(program: Command): void {
     .option('--pool-dir <dir>', 'shared pool directory for VM disks', './data/pool')
     .option('--memory-overcommit <ratio>', 'memory the scheduler may promise per MiB of host RAM', parseFloat, 1.0)
     .option('--heartbeat-ms <ms>', 'agent heartbeat interval; a host is unreachable after 2.5 missed beats', intOption, 1000)
+    .option('--default-image <name>', 'image of VMs created without one')
     .addOption(new Option('--placement <policy>', 'spread VMs over hosts, or pack them to leave hosts empty').choices(['spread', 'pack']).default('spread'))
-    .action(async (o: { port: number; host: string; db: string; poolDir: string; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack' }) => {
+    .action(async (o: { port: number; host: string; db: string; poolDir: string; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string }) => {
       const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), overcommit: o.memoryOvercommit, policy: o.placement });
       if (generatedAdminPassword) console.log(`first start: user admin, password ${generatedAdminPassword} (shown once)`);
       console.log(`awan control serving on ${url}`);

@@ -39,6 +39,8 @@ export interface ControlConfig {
   resyncIntervalMs?: number;
   log?: Logger;
   inspectImage?: ImageInspector;
+  /** Image for VMs created without one. */
+  defaultImage?: string;
 }
 
 export type Control = Awaited<ReturnType<typeof createControl>>;
@@ -86,7 +88,7 @@ export async function createControl(config: ControlConfig) {
     policy: config.policy,
     onError: () => metrics.reconcileErrors.inc({ controller: 'vms' }),
   });
-  const vms = createVmService({ db, tasks, events, images, capacity, registry, controller });
+  const vms = createVmService({ db, tasks, events, images, capacity, registry, controller, defaultImage: config.defaultImage });
   const hosts = createHostService({
     db, registry, capacity, events, tasks,
     migrateVm: (id, by) => vms.migrate(id, undefined, by),

@@ -25,6 +25,8 @@ export interface VmServiceDeps {
   capacity: CapacityIndex;
   registry: HostRegistry;
   controller: VmController;
+  /** The image of VMs created without one (the test guest in a QEMU demo). */
+  defaultImage?: string;
 }
 
 export interface ListVms {
@@ -113,8 +115,9 @@ export function createVmService(deps: VmServiceDeps) {
       if (capacity.size > 0 && body.memoryMiB > largest) {
         throw new AppError('NO_CAPACITY', `a VM of ${body.memoryMiB} MiB is larger than any host (the largest can hold ${largest} MiB)`, { largestHostMiB: largest });
       }
-      const image = body.image ? await deps.images.find(body.image).catch(() => {
-        throw new AppError('IMAGE_NOT_FOUND', `image ${body.image} not found`, { image: body.image });
+      const imageRef = body.image ?? deps.defaultImage;
+      const image = imageRef ? await deps.images.find(imageRef).catch(() => {
+        throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });
       }) : undefined;
 
       const id = newId();
