@@ -73,7 +73,7 @@ async function addSampleImages(o: DemoOptions, images: import('../control/featur
   if (o.driver === 'qemu') {
     if (existing.has('test-guest')) return;
     const guest = await ensureGuest();
-    await images.create({ name: 'test-guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, os: 'busybox' });
+    await images.create({ name: 'test-guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, readyText: 'AWAN-BOOTED', os: 'busybox' });
     return;
   }
   // Simulated hosts read no disk; the sample images are small placeholder files so the catalogue is real.

@@ -63,7 +63,13 @@ export async function createControl(config: ControlConfig) {
     const image = vm.image_id ? await images.find(vm.image_id) : undefined;
     const boot: VmSpecMsg['boot'] =
       image?.format === 'kernel'
-        ? { kind: 'kernel', kernelPath: image.kernel_path!, initrdPath: image.initrd_path!, ...(image.cmdline ? { cmdline: image.cmdline } : {}) }
+        ? {
+            kind: 'kernel',
+            kernelPath: image.kernel_path!,
+            initrdPath: image.initrd_path!,
+            ...(image.cmdline ? { cmdline: image.cmdline } : {}),
+            ...(image.ready_text ? { readyText: image.ready_text } : {}),
+          }
         : image
           ? { kind: 'disk' }
           : { kind: 'none' };

@@ -3,7 +3,8 @@
 /** How the VM boots: from its first disk, or from a kernel and initrd (the test guest). */
 export type BootSource =
   | { kind: 'disk' }
-  | { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline?: string }
+  /** `readyText`: console output that proves the guest is up; start() waits for it. */
+  | { kind: 'kernel'; kernelPath: string; initrdPath: string; cmdline?: string; readyText?: string }
   | { kind: 'none' };
 
 /**

@@ -61,7 +61,7 @@ export const VmSpecSchema = Type.Object(
     boot: Type.Union([
       Type.Object({ kind: Type.Literal('disk') }, Strict),
       Type.Object(
-        { kind: Type.Literal('kernel'), kernelPath: Type.String(), initrdPath: Type.String(), cmdline: Type.Optional(Type.String()) },
+        { kind: Type.Literal('kernel'), kernelPath: Type.String(), initrdPath: Type.String(), cmdline: Type.Optional(Type.String()), readyText: Type.Optional(Type.String({ maxLength: 256 })) },
         Strict,
       ),
       Type.Object({ kind: Type.Literal('none') }, Strict),

@@ -58,6 +58,7 @@ export interface ImagesTable {
   kernel_path: string | null;
   initrd_path: string | null;
   cmdline: string | null;
+  ready_text: string | null;
   size_mib: number;
   os: string | null;
   created_at: string;

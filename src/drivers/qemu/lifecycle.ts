@@ -62,9 +62,9 @@ export async function launchVm(
     const status = await qmp.call('query-status', undefined);
     if (!status.running) throw new DriverError('BOOT_FAILED', `${spec.id}: QEMU is ${status.status}, not running`);
     await vm.enableStats();
-    if (ctx.guestReadyPattern && spec.boot.kind === 'kernel') {
-      await waitForSerial(vm, logSize, ctx.guestReadyPattern, ctx.bootTimeoutMs, opts.signal);
-    }
+    // The image's own sign of life wins over the driver-wide one; it is literal text, never a regex.
+    const ready = spec.boot.kind === 'kernel' ? (spec.boot.readyText ? new RegExp(escapeRegExp(spec.boot.readyText)) : ctx.guestReadyPattern) : undefined;
+    if (ready) await waitForSerial(vm, logSize, ready, ctx.bootTimeoutMs, opts.signal);
   } catch (err) {
     vm.expectedExit = { reason: 'boot failed' };
     await killHard(launched.pid, vm.paths.dir);
@@ -164,3 +164,5 @@ export async function reattach(ctx: LifecycleContext, record: VmRecord, paths: V
   }
   return vm;
 }
+
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

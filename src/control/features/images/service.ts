@@ -15,6 +15,7 @@ export const ImageSchema = Type.Object({
   kernelPath: Type.Union([Type.String(), Type.Null()]),
   initrdPath: Type.Union([Type.String(), Type.Null()]),
   cmdline: Type.Union([Type.String(), Type.Null()]),
+  readyText: Type.Union([Type.String(), Type.Null()]),
   sizeMiB: Type.Integer(),
   os: Type.Union([Type.String(), Type.Null()]),
   createdAt: Type.String(),
@@ -30,6 +31,7 @@ export const CreateImageBody = Type.Object(
     kernelPath: Type.Optional(Path),
     initrdPath: Type.Optional(Path),
     cmdline: Type.Optional(Type.String({ maxLength: 1024 })),
+    readyText: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'console text that proves a kernel image booted; starts wait for it' })),
     sizeMiB: Type.Optional(Type.Integer({ minimum: 0 })),
     os: Type.Optional(Type.String({ maxLength: 63 })),
     import: Type.Optional(Type.Boolean({ description: 'copy the file into the shared pool instead of using it in place' })),
@@ -46,6 +48,7 @@ export const imageFromRow = (r: ImageRow): Image => ({
   kernelPath: r.kernel_path,
   initrdPath: r.initrd_path,
   cmdline: r.cmdline,
+  readyText: r.ready_text,
   sizeMiB: r.size_mib,
   os: r.os,
   createdAt: r.created_at,
@@ -69,7 +72,7 @@ export function createImageService({ db, events, inspect }: { db: Kysely<Databas
       return (await db.selectFrom('images').selectAll().orderBy('name').execute()).map(imageFromRow);
     },
     async create(body: CreateImage): Promise<Image> {
-      if (body.format === 'kernel' ? !body.kernelPath || !body.initrdPath || body.path : !body.path || body.kernelPath || body.initrdPath) {
+      if (body.format === 'kernel' ? !body.kernelPath || !body.initrdPath || body.path : !body.path || body.kernelPath || body.initrdPath || body.readyText) {
         throw new AppError('VALIDATION_FAILED', body.format === 'kernel' ? 'a kernel image needs kernelPath and initrdPath and no path' : `a ${body.format} image needs path only`);
       }
       for (const p of [body.path, body.kernelPath, body.initrdPath]) {
@@ -86,6 +89,7 @@ export function createImageService({ db, events, inspect }: { db: Kysely<Databas
         kernel_path: body.kernelPath ?? null,
         initrd_path: body.initrdPath ?? null,
         cmdline: body.cmdline ?? null,
+        ready_text: body.readyText ?? null,
         size_mib: checked.sizeMiB,
         os: body.os ?? null,
         created_at: new Date().toISOString(),

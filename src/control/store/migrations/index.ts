@@ -2,6 +2,7 @@
 import type { Kysely } from 'kysely';
 import * as m001 from './001_initial.ts';
 import * as m002 from './002_host_credential_index.ts';
+import * as m003 from './003_image_ready_text.ts';
 
 export interface Migration {
   version: number;
@@ -12,4 +13,5 @@ export interface Migration {
 export const migrations: Migration[] = [
   { version: 1, name: 'initial', up: m001.up },
   { version: 2, name: 'host_credential_index', up: m002.up },
+  { version: 3, name: 'image_ready_text', up: m003.up },
 ];
