@@ -102,10 +102,10 @@ export async function createControl(config: ControlConfig) {
   });
 
   registry.onVmsReported((_hostId, vmIds) => vmIds.forEach((id) => controller.enqueue(id)));
-  registry.onHostState(async (hostId) => {
-    for (const r of await db.selectFrom('vms').select('id').where((eb) => eb.or([eb('host_id', '=', hostId), eb('target_host_id', '=', hostId)])).execute()) {
-      controller.enqueue(r.id);
-    }
+  registry.onHostState((hostId) => {
+    db.selectFrom('vms').select('id').where((eb) => eb.or([eb('host_id', '=', hostId), eb('target_host_id', '=', hostId)])).execute()
+      .then((rows) => rows.forEach((r) => controller.enqueue(r.id)))
+      .catch((err: unknown) => log.error({ err, hostId }, 'could not look up the VMs of a host'));
   });
 
   metrics.gauge('awan_hosts', 'Hosts by state', ['state'], (g) => {
@@ -166,9 +166,11 @@ export async function createControl(config: ControlConfig) {
     },
     async close(): Promise<void> {
       if (resync) clearInterval(resync);
-      controller.stop();
       registry.stop();
+      controller.stop();
       await app.close();
+      // Let passes already running finish their writes before the database goes away.
+      await Promise.race([controller.queue.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
       await store.close();
     },
   };

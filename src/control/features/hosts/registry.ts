@@ -34,6 +34,8 @@ export class HostRegistry {
   private readonly hostListeners = new Set<(hostId: string, state: HostState) => void>();
   private readonly consoleListeners = new Map<string, Set<(data: string) => void>>();
   private monitor: NodeJS.Timeout | null = null;
+  /** Once control shuts down, connections closing are not host failures. */
+  private stopped = false;
 
   constructor(private readonly deps: HostRegistryDeps) {}
 
@@ -54,6 +56,7 @@ export class HostRegistry {
   }
 
   stop(): void {
+    this.stopped = true;
     if (this.monitor) clearInterval(this.monitor);
     for (const h of this.hosts.values()) h.connection?.close('control is shutting down');
   }
@@ -169,7 +172,7 @@ export class HostRegistry {
 
   async transition(hostId: string, to: HostState, why: string): Promise<void> {
     const host = this.hosts.get(hostId);
-    if (!host) return;
+    if (!host || this.stopped) return;
     const from = host.row.state as HostState;
     if (from === to || !canTransition(from, to)) return;
     const now = new Date().toISOString();
