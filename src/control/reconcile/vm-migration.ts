@@ -40,12 +40,22 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task)
         },
       },
     );
-    await tasks.progress(task.id, 92, `waiting for ${dst.row.name} to run the VM`);
-    await dst.connection.command({ op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, { timeoutMs: 45_000 });
+    // The source let go of the VM: from here on it lives on the destination, whatever happens next.
+    // Recording anything else would let the reconciler start a second copy on the source.
     src.vms.delete(vm.id);
     capacity.release(`${vm.id}:incoming`);
     capacity.assign(vm.id, dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
-    await ctx.update(vm, { phase: 'running', host_id: dst.row.id, target_host_id: null, message: null }, `migrated from ${src.row.name}`);
+    vm = await ctx.update(vm, { host_id: dst.row.id, target_host_id: null }, `handed over to ${dst.row.name}`);
+    await tasks.progress(task.id, 92, `waiting for ${dst.row.name} to run the VM`);
+    try {
+      await dst.connection?.command({ op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, { timeoutMs: 45_000 });
+    } catch (err) {
+      const message = `the VM was handed to ${dst.row.name}, which did not confirm it runs: ${err instanceof Error ? err.message : String(err)}`;
+      await ctx.update(vm, { phase: 'unknown', message }, message);
+      await tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', message);
+      return;
+    }
+    await ctx.update(vm, { phase: 'running', message: null }, `migrated from ${src.row.name}`);
     await tasks.succeed(task.id, `migrated to ${dst.row.name} in ${result.totalMs} ms (downtime ${result.downtimeMs} ms)`, {
       from: src.row.id,
       to: dst.row.id,
