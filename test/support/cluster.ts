@@ -6,31 +6,41 @@ import { join } from 'node:path';
 import { Agent } from '../../src/agent/agent.ts';
 import { type Control, type ControlConfig, createControl } from '../../src/control/app.ts';
 import { createSimDriver, type SimDriver, type SimDriverOptions } from '../../src/drivers/sim/index.ts';
+import type { HypervisorDriver } from '../../src/drivers/types.ts';
 import { createLogger } from '../../src/lib/logger.ts';
 import { until } from '../until.ts';
 
-export interface TestHost {
+export interface TestHost<D extends HypervisorDriver = SimDriver> {
   name: string;
-  driver: SimDriver;
+  driver: D;
   agent: Agent;
   dataDir: string;
 }
 
-export interface Cluster {
+export interface Cluster<D extends HypervisorDriver = SimDriver> {
   control: Control;
   url: string;
   token: string;
-  hosts: TestHost[];
+  hosts: TestHost<D>[];
   dir: string;
   api<T = any>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }>;
-  addHost(name: string, sim?: Partial<SimDriverOptions>): Promise<TestHost>;
-  stopAgent(host: TestHost): Promise<void>;
-  startAgent(host: TestHost): Promise<void>;
+  addHost(name: string, sim?: Partial<SimDriverOptions>): Promise<TestHost<D>>;
+  stopAgent(host: TestHost<D>): Promise<void>;
+  startAgent(host: TestHost<D>): Promise<void>;
   waitTask(id: string, timeoutMs?: number): Promise<any>;
   close(): Promise<void>;
 }
 
-export async function startCluster(opts: { hosts?: number; sim?: Partial<SimDriverOptions>; control?: Partial<ControlConfig>; db?: string } = {}): Promise<Cluster> {
+export interface ClusterOptions<D extends HypervisorDriver> {
+  hosts?: number;
+  sim?: Partial<SimDriverOptions>;
+  control?: Partial<ControlConfig>;
+  db?: string;
+  /** Another driver than the simulator (QEMU): made per host with its own data directory. */
+  makeDriver?: (name: string, dataDir: string) => Promise<D>;
+}
+
+export async function startCluster<D extends HypervisorDriver = SimDriver>(opts: ClusterOptions<D> = {}): Promise<Cluster<D>> {
   const dir = mkdtempSync(join(tmpdir(), 'awan-test-'));
   const log = createLogger('test', process.env.AWAN_TEST_LOG ?? 'silent');
   const control = await createControl({ db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control });
@@ -50,12 +60,14 @@ export async function startCluster(opts: { hosts?: number; sim?: Partial<SimDriv
   }
 
   const login = await api<{ token: string }>('POST', '/api/v1/auth/login', { username: 'admin', password: 'admin-password' }, '');
-  const cluster: Cluster = {
+  const cluster: Cluster<D> = {
     control, url, token: login.body.token, hosts: [], dir, api,
     async addHost(name, sim) {
       const { body } = await api<{ token: string }>('POST', '/api/v1/hosts/join-tokens');
-      const driver = createSimDriver({ hostname: name, address: name, cpus: 8, memoryMiB: 16384, bootDelayMs: 20, migrateMiBPerS: 8192, ...opts.sim, ...sim });
       const dataDir = join(dir, name);
+      const driver = opts.makeDriver
+        ? await opts.makeDriver(name, dataDir)
+        : (createSimDriver({ hostname: name, address: name, cpus: 8, memoryMiB: 16384, bootDelayMs: 20, migrateMiBPerS: 8192, ...opts.sim, ...sim }) as HypervisorDriver as D);
       const agent = new Agent({ control: url, joinToken: body.token, driver, dataDir, name, log });
       await agent.start();
       const host = { name, driver, agent, dataDir };
