@@ -140,7 +140,7 @@ export async function createControl(config: ControlConfig) {
   authRoutes(app, auth);
   hostRoutes(app, hosts);
   vmRoutes(app, vms);
-  consoleRoute(app, { vms, registry, auth });
+  consoleRoute(app, { vms, registry, auth, events });
   imageRoutes(app, images);
   taskRoutes(app, tasks);
   eventRoutes(app, events);

@@ -8,7 +8,7 @@ import { until } from '../until.ts';
 describe('VM console', () => {
   let c: Cluster;
   before(async () => {
-    c = await startCluster({ hosts: 1 });
+    c = await startCluster({ hosts: 2 });
     const r = await c.api('POST', '/api/v1/vms', { name: 'con-1', cpus: 1, memoryMiB: 256 });
     await c.waitTask(r.body.task.id);
   });
@@ -25,6 +25,28 @@ describe('VM console', () => {
     assert.match(text, /Linux version/);
     ws.send('uname -a\n');
     await until(() => text.includes('uname -a'), { what: 'echo' });
+    ws.close();
+  });
+
+  it('follows the VM to its new host after a migration, and back after its agent reconnects', async () => {
+    const ws = open('con-1');
+    let text = '';
+    ws.on('message', (d) => (text += d.toString()));
+    await until(() => text.includes('con-1 login:'), { what: 'history' });
+    const m = await c.api('POST', '/api/v1/vms/con-1/migrate');
+    assert.equal((await c.waitTask(m.body.task.id)).state, 'succeeded');
+    await until(() => text.includes('console reattached'), { what: 'reattached after migration' });
+    ws.send('after-move\n');
+    await until(() => text.includes('after-move'), { what: 'echo from the new host' });
+
+    const vm = (await c.api('GET', '/api/v1/vms/con-1')).body;
+    const host = c.hosts.find((h) => h.agent.hostId === vm.hostId)!;
+    text = '';
+    await c.stopAgent(host);
+    await c.startAgent(host);
+    await until(() => text.includes('console reattached'), { what: 'reattached after reconnect' });
+    ws.send('after-reconnect\n');
+    await until(() => text.includes('after-reconnect'), { what: 'echo after reconnect' });
     ws.close();
   });
 

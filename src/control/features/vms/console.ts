@@ -3,11 +3,12 @@
 import { AppError } from '../../errors.ts';
 import { type App, requireRole } from '../../http/types.ts';
 import type { AuthService } from '../auth/service.ts';
+import type { EventService } from '../events/service.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
 import type { VmService } from './service.ts';
 
 /** Close codes: 4001 unauthorized, 4004 unknown VM, 4009 VM not running or host unreachable. */
-export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; auth: AuthService }): void {
+export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; auth: AuthService; events: EventService }): void {
   const watchers = new Map<string, number>();
 
   app.get('/api/v1/vms/:id/console', {
@@ -32,15 +33,34 @@ export function consoleRoute(app: App, deps: { vms: VmService; registry: HostReg
     if (!vm) return fail(4004, `VM ${id} not found`);
     const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
     if (!host?.connection || vm.phase !== 'running') return fail(4009, `VM ${vm.name} is ${vm.phase}; its console is available while it runs`);
-    const conn = host.connection;
+    let conn = host.connection;
 
     // Buffer live output until the history is sent, so nothing is lost or reordered.
     const pending: string[] = [];
     let live = false;
     const unsubscribe = deps.registry.onConsole(vm.id, (data) => (live ? socket.send(data) : pending.push(data)));
+    // The console follows the VM: to its new host after a migration, and back after its agent reconnects.
+    const unfollow = deps.events.subscribe((e) => {
+      const moved = e.objectId === vm.id && e.type === 'vm.migrated';
+      const back = e.type === 'host.ready' && e.objectId === deps.registry.get(conn.hostId)?.row.id;
+      if (moved || back) void reattach();
+    });
+    async function reattach(): Promise<void> {
+      const current = await deps.vms.find(vm!.id).catch(() => undefined);
+      const next = current?.host_id ? deps.registry.get(current.host_id)?.connection : undefined;
+      if (!next) return;
+      conn = next;
+      try {
+        await conn.command({ op: 'consoleAttach', vmId: vm!.id }, { timeoutMs: 10_000 });
+        socket.send(`\r\n[awan] console reattached on host ${deps.registry.get(conn.hostId)?.row.name ?? conn.hostId}\r\n`);
+      } catch (err) {
+        fail(4009, err instanceof Error ? err.message : String(err));
+      }
+    }
     watchers.set(vm.id, (watchers.get(vm.id) ?? 0) + 1);
     socket.on('close', () => {
       unsubscribe();
+      unfollow();
       const n = (watchers.get(vm.id) ?? 1) - 1;
       if (n > 0) watchers.set(vm.id, n);
       else {
