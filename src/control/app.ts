@@ -142,7 +142,7 @@ export async function createControl(config: ControlConfig) {
   vmRoutes(app, vms);
   consoleRoute(app, { vms, registry, auth, events });
   imageRoutes(app, images);
-  taskRoutes(app, tasks);
+  taskRoutes(app, tasks, (id) => controller.cancel(id));
   eventRoutes(app, events);
   agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs });
 

@@ -32,6 +32,8 @@ export function createVmController(deps: VmControllerDeps) {
   const { db, tasks, events, registry, capacity, log } = deps;
   /** VMs whose migration this process is driving right now. */
   const migrating = new Set<string>();
+  /** Running operations that can be cancelled, by task id. */
+  const cancels = new Map<string, AbortController>();
   /** Tasks older than this process were started by an earlier one. */
   const bootAt = new Date().toISOString();
 
@@ -87,10 +89,13 @@ export function createVmController(deps: VmControllerDeps) {
       const migrateTask = active.find((t) => t.kind === 'migrate');
       if (!migrateTask || migrateTask.createdAt < bootAt) return recoverMigration(ctx, vm, active);
       migrating.add(vm.id);
+      const abort = new AbortController();
+      cancels.set(migrateTask.id, abort);
       try {
-        await migrateVm(ctx, vm, migrateTask);
+        await migrateVm(ctx, vm, migrateTask, abort.signal);
       } finally {
         migrating.delete(vm.id);
+        cancels.delete(migrateTask.id);
       }
       return;
     }
@@ -247,6 +252,12 @@ export function createVmController(deps: VmControllerDeps) {
   return {
     queue,
     enqueue: (vmId: string) => queue.add(vmId),
+    /** Cancels a running migration; false when the task is not one this process can cancel. */
+    cancel(taskId: string): boolean {
+      const abort = cancels.get(taskId);
+      abort?.abort();
+      return !!abort;
+    },
     /** Level-triggered safety net: look at every VM now and then, whatever events said. */
     async resyncAll(): Promise<void> {
       const rows = await db.selectFrom('vms').select('id').execute();

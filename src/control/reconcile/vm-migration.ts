@@ -5,15 +5,16 @@ import type { Task } from '../features/tasks/service.ts';
 import type { VmRow } from '../store/schema.ts';
 import type { VmControllerContext } from './vm-controller.ts';
 
-export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task): Promise<void> {
+export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task, signal: AbortSignal): Promise<void> {
   const { registry, capacity, tasks, events } = ctx;
   const src = registry.get(vm.host_id!);
   const dst = registry.get(vm.target_host_id!);
   const fail = async (code: string, message: string) => {
     capacity.release(`${vm.id}:incoming`);
     const current = await ctx.db.selectFrom('vms').selectAll().where('id', '=', vm.id).executeTakeFirstOrThrow();
-    await ctx.update(current, { target_host_id: null, phase: current.phase === 'migrating' ? 'running' : current.phase, message: `migration failed: ${message}` });
-    await tasks.fail(task.id, code, message);
+    await ctx.update(current, { target_host_id: null, phase: current.phase === 'migrating' ? 'running' : current.phase, message: code === 'CANCELLED' ? null : `migration failed: ${message}` });
+    if (code === 'CANCELLED') await tasks.cancelled(task.id, message);
+    else await tasks.fail(task.id, code, message);
   };
   if (!src?.connection || !dst?.connection) {
     return fail('HOST_NOT_READY', `${!src?.connection ? 'source' : 'destination'} host is not connected`);
@@ -31,6 +32,7 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task)
       { op: 'migrate', vmId: vm.id, uri: target.uri },
       {
         timeoutMs: 30 * 60_000,
+        signal,
         onProgress: (fraction) => {
           const pct = 10 + Math.floor(fraction * 80);
           if (pct > lastReported) {
@@ -66,7 +68,7 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task)
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (prepared) await dst.connection?.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
-    await fail('MIGRATION_FAILED', message);
+    await fail(signal.aborted ? 'CANCELLED' : 'MIGRATION_FAILED', signal.aborted ? 'cancelled; the VM keeps running on its host' : message);
   }
 }
 

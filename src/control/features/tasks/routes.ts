@@ -1,8 +1,9 @@
 // Task routes: list and follow long operations.
 import { Type } from 'typebox';
-import { type App, IdParams, errors } from '../../http/types.ts';
+import { AppError } from '../../errors.ts';
+import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
 import { PageOf, PageQuery } from '../../http/pagination.ts';
-import type { TaskService } from './service.ts';
+import { type TaskService, isFinished } from './service.ts';
 
 export const TaskSchema = Type.Object({
   id: Type.String(),
@@ -22,7 +23,7 @@ export const TaskSchema = Type.Object({
   updatedAt: Type.String(),
 });
 
-export function taskRoutes(app: App, tasks: TaskService): void {
+export function taskRoutes(app: App, tasks: TaskService, cancel: (taskId: string) => boolean): void {
   app.get('/api/v1/tasks', {
     schema: {
       tags: ['tasks'],
@@ -34,4 +35,14 @@ export function taskRoutes(app: App, tasks: TaskService): void {
   app.get('/api/v1/tasks/:id', {
     schema: { tags: ['tasks'], params: IdParams, response: { 200: TaskSchema, ...errors } },
   }, (req) => tasks.get(req.params.id));
+
+  app.post('/api/v1/tasks/:id/cancel', {
+    schema: { tags: ['tasks'], description: 'Cancels a running migration; the VM keeps running where it was.', params: IdParams, response: { 202: TaskSchema, ...errors } },
+  }, async (req, reply) => {
+    requireRole(req.principal, 'operator');
+    const task = await tasks.get(req.params.id);
+    if (isFinished(task.state)) throw new AppError('INVALID_STATE', `task ${task.id} already ${task.state}`);
+    if (!cancel(task.id)) throw new AppError('UNSUPPORTED', `a ${task.kind} task cannot be cancelled; only migrations can`);
+    return reply.code(202).send(await tasks.get(task.id));
+  });
 }

@@ -53,6 +53,7 @@ export interface TaskService {
   progress(id: string, progress: number, message?: string): Promise<void>;
   succeed(id: string, message: string, result?: Record<string, unknown>): Promise<void>;
   fail(id: string, code: string, message: string): Promise<void>;
+  cancelled(id: string, message: string): Promise<void>;
   get(id: string): Promise<Task>;
   list(q: { limit: number; cursor?: string; state?: string; targetId?: string; kind?: string }): Promise<{ items: Task[]; nextCursor: string | null }>;
   /** Unfinished tasks on one object, oldest first. */
@@ -134,6 +135,7 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
     },
     succeed: (id, message, result) => finish(id, 'succeeded', message, { result: result ? JSON.stringify(result) : null }),
     fail: (id, code, message) => finish(id, 'failed', message, { error_code: code, error_message: message }),
+    cancelled: (id, message) => finish(id, 'cancelled', message, { error_code: 'CANCELLED', error_message: message }),
     async get(id) {
       const row = await db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
       if (!row) throw notFound('TASK_NOT_FOUND', 'task', id);
