@@ -18,6 +18,7 @@ import { taskRoutes } from './features/tasks/routes.ts';
 import { createTaskService } from './features/tasks/service.ts';
 import { consoleRoute } from './features/vms/console.ts';
 import { vmRoutes } from './features/vms/routes.ts';
+import { createVolumes } from './features/vms/volumes.ts';
 import { createVmService } from './features/vms/service.ts';
 import { createHttpServer } from './http/server.ts';
 import { createMetrics } from './metrics.ts';
@@ -57,6 +58,7 @@ export async function createControl(config: ControlConfig) {
   const capacity = new CapacityIndex({ memoryOvercommit: config.memoryOvercommit ?? 1.0 });
   const registry = new HostRegistry({ db, events, capacity, log, heartbeatIntervalMs });
   const poolDir = config.poolDir ?? join(process.cwd(), 'data', 'pool');
+  const volumes = createVolumes(poolDir);
   const images = createImageService({ db, events, inspect: config.inspectImage ?? createImageInspector({ poolDir, log }) });
 
   async function buildSpec(vm: VmRow): Promise<VmSpecMsg> {
@@ -75,7 +77,7 @@ export async function createControl(config: ControlConfig) {
           : { kind: 'none' };
     const disks: VmSpecMsg['disks'] =
       image && image.format !== 'kernel'
-        ? [{ path: join(poolDir, 'vms', vm.id, 'disk0.qcow2'), format: 'qcow2', backingPath: image.path!, backingFormat: image.format, sizeMiB: vm.disk_gib * 1024 }]
+        ? [{ path: volumes.diskPath(vm.id), format: 'qcow2', backingPath: image.path!, backingFormat: image.format, sizeMiB: vm.disk_gib * 1024 }]
         : [];
     return {
       id: vm.id,
@@ -91,10 +93,11 @@ export async function createControl(config: ControlConfig) {
 
   const controller = createVmController({
     db, tasks, events, registry, capacity, log, buildSpec,
+    removeVolumes: (vmId) => volumes.remove(vmId),
     policy: config.policy,
     onError: () => metrics.reconcileErrors.inc({ controller: 'vms' }),
   });
-  const vms = createVmService({ db, tasks, events, images, capacity, registry, controller, defaultImage: config.defaultImage });
+  const vms = createVmService({ db, tasks, events, images, capacity, registry, controller, volumes, defaultImage: config.defaultImage });
   const hosts = createHostService({
     db, registry, capacity, events, tasks,
     migrateVm: (id, by) => vms.migrate(id, undefined, by),

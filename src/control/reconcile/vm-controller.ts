@@ -21,6 +21,8 @@ export interface VmControllerDeps {
   capacity: CapacityIndex;
   log: Logger;
   buildSpec: (vm: VmRow) => Promise<VmSpecMsg>;
+  /** Deletes a deleted VM's disks from the pool. */
+  removeVolumes: (vmId: string) => Promise<void>;
   policy?: PlacementPolicy;
   startTimeoutMs?: number;
   onError?: () => void;
@@ -238,6 +240,7 @@ export function createVmController(deps: VmControllerDeps) {
       if (!host.connection) return { requeueAfterMs: 2000 };
       await forget(host.row.id, vm.id);
     }
+    await deps.removeVolumes(vm.id);
     await db.deleteFrom('vms').where('id', '=', vm.id).execute();
     capacity.release(vm.id);
     await events.emit({ type: 'vm.deleted', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} deleted` });

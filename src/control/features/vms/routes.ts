@@ -60,6 +60,13 @@ export function vmRoutes(app: App, vms: VmService): void {
     return reply.code(202).send(await vms.setMemory(req.params.id, req.body.targetMiB, p.userId));
   });
 
+  app.post('/api/v1/vms/:id/resize', {
+    schema: { tags, description: 'Grows the disk of a stopped VM.', params: IdParams, body: Type.Object({ diskGiB: Type.Integer({ minimum: 1, maximum: 65536 }) }, { additionalProperties: false }), response: { 200: VmSchema, ...errors } },
+  }, async (req) => {
+    requireRole(req.principal, 'operator');
+    return vms.resizeDisk(req.params.id, req.body.diskGiB);
+  });
+
   app.delete('/api/v1/vms/:id', { schema: { tags, params: IdParams, response: { 202: Accepted, ...errors } } }, async (req, reply) => {
     const p = requireRole(req.principal, 'operator');
     return reply.code(202).send(await vms.remove(req.params.id, p.userId));

@@ -13,6 +13,7 @@ import type { HostRegistry } from '../hosts/registry.ts';
 import type { ImageService } from '../images/service.ts';
 import type { Task, TaskService } from '../tasks/service.ts';
 import { type CreateVm, type Vm, type VmPhase, vmFromRow } from './model.ts';
+import type { Volumes } from './volumes.ts';
 
 /** The agent's own error code (INSUFFICIENT_MEMORY …) says more than a generic one. */
 const codeOf = (err: Error, fallback: string) => (err instanceof CommandError ? err.code : fallback);
@@ -25,6 +26,7 @@ export interface VmServiceDeps {
   capacity: CapacityIndex;
   registry: HostRegistry;
   controller: VmController;
+  volumes: Volumes;
   /** The image of VMs created without one (the test guest in a QEMU demo). */
   defaultImage?: string;
 }
@@ -231,6 +233,18 @@ export function createVmService(deps: VmServiceDeps) {
       // A delete supersedes whatever the VM was doing.
       for (const t of await tasks.activeFor(vm.id)) if (t.kind !== 'migrate') await tasks.fail(t.id, 'VM_DELETED', 'the VM is being deleted');
       return action(vm, 'delete', by, { deleting: 1 });
+    },
+
+    /** Grows a stopped VM's disk; shrinking would lose data and is refused. */
+    async resizeDisk(idOrName: string, diskGiB: number): Promise<Vm> {
+      const vm = await find(idOrName);
+      assertPhase(vm, ['stopped', 'failed'], 'resize the disk of');
+      await assertNoTask(vm);
+      if (diskGiB < vm.disk_gib) throw new AppError('VALIDATION_FAILED', `the disk is ${vm.disk_gib} GiB; shrinking it to ${diskGiB} GiB would lose data`);
+      await deps.volumes.grow(vm.id, diskGiB);
+      const row = await change(vm, { disk_gib: diskGiB });
+      await events.emit({ type: 'vm.resized', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} disk is ${diskGiB} GiB`, data: { diskGiB } });
+      return vmFromRow(row);
     },
 
     async setMemory(idOrName: string, targetMiB: number, by: string | null) {
