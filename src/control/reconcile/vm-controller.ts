@@ -270,13 +270,7 @@ export function createVmController(deps: VmControllerDeps) {
   };
 }
 
-export type VmControllerContext = {
-  db: Kysely<Database>;
-  tasks: TaskService;
-  events: EventService;
-  registry: HostRegistry;
-  capacity: CapacityIndex;
-  log: Logger;
+/** What the migration steps share with the reconciler. */
+export type VmControllerContext = Pick<VmControllerDeps, 'db' | 'tasks' | 'events' | 'registry' | 'capacity' | 'log' | 'buildSpec'> & {
   update: (vm: VmRow, patch: VmUpdate, why?: string) => Promise<VmRow>;
-  buildSpec: (vm: VmRow) => Promise<VmSpecMsg>;
 };

@@ -179,15 +179,7 @@ export class CapacityIndex {
 
   private resort(entry: HostEntry): void {
     if (!entry.schedulable) return;
-    const s = this.sorted;
-    let lo = 0;
-    let hi = s.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (compare(s[mid], entry) < 0) lo = mid + 1;
-      else hi = mid;
-    }
-    s.splice(lo, 0, entry);
+    this.sorted.splice(position(this.sorted, entry), 0, entry);
   }
 }
 
@@ -204,7 +196,8 @@ function lowerBound(s: HostEntry[], freeMiB: number): number {
   return lo;
 }
 
-function indexOf(s: HostEntry[], entry: HostEntry): number {
+/** Where `entry` stands, or would stand, in the sorted list. */
+function position(s: HostEntry[], entry: HostEntry): number {
   let lo = 0;
   let hi = s.length;
   while (lo < hi) {
@@ -212,5 +205,10 @@ function indexOf(s: HostEntry[], entry: HostEntry): number {
     if (compare(s[mid], entry) < 0) lo = mid + 1;
     else hi = mid;
   }
-  return s[lo] === entry ? lo : -1;
+  return lo;
+}
+
+function indexOf(s: HostEntry[], entry: HostEntry): number {
+  const i = position(s, entry);
+  return s[i] === entry ? i : -1;
 }
