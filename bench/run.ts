@@ -1,12 +1,15 @@
 // Runs the benchmarks, one JSON line per figure: all of them, or those whose name contains a word given.
 import { agentsHeartbeats } from './agents-heartbeats.ts';
 import { apiVmCreates } from './api-vm-creates.ts';
+import { qemuCreateToRunning, qemuMigration } from './qemu.ts';
 import { schedulerPlacements } from './scheduler.ts';
 
 const benches: { name: string; run: () => Promise<void> }[] = [
   { name: 'scheduler.placements', run: schedulerPlacements },
   { name: 'api.vm_creates', run: apiVmCreates },
   { name: 'agents.heartbeats', run: agentsHeartbeats },
+  { name: 'qemu.create_to_running', run: qemuCreateToRunning },
+  { name: 'qemu.migration', run: qemuMigration },
 ];
 
 const words = process.argv.slice(2);
