@@ -66,7 +66,8 @@ describe('QEMU faults', { timeout: 600_000 }, () => {
 
   it('marks a running VM failed with the reason when its QEMU dies', async () => {
     const r = await c.api('POST', '/api/v1/vms', { name: 'crashy', cpus: 1, memoryMiB: 192, image: 'guest' });
-    assert.equal((await c.waitTask(r.body.task.id, 120_000)).state, 'succeeded');
+    const created = await c.waitTask(r.body.task.id, 120_000);
+    assert.equal(created.state, 'succeeded', JSON.stringify(created));
     const [pid] = qemuOf(r.body.vm.id);
     assert.ok(pid, 'the VM has a QEMU process');
     process.kill(pid, 'SIGKILL');
@@ -81,7 +82,8 @@ describe('QEMU faults', { timeout: 600_000 }, () => {
 
   it('keeps a VM running on its source when the migration target vanishes', async () => {
     const r = await c.api('POST', '/api/v1/vms', { name: 'mover', cpus: 1, memoryMiB: 192, image: 'guest' });
-    assert.equal((await c.waitTask(r.body.task.id, 120_000)).state, 'succeeded');
+    const created = await c.waitTask(r.body.task.id, 120_000);
+    assert.equal(created.state, 'succeeded', JSON.stringify(created));
     const before = (await c.api('GET', '/api/v1/vms/mover')).body;
     const sourcePid = qemuOf(before.id)[0];
     const m = await c.api('POST', '/api/v1/vms/mover/migrate');

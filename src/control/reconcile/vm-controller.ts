@@ -240,6 +240,10 @@ export function createVmController(deps: VmControllerDeps) {
       if (!host.connection) return { requeueAfterMs: 2000 };
       await forget(host.row.id, vm.id);
     }
+    // Other hosts may keep a stopped trace of it (a migration that did not arrive): clear those too.
+    for (const other of registry.all()) {
+      if (other !== host && other.vms.has(vm.id)) await forget(other.row.id, vm.id).catch(() => undefined);
+    }
     await deps.removeVolumes(vm.id);
     await db.deleteFrom('vms').where('id', '=', vm.id).execute();
     capacity.release(vm.id);
