@@ -256,4 +256,14 @@ describe('awan CLI against a cluster', () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /VM no-such-vm not found/);
   });
+
+  it('grows a stopped VM\'s disk, and refuses to cancel a finished task', async () => {
+    const created = await ok('vm', 'create', 'disk-vm', '--cpus', '1', '--memory', '128', '--no-start');
+    assert.match(created, /^task \S+ succeeded/);
+    assert.match(await ok('vm', 'resize', 'disk-vm', '--disk', '20'), /disk-vm disk is 20 GiB/);
+    const taskId = created.split(' ')[1];
+    const r = await awan(['task', 'cancel', taskId]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /error INVALID_STATE: task \S+ already succeeded/);
+  });
 });

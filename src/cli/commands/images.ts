@@ -12,6 +12,8 @@ interface CreateOptions extends ClientOptions {
   initrd?: string;
   cmdline?: string;
   os?: string;
+  readyText?: string;
+  import?: boolean;
 }
 
 export function registerImages(program: Command): void {
@@ -30,7 +32,7 @@ export function registerImages(program: Command): void {
       if (o.json) return printJson(i);
       printFields([
         ['name', i.name], ['id', i.id], ['format', i.format], ['size', mib(i.sizeMiB)], ['os', orDash(i.os)],
-        ['path', orDash(i.path)], ['kernel', orDash(i.kernelPath)], ['initrd', orDash(i.initrdPath)], ['cmdline', orDash(i.cmdline)], ['created', i.createdAt],
+        ['path', orDash(i.path)], ['kernel', orDash(i.kernelPath)], ['initrd', orDash(i.initrdPath)], ['cmdline', orDash(i.cmdline)], ['ready text', orDash(i.readyText)], ['created', i.createdAt],
       ]);
     }));
 
@@ -40,6 +42,8 @@ export function registerImages(program: Command): void {
     .option('--kernel <file>', 'kernel file (format kernel)')
     .option('--initrd <file>', 'initramfs file (format kernel)')
     .option('--cmdline <text>', 'kernel command line (format kernel)')
+    .option('--ready-text <text>', 'console text that proves the guest booted; starts wait for it (format kernel)')
+    .option('--import', 'copy the file into the shared pool instead of using it where it is')
     .option('--os <name>', 'operating system, for people')
     .action(run(async (name: string, o: CreateOptions) => {
       const body: CreateImage = { name, format: o.format };
@@ -48,6 +52,8 @@ export function registerImages(program: Command): void {
       if (o.initrd) body.initrdPath = o.initrd;
       if (o.cmdline) body.cmdline = o.cmdline;
       if (o.os) body.os = o.os;
+      if (o.readyText) body.readyText = o.readyText;
+      if (o.import) body.import = true;
       const i = await client(o).post<Image>('/api/v1/images', body);
       if (o.json) return printJson(i);
       process.stdout.write(`image ${i.name} registered (${i.id}, ${mib(i.sizeMiB)})\n`);

@@ -55,6 +55,12 @@ export function registerTasks(program: Command): void {
       printJson(t);
       if (t.state !== 'succeeded') process.exitCode = 1;
     }));
+
+  task.command('cancel <id>').description('cancel a running migration; the VM stays where it runs')
+    .action(run(async (id: string, o: ClientOptions) => {
+      const t = await client(o).post<Task>(`/api/v1/tasks/${seg(id)}/cancel`);
+      process.stdout.write(`task ${t.id} cancel requested\n`);
+    }));
 }
 
 const devNull = { write: () => true, isTTY: false } as unknown as NodeJS.WriteStream;

@@ -119,6 +119,13 @@ function registerActions(vm: Command): void {
   action('migrate', 'live-migrate a running VM to another server', (api, name, o) => api.post(`/api/v1/vms/${seg(name)}/migrate`, o.to ? { host: o.to } : undefined))
     .option('--to <host>', 'target server (name or id); the scheduler picks one when absent');
   action('delete', 'stop a VM and delete it with its disk', (api, name) => api.request('DELETE', `/api/v1/vms/${seg(name)}`));
+  jsonOption(vm.command('resize <name>').description('grow the disk of a stopped VM'))
+    .requiredOption('--disk <GiB>', 'new disk size in GiB (only growing)', positiveInt)
+    .action(run(async (name: string, o: ClientOptions & { disk: number }) => {
+      const v = await client(o).post<Vm>(`/api/v1/vms/${seg(name)}/resize`, { diskGiB: o.disk });
+      if (o.json) return printJson(v);
+      process.stdout.write(`vm ${v.name} disk is ${v.diskGiB} GiB\n`);
+    }));
   action('memory', 'give a running VM this much memory now (balloon, or hot-plug up to its maximum)', (api, name, o) =>
     api.post(`/api/v1/vms/${seg(name)}/memory`, { targetMiB: o.target }))
     .requiredOption('--target <MiB>', 'memory the guest should have, in MiB', positiveInt);
