@@ -69,6 +69,15 @@ describe('bad input', () => {
     await expectError(await raw('/api/v1/auth/login', { method: 'POST', auth: false, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'admin', password: 'wrong' }) }), 401, 'UNAUTHORIZED');
   });
 
+  it('an encoded path cannot slip past authentication', async () => {
+    for (const path of ['/%61pi/v1/vms', '/api/v1/%76ms', '/%61pi/v1/hosts', '/api//v1/tasks', '/API/v1/vms']) {
+      const res = await raw(path, { auth: false });
+      assert.ok([401, 404].includes(res.status), `${path} answered ${res.status}`);
+    }
+    assert.equal((await raw('/%61pi/v1/vms', { auth: false })).status, 401);
+    assert.equal((await raw('/api/v1/openapi.json', { auth: false })).status, 200);
+  });
+
   it('API tokens are stored hashed, passwords with scrypt', async () => {
     const created = await c.api('POST', '/api/v1/auth/tokens', { name: 'script' });
     const rows = await c.control.db.selectFrom('api_tokens').select('token_hash').execute();

@@ -59,8 +59,9 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
 
   app.addHook('onRequest', async (req) => {
     (req as { startedAt?: bigint }).startedAt = process.hrtime.bigint();
-    if (!req.url.startsWith('/api/v1/') || (req.routeOptions.config as { public?: boolean } | undefined)?.public) return;
-    if (req.url.startsWith('/api/v1/openapi.json')) return;
+    // Decide by the route that matched, never by the raw URL: the router decodes `%61pi` to `api`.
+    const route = req.routeOptions.url;
+    if (!route?.startsWith('/api/v1/') || (req.routeOptions.config as { public?: boolean } | undefined)?.public) return;
     const header = req.headers.authorization;
     if (!header?.startsWith('Bearer ')) throw new AppError('UNAUTHORIZED', 'send Authorization: Bearer <token>; get one from POST /api/v1/auth/login');
     req.principal = await auth.authenticate(header.slice(7).trim());
@@ -83,6 +84,6 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
-  app.get('/api/v1/openapi.json', { schema: { hide: true } }, () => app.swagger());
+  app.get('/api/v1/openapi.json', { config: { public: true }, schema: { hide: true } }, () => app.swagger());
   return app;
 }
