@@ -66,4 +66,22 @@ describe('host failure and return', () => {
     await until(async () => (await c.api('GET', '/api/v1/events?type=host.unknown-vm')).body.items.some((e: any) => e.data?.vmId === 'stray-vm'), { what: 'unknown VM reported' });
     assert.equal((await host.driver.status('stray-vm')).state, 'running');
   });
+
+  it('records a VM where a host reports it running, and never starts a second copy', async () => {
+    const r = await c.api('POST', '/api/v1/vms', { name: 'wanderer', cpus: 1, memoryMiB: 256 });
+    assert.equal((await c.waitTask(r.body.task.id)).state, 'succeeded');
+    const vm = (await c.api('GET', '/api/v1/vms/wanderer')).body;
+    const [a, b] = [c.hosts.find((h) => h.agent.hostId === vm.hostId)!, c.hosts.find((h) => h.agent.hostId !== vm.hostId)!];
+    // While A is silent, the VM moves to B behind control's back (as a migration whose end it missed).
+    await c.stopAgent(a);
+    await until(async () => (await c.api('GET', '/api/v1/vms/wanderer')).body.phase === 'unknown', { what: 'unknown' });
+    await a.driver.delete(vm.id);
+    await b.driver.start({ id: vm.id, name: vm.name, cpus: 1, memoryMiB: 256, maxMemoryMiB: 256, boot: { kind: 'none' }, disks: [], nics: [] });
+    await until(async () => (await c.api('GET', '/api/v1/vms/wanderer')).body.hostId === b.agent.hostId, { what: 'VM recorded on B' });
+    await c.startAgent(a);
+    await until(async () => (await c.api('GET', `/api/v1/hosts/${a.agent.hostId}`)).body.state === 'ready', { what: 'A back' });
+    await until(async () => (await c.api('GET', '/api/v1/vms/wanderer')).body.phase === 'running', { what: 'running' });
+    assert.equal((await c.api('GET', '/api/v1/vms/wanderer')).body.hostId, b.agent.hostId);
+    assert.ok(!(await a.driver.list()).some((v) => v.id === vm.id), 'no second copy on A');
+  });
 });

@@ -99,7 +99,16 @@ export function createVmController(deps: VmControllerDeps) {
         migrating.delete(vm.id);
         cancels.delete(migrateTask.id);
       }
-      return;
+      return { requeueAfterMs: 0 };
+    }
+
+    // A VM runs where a host says it runs: if another host reports it live (a migration whose end control
+    // did not see), record that instead of ever starting a second copy.
+    const live = liveElsewhere(vm);
+    if (live) {
+      await update(vm, { host_id: live.row.id, message: `found running on ${live.row.name}` }, `found on ${live.row.name}`);
+      capacity.assign(vm.id, live.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+      return { requeueAfterMs: 0 };
     }
 
     if (vm.host_id && !connected) {
@@ -117,10 +126,12 @@ export function createVmController(deps: VmControllerDeps) {
     if (vm.desired_power === 'running') {
       if (!vm.host_id) return schedule(vm, active);
       if (observed?.state === 'running') return recordRunning(vm, observed, active);
-      if (observed?.state === 'crashed' && vm.phase === 'running') {
+      if (observed?.state === 'crashed') {
+        // Whether it died running or while booting, it is not restarted by itself; the stop path clears it.
         const reason = observed.reason ?? 'the VM process ended unexpectedly';
         await update(vm, { phase: 'failed', desired_power: 'stopped', message: reason, generation: vm.generation + 1 }, reason);
-        return;
+        await failTasks(active, ['create', 'start'], 'BOOT_FAILED', reason);
+        return { requeueAfterMs: 0 };
       }
       return startOnHost(vm, active);
     }
@@ -133,10 +144,12 @@ export function createVmController(deps: VmControllerDeps) {
       try {
         await host!.connection!.command({ op: 'stop', vmId: vm.id, force, timeoutMs: 30_000 }, { timeoutMs: 60_000 });
       } catch (err) {
+        if (err instanceof CommandError && err.code === 'HOST_DISCONNECTED') return { requeueAfterMs: 0 };
+        // The user still wants it stopped: say why it is not, and try again with backoff.
         const message = err instanceof Error ? err.message : String(err);
-        vm = await update(vm, { phase: 'running', desired_power: 'running', generation: vm.generation + 1, message: `stop failed: ${message}` });
+        await update(vm, { message: `stop failed: ${message}; retrying` });
         await failTasks(active, ['stop'], 'STOP_FAILED', message);
-        return;
+        throw err;
       }
       return { requeueAfterMs: 0 };
     }
@@ -213,16 +226,24 @@ export function createVmController(deps: VmControllerDeps) {
       const code = err instanceof CommandError ? err.code : 'START_FAILED';
       const message = err instanceof Error ? err.message : String(err);
       if (code === 'HOST_DISCONNECTED') return { requeueAfterMs: 0 }; // the disconnect path takes over
-      await forget(host.row.id, vm.id).catch((e: unknown) => log.warn({ vmId: vm.id, err: e }, 'could not clear a failed start'));
-      capacity.release(vm.id);
-      await update(vm, { phase: 'failed', desired_power: 'stopped', host_id: null, generation: vm.generation + 1, message }, message);
+      // The host may still be booting it (a timeout): keep the host, and let the stop path stop and forget it.
+      await update(vm, { phase: 'failed', desired_power: 'stopped', generation: vm.generation + 1, message }, message);
       await failTasks(active, ['create', 'start'], code, `could not start on ${host.row.name}: ${message}`);
-      return;
+      return { requeueAfterMs: 0 };
     }
     // The agent reported the VM's state before its answer, so it is usually known to run by now.
     const seen = host.vms.get(vm.id);
     if (seen?.state === 'running') return recordRunning(vm, seen, active);
     return { requeueAfterMs: 5000 };
+  }
+
+  function liveElsewhere(vm: VmRow) {
+    for (const h of registry.all()) {
+      if (h.row.id === vm.host_id || !h.connection) continue;
+      const seen = h.vms.get(vm.id);
+      if (seen && (seen.state === 'running' || seen.state === 'paused')) return h;
+    }
+    return undefined;
   }
 
   /** Tells a host to drop its definition of a VM that no longer runs there. */
@@ -237,7 +258,14 @@ export function createVmController(deps: VmControllerDeps) {
     if (vm.phase !== 'deleting') vm = await update(vm, { phase: 'deleting' });
     const host = vm.host_id ? registry.get(vm.host_id) : undefined;
     if (host && host.vms.has(vm.id)) {
-      if (!host.connection) return { requeueAfterMs: 2000 };
+      if (!host.connection) {
+        if (host.row.state === 'ready' || host.row.state === 'joining') return { requeueAfterMs: 2000 };
+        // The host is gone: the VM cannot be cleared there now. Keep it, and say so.
+        const why = `host ${host.row.name} is ${host.row.state}; delete the VM again once it is back`;
+        await update(vm, { deleting: 0, phase: 'unknown', generation: vm.generation + 1, message: why });
+        await failTasks(active, ['delete'], 'HOST_NOT_READY', why);
+        return;
+      }
       await forget(host.row.id, vm.id);
     }
     // Other hosts may keep a stopped trace of it (a migration that did not arrive): clear those too.

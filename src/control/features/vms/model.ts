@@ -16,7 +16,7 @@ const transitions: Record<VmPhase, readonly VmPhase[]> = {
   stopped: ['pending', 'scheduling', 'deleting', 'running', 'unknown'],
   failed: ['pending', 'scheduling', 'stopped', 'deleting', 'running'],
   unknown: ['running', 'stopped', 'failed', 'starting', 'stopping', 'deleting', 'pending'],
-  deleting: [],
+  deleting: ['unknown'],
 };
 
 export function canTransition(from: VmPhase, to: VmPhase): boolean {

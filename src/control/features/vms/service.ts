@@ -230,9 +230,19 @@ export function createVmService(deps: VmServiceDeps) {
       if (vm.phase === 'migrating') throw new AppError('INVALID_STATE', `cannot delete VM ${vm.name} while it migrates`);
       const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
       if (host && !host.connection && host.vms.size > 0) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is unreachable`);
-      // A delete supersedes whatever the VM was doing.
-      for (const t of await tasks.activeFor(vm.id)) if (t.kind !== 'migrate') await tasks.fail(t.id, 'VM_DELETED', 'the VM is being deleted');
-      return action(vm, 'delete', by, { deleting: 1 });
+      // A delete supersedes whatever the VM was doing, once it is recorded.
+      const superseded = (await tasks.activeFor(vm.id)).filter((t) => t.kind !== 'migrate');
+      const task = await tasks.create({ kind: 'delete', targetKind: 'vm', targetId: vm.id, createdBy: by, message: 'delete requested' });
+      let row: VmRow;
+      try {
+        row = await change(vm, { deleting: 1 });
+      } catch (err) {
+        await tasks.fail(task.id, 'GENERATION_MISMATCH', 'the VM changed before the request was applied');
+        throw err;
+      }
+      for (const t of superseded) await tasks.fail(t.id, 'VM_DELETED', 'the VM is being deleted');
+      controller.enqueue(vm.id);
+      return { vm: vmFromRow(row), task };
     },
 
     /** Grows a stopped VM's disk; shrinking would lose data and is refused. */
