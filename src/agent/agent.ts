@@ -87,7 +87,11 @@ export class Agent {
     this.socket = socket;
     socket.on('open', () => {
       this.attempts = 0;
-      void this.hello();
+      this.hello().catch((err: unknown) => {
+        // Without a hello control cannot trust this connection: drop it and try again.
+        this.opts.log.error({ err }, 'could not describe this host to control');
+        socket.terminate();
+      });
     });
     socket.on('message', (data) => void this.onMessage(data.toString()));
     socket.on('unexpected-response', (_req, res) => {

@@ -70,4 +70,12 @@ describe('images', () => {
     assert.equal(r.status, 404);
     assert.equal(r.body.error.code, 'IMAGE_NOT_FOUND');
   });
+
+  it('lets only admins register an image, since its path names a file on the servers', async () => {
+    assert.equal((await c.api('POST', '/api/v1/users', { username: 'op1', password: 'operator-password', role: 'operator' })).status, 201);
+    const op = (await c.api('POST', '/api/v1/auth/login', { username: 'op1', password: 'operator-password' }, '')).body.token;
+    const r = await c.api('POST', '/api/v1/images', { name: 'shadow', format: 'raw', path: '/etc/shadow' }, op);
+    assert.equal(r.status, 403);
+    assert.equal(r.body.error.code, 'FORBIDDEN');
+  });
 });

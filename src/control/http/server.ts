@@ -17,6 +17,8 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
     loggerInstance: log,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
+    // Event streams and consoles stay open for good: shutting down closes them too.
+    forceCloseConnections: true,
     // Unknown fields are refused, not silently dropped (FACTS.md).
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } },
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;

@@ -40,6 +40,7 @@ export function agentGateway(app: App, deps: GatewayDeps): void {
     const hostLog = log.child({ hostId });
     conn.send({ type: 'welcome', hostId, heartbeatIntervalMs: deps.heartbeatIntervalMs });
     let refused = 0;
+    let queue: Promise<void> = Promise.resolve();
     socket.on('message', (data) => {
       const parsed = parseAgentMessage(data.toString());
       if (!parsed.ok) {
@@ -49,7 +50,9 @@ export function agentGateway(app: App, deps: GatewayDeps): void {
         return;
       }
       if (parsed.message.type === 'heartbeat') deps.metrics.heartbeats.inc();
-      registry.handle(hostId, conn, parsed.message).catch((err: unknown) => hostLog.error({ err }, 'could not handle an agent message'));
+      const message = parsed.message;
+      // One message at a time per agent, in the order sent: a VM report must not overtake the hello before it.
+      queue = queue.then(() => registry.handle(hostId, conn, message)).catch((err: unknown) => hostLog.error({ err }, 'could not handle an agent message'));
     });
     socket.on('close', () => void registry.detach(hostId, conn, 'socket closed').catch((err: unknown) => hostLog.error({ err }, 'detach failed')));
     socket.on('error', (err) => hostLog.warn({ err }, 'agent socket error'));

@@ -51,8 +51,26 @@ export function createHostService(deps: HostServiceDeps) {
     for (;;) {
       const t = await tasks.get(id);
       if (isFinished(t.state)) return t;
-      await new Promise((r) => setTimeout(r, 200));
+      await new Promise((r) => setTimeout(r, 200).unref());
     }
+  }
+
+  /** Migrates running VMs off a host (stopped ones are just unassigned), one by one, onto the task. */
+  async function moveAway(hostName: string, vms: { id: string; desired_power: string }[], taskId: string, by: string | null): Promise<void> {
+    const failures: string[] = [];
+    let done = 0;
+    for (const vm of vms) {
+      try {
+        const child = vm.desired_power === 'running' ? await deps.migrateVm(vm.id, by) : await deps.stopVm(vm.id, by);
+        const finished = await waitForTask(child.task.id);
+        if (finished.state !== 'succeeded') failures.push(`${vm.id}: ${finished.error?.message ?? finished.state}`);
+      } catch (err) {
+        failures.push(`${vm.id}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      await tasks.progress(taskId, (++done / Math.max(1, vms.length)) * 100, `${done} of ${vms.length} VMs handled`);
+    }
+    if (failures.length) await tasks.fail(taskId, 'DRAIN_INCOMPLETE', `${failures.length} VMs could not be moved: ${failures.join('; ')}`);
+    else await tasks.succeed(taskId, `host ${hostName} is empty and in maintenance`);
   }
 
   return {
@@ -120,22 +138,8 @@ export function createHostService(deps: HostServiceDeps) {
       const running = await db.selectFrom('vms').select(['id', 'desired_power']).where('host_id', '=', host.row.id).execute();
       await registry.setMaintenance(host.row.id, true);
       const task = await tasks.create({ kind: 'drain', targetKind: 'host', targetId: host.row.id, createdBy: by, message: `moving ${running.length} VMs` });
-      void (async () => {
-        const failures: string[] = [];
-        let done = 0;
-        for (const vm of running) {
-          try {
-            const child = vm.desired_power === 'running' ? await deps.migrateVm(vm.id, by) : await deps.stopVm(vm.id, by);
-            const finished = await waitForTask(child.task.id);
-            if (finished.state !== 'succeeded') failures.push(`${vm.id}: ${finished.error?.message ?? finished.state}`);
-          } catch (err) {
-            failures.push(`${vm.id}: ${err instanceof Error ? err.message : String(err)}`);
-          }
-          await tasks.progress(task.id, (++done / Math.max(1, running.length)) * 100, `${done} of ${running.length} VMs handled`);
-        }
-        if (failures.length) await tasks.fail(task.id, 'DRAIN_INCOMPLETE', `${failures.length} VMs could not be moved: ${failures.join('; ')}`);
-        else await tasks.succeed(task.id, `host ${host.row.name} is empty and in maintenance`);
-      })();
+      // Shutdown mid-drain leaves the task unfinished; the next start fails it with the reason.
+      moveAway(host.row.name, running, task.id, by).catch(() => undefined);
       return { host: view(host.row), task };
     },
 
