@@ -37,7 +37,7 @@ describe('QEMU faults', { timeout: 600_000 }, () => {
     killMentioning(dir);
   });
 
-  const qemuOf = (vmId: string) => pidsMentioning(vmId).filter((pid) => pidsMentioning('qemu-system').includes(pid));
+  const qemuOf = (vmId: string) => pidsMentioning(vmId, 'qemu-system');
 
   it('fails the start of a VM whose disk image was corrupted, and runs no QEMU for it', async () => {
     const path = join(c.dir, 'disk.qcow2');

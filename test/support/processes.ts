@@ -2,13 +2,14 @@
 // cleans up the QEMU processes it caused even when it fails half-way.
 import { readFileSync, readdirSync } from 'node:fs';
 
-export function pidsMentioning(text: string): number[] {
+/** Pids whose command line contains `text` (and `also`, when given), this process excepted. */
+export function pidsMentioning(text: string, also?: string): number[] {
   const pids: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
     try {
       const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ');
-      if (cmdline.includes(text)) pids.push(Number(entry));
+      if (cmdline.includes(text) && (also === undefined || cmdline.includes(also))) pids.push(Number(entry));
     } catch {
       // the process ended meanwhile
     }
@@ -16,14 +17,16 @@ export function pidsMentioning(text: string): number[] {
   return pids;
 }
 
-export function killMentioning(text: string): number {
-  const pids = pidsMentioning(text);
-  for (const pid of pids) {
+/** SIGKILLs those processes by pid; returns the pids it signalled. */
+export function killMentioning(text: string, also?: string): number[] {
+  const killed: number[] = [];
+  for (const pid of pidsMentioning(text, also)) {
     try {
       process.kill(pid, 'SIGKILL');
+      killed.push(pid);
     } catch {
       // already gone
     }
   }
-  return pids.length;
+  return killed;
 }

@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { DriverVmSpec } from '../types.ts';
+import { killMentioning } from '../../../test/support/processes.ts';
 
 const repo = join(import.meta.dirname, '..', '..', '..');
 const INSTALL_HINT =
@@ -56,24 +57,8 @@ export function tempDir(prefix: string): { path: string; remove: () => void } {
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** Kills every process whose command line mentions `marker` (a test's own temp dir): by pid, with SIGKILL. */
-export function killProcessesMentioning(marker: string): number[] {
-  const killed: number[] = [];
-  const out = spawnSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' }).stdout ?? '';
-  for (const line of out.split('\n')) {
-    const m = /^\s*(\d+)\s+(.*)$/.exec(line);
-    if (!m || !m[2].includes(marker) || !m[2].includes('qemu')) continue;
-    const pid = Number(m[1]);
-    if (pid === process.pid) continue;
-    try {
-      process.kill(pid, 'SIGKILL');
-      killed.push(pid);
-    } catch {
-      // already gone
-    }
-  }
-  return killed;
-}
+/** Kills every QEMU whose command line mentions `marker` (a test's own temp dir): by pid, with SIGKILL. */
+export const killProcessesMentioning = (marker: string): number[] => killMentioning(marker, 'qemu');
 
 /** A small VM booting the test guest: 256 MiB with room to grow to 512 MiB, one user-mode NIC. */
 export function guestSpec(id: string, overrides: Partial<DriverVmSpec> = {}): DriverVmSpec {
