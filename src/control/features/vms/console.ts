@@ -76,6 +76,11 @@ export function consoleRoute(app: App, deps: { vms: VmService; registry: HostReg
     });
     try {
       const history = await conn.command<string>({ op: 'consoleAttach', vmId: vm.id }, { timeoutMs: 10_000 });
+      // The viewer left while the attach was under way: its detach may have overtaken it, so send another.
+      if (socket.readyState !== socket.OPEN) {
+        if (!watchers.has(vm.id)) void conn.command({ op: 'consoleDetach', vmId: vm.id }).catch(() => undefined);
+        return;
+      }
       if (typeof history === 'string' && history) socket.send(history);
       for (const d of pending.splice(0)) socket.send(d);
       live = true;
