@@ -25,7 +25,7 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
     case 'prepareIncoming':
       return driver.prepareIncoming(cmd.spec);
     case 'migrate':
-      return driver.migrate(cmd.vmId, { uri: cmd.uri }, (p) => progress(p.fraction, `${p.transferredMiB} MiB sent, ${p.remainingMiB} MiB left`), signal);
+      return driver.migrate(cmd.vmId, { uri: cmd.uri, ...(cmd.nbd ? { nbd: cmd.nbd } : {}) }, (p) => progress(p.fraction, `${p.transferredMiB} MiB sent, ${p.remainingMiB} MiB left`), signal);
     case 'completeIncoming':
       return driver.completeIncoming(cmd.vmId, cmd.timeoutMs);
     case 'abortIncoming':

@@ -77,7 +77,7 @@ export async function createControl(config: ControlConfig) {
           : { kind: 'none' };
     const disks: VmSpecMsg['disks'] =
       image && image.format !== 'kernel'
-        ? [{ path: volumes.diskPath(vm.id), format: 'qcow2', backingPath: image.path!, backingFormat: image.format, sizeMiB: vm.disk_gib * 1024 }]
+        ? [{ ...(vm.local_disk ? { path: `vms/${vm.id}/disk0.qcow2`, local: true } : { path: volumes.diskPath(vm.id) }), format: 'qcow2', backingPath: image.path!, backingFormat: image.format, sizeMiB: vm.disk_gib * 1024 }]
         : [];
     return {
       id: vm.id,

@@ -12,7 +12,9 @@ export type BootSource =
  * when given, else an empty disk of `sizeMiB`. Paths on a shared pool are seen alike by every host.
  */
 export interface DiskSpec {
+  /** With `local`, relative to the host's own pool; the disk is then copied along on migration. */
   path: string;
+  local?: boolean;
   format: 'qcow2' | 'raw';
   backingPath?: string;
   backingFormat?: 'qcow2' | 'raw';
@@ -75,6 +77,8 @@ export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'co
 /** Where an incoming migration listens; opaque to control. */
 export interface MigrationTarget {
   uri: string;
+  /** host:port of the destination's NBD server that receives local disks. */
+  nbd?: string;
 }
 
 export interface MigrationProgress {

@@ -43,6 +43,7 @@ export const HostFactsSchema = Type.Object(
 const DiskSpecSchema = Type.Object(
   {
     path: Type.String({ minLength: 1 }),
+    local: Type.Optional(Type.Boolean()),
     format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]),
     backingPath: Type.Optional(Type.String()),
     backingFormat: Type.Optional(Type.Union([Type.Literal('qcow2'), Type.Literal('raw')])),
@@ -92,7 +93,7 @@ export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('delete'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('setMemory'), vmId: Id, targetMiB: Type.Integer({ minimum: 1 }) }, Strict),
   Type.Object({ op: Type.Literal('prepareIncoming'), spec: VmSpecSchema }, Strict),
-  Type.Object({ op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }) }, Strict),
+  Type.Object({ op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }), nbd: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })) }, Strict),
   Type.Object({ op: Type.Literal('completeIncoming'), vmId: Id, timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })) }, Strict),
   Type.Object({ op: Type.Literal('abortIncoming'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('cancel'), commandId: Id }, Strict),

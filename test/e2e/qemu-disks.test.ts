@@ -2,8 +2,8 @@
 // removed with the VM; the image itself is untouched.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createQemuDriver } from '../../src/drivers/qemu/index.ts';
 import type { HypervisorDriver } from '../../src/drivers/types.ts';
@@ -19,7 +19,7 @@ describe('QEMU disks', { timeout: 300_000 }, () => {
     requireCommand('qemu-system-x86_64', 'apt-get install qemu-system-x86 qemu-utils');
     requireCommand('qemu-img', 'apt-get install qemu-utils');
     c = await startCluster<HypervisorDriver>({
-      hosts: 1,
+      hosts: 2,
       makeDriver: (name, dataDir) => createQemuDriver({ dataDir, hostname: name, address: '127.0.0.1', accel: 'tcg' }),
     });
   });
@@ -54,5 +54,46 @@ describe('QEMU disks', { timeout: 300_000 }, () => {
     assert.equal((await c.waitTask((await c.api('DELETE', '/api/v1/vms/disky')).body.task.id, 60_000)).state, 'succeeded');
     assert.equal(existsSync(disk), false);
     assert.equal(info(image)['virtual-size'], 1024 ** 3, 'the template is untouched');
+  });
+
+  it('carries a host-local disk along a live migration, and keeps a stopped local VM on its host', async () => {
+    const image = join(c.dir, 'base.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, '256M']);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 1M', image]);
+    assert.equal((await c.api('POST', '/api/v1/images', { name: 'base', format: 'qcow2', path: image })).status, 201);
+    const [a, b] = c.hosts;
+    await c.api('PATCH', `/api/v1/hosts/${a.name}`, { labels: { slot: 'a' } });
+    const created = await c.api('POST', '/api/v1/vms', { name: 'local-1', cpus: 1, memoryMiB: 128, image: 'base', diskGiB: 1, storage: 'local', placementLabels: { slot: 'a' }, start: false });
+    assert.equal(created.status, 202, JSON.stringify(created.body));
+    const id = created.body.vm.id;
+    assert.equal(created.body.vm.storage, 'local');
+    // The VM's own data: written into its overlay on host A before it first runs (the driver keeps an
+    // existing disk), so the test can tell what the mirror carried.
+    const diskOn = (h: typeof a) => join(h.dataDir, 'local-pool', 'vms', id, 'disk0.qcow2');
+    mkdirSync(dirname(diskOn(a)), { recursive: true });
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', image, diskOn(a), '1G']);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 8M 2M', diskOn(a)]);
+    assert.equal((await c.waitTask((await c.api('POST', '/api/v1/vms/local-1/start')).body.task.id, 120_000)).state, 'succeeded');
+    assert.equal((await c.api('GET', '/api/v1/vms/local-1')).body.hostId, a.agent.hostId);
+
+    const m = await c.api('POST', '/api/v1/vms/local-1/migrate', { host: b.name });
+    const task = await c.waitTask(m.body.task.id, 120_000);
+    assert.equal(task.state, 'succeeded', JSON.stringify(task));
+    assert.equal((await c.api('GET', '/api/v1/vms/local-1')).body.hostId, b.agent.hostId);
+    assert.equal(existsSync(diskOn(a)), false, 'the source host let go of the disk');
+    const read = (pattern: string, offset: string, length: string) =>
+      execFileSync('qemu-io', ['-U', '-r', '-f', 'qcow2', '-c', `read -P ${pattern} ${offset} ${length}`, diskOn(b)], { encoding: 'utf8' });
+    assert.doesNotMatch(read('0x22', '8M', '2M'), /verification failed/, 'the VM\'s own data arrived');
+    assert.doesNotMatch(read('0x11', '0', '1M'), /verification failed/, 'the shared image still shows through');
+    assert.equal(info(diskOn(b))['backing-filename'], image, 'only the top layer was copied');
+
+    assert.equal((await c.waitTask((await c.api('POST', '/api/v1/vms/local-1/stop', { force: true })).body.task.id, 60_000)).state, 'succeeded');
+    const stopped = (await c.api('GET', '/api/v1/vms/local-1')).body;
+    assert.equal(stopped.hostId, b.agent.hostId, 'a stopped local VM stays with its disk');
+    assert.equal(existsSync(diskOn(b)), true);
+    assert.equal((await c.waitTask((await c.api('POST', '/api/v1/vms/local-1/start')).body.task.id, 120_000)).state, 'succeeded');
+    assert.equal((await c.api('GET', '/api/v1/vms/local-1')).body.hostId, b.agent.hostId);
+    assert.equal((await c.waitTask((await c.api('DELETE', '/api/v1/vms/local-1')).body.task.id, 60_000)).state, 'succeeded');
+    assert.equal(existsSync(diskOn(b)), false, 'the disk goes with the VM');
   });
 });

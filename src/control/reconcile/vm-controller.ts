@@ -153,11 +153,14 @@ export function createVmController(deps: VmControllerDeps) {
       }
       return { requeueAfterMs: 0 };
     }
-    // A stopped VM belongs to no host: its next start is placed afresh, so the old host forgets it.
-    if (vm.host_id && observed) await forget(vm.host_id, vm.id);
-    if (vm.phase !== 'stopped' || vm.host_id || vm.observed_generation !== vm.generation) {
+    // A stopped VM on the shared pool belongs to no host: its next start is placed afresh, so the old host
+    // forgets it. One whose disk lives on its host stays there, disk and all.
+    const keepHost = vm.local_disk === 1 && vm.host_id !== null;
+    if (vm.host_id && observed && !keepHost) await forget(vm.host_id, vm.id);
+    const hostId = keepHost ? vm.host_id : null;
+    if (vm.phase !== 'stopped' || vm.host_id !== hostId || vm.observed_generation !== vm.generation) {
       const stayFailed = vm.phase === 'failed';
-      vm = await update(vm, { phase: stayFailed ? 'failed' : 'stopped', host_id: null, observed_generation: vm.generation, memory_actual_mib: null });
+      vm = await update(vm, { phase: stayFailed ? 'failed' : 'stopped', host_id: hostId, observed_generation: vm.generation, memory_actual_mib: null });
     }
     capacity.release(vm.id);
     await finishTasks(active, ['stop', 'create'], 'stopped');

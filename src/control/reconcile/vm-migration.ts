@@ -31,7 +31,7 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task,
     prepared = true;
     let lastReported = 0;
     const result = await src.connection.command<MigrationResult>(
-      { op: 'migrate', vmId: vm.id, uri: target.uri },
+      { op: 'migrate', vmId: vm.id, uri: target.uri, ...(target.nbd ? { nbd: target.nbd } : {}) },
       {
         timeoutMs: 30 * 60_000,
         signal,

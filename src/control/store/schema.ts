@@ -72,6 +72,7 @@ export interface VmsTable {
   max_memory_mib: number;
   image_id: string | null;
   disk_gib: number;
+  local_disk: number;
   ha: number;
   placement_labels: string;
   anti_affinity: string | null;

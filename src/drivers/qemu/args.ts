@@ -73,7 +73,9 @@ export function qemuArgs(l: QemuLaunch): string[] {
     args.push('-blockdev', `driver=file,node-name=disk${i}-file,filename=${esc(disk.path)}`);
     args.push('-blockdev', `driver=${disk.format},node-name=disk${i},file=disk${i}-file`);
     const bootindex = boot.kind === 'disk' && i === 0 ? ',bootindex=0' : '';
-    args.push('-device', `virtio-blk-pci,id=vd${i},drive=disk${i}${bootindex}`);
+    // A local disk is written through an NBD export while it arrives by migration: let the device share it.
+    const share = disk.local ? ',share-rw=on' : '';
+    args.push('-device', `virtio-blk-pci,id=vd${i},drive=disk${i}${bootindex}${share}`);
   });
   l.nics.forEach((nic, i) => {
     if (nic.kind === 'user') {

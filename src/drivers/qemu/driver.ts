@@ -18,6 +18,7 @@ import type { Accel } from './args.ts';
 import { readHistory } from './console.ts';
 import { hostAvailableMiB, launchVm, reattach, stopQemu, type LifecycleContext } from './lifecycle.ts';
 import { setGuestMemory } from './memory.ts';
+import { exportLocalDisks, hasLocalDisks, mirrorLocalDisks, removeLocalDisks, resolveLocalDisks, stopExports } from './local-disks.ts';
 import { checkMigrationUri, freePort, runMigration } from './migrate.ts';
 import { tearDownNics } from './network.ts';
 import { checkVmId, vmPaths, vmsDir } from './paths.ts';
@@ -58,6 +59,8 @@ class QemuDriver implements HypervisorDriver {
   private readonly vms = new Map<string, QemuVm>();
   private readonly listeners = new Set<(event: DriverEvent) => void>();
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** NBD address of each incoming VM that receives local disks. */
+  private readonly incomingNbd = new Map<string, string>();
   private readonly ctx: LifecycleContext;
   private readonly hostname: string;
   private readonly address: string;
@@ -122,6 +125,7 @@ class QemuDriver implements HypervisorDriver {
   start(spec: DriverVmSpec, signal?: AbortSignal): Promise<DriverVmStatus> {
     this.checkOpen();
     checkSpec(spec);
+    spec = resolveLocalDisks(spec, this.opts.dataDir);
     return this.locked(spec.id, async () => {
       const existing = this.vms.get(spec.id);
       if (existing?.state === 'incoming') throw new DriverError('VM_EXISTS', `${spec.id} is arriving by migration`);
@@ -182,8 +186,9 @@ class QemuDriver implements HypervisorDriver {
       await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'deleted' });
       vm.detach();
       await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
-      // Disks inside the VM directory go with it; disks elsewhere (pools) belong to someone else.
+      // Disks inside the VM directory and on this host's own pool go with it; shared pools belong to others.
       await rm(vm.paths.dir, { recursive: true, force: true });
+      await removeLocalDisks(vm.spec);
       this.vms.delete(vmId);
       if (vm.state !== 'stopped') vm.setState('stopped', 'deleted');
     });
@@ -205,10 +210,12 @@ class QemuDriver implements HypervisorDriver {
   prepareIncoming(spec: DriverVmSpec): Promise<MigrationTarget> {
     this.checkOpen();
     checkSpec(spec);
+    spec = resolveLocalDisks(spec, this.opts.dataDir);
     return this.locked(spec.id, async () => {
       const existing = this.vms.get(spec.id);
       if (existing?.state === 'incoming' && existing.record.incomingUri && existing.alive) {
-        return { uri: existing.record.incomingUri };
+        const nbd = this.incomingNbd.get(spec.id);
+        return { uri: existing.record.incomingUri, ...(nbd ? { nbd } : {}) };
       }
       if (existing?.qmp && existing.alive) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
       const free = await hostAvailableMiB();
@@ -226,11 +233,24 @@ class QemuDriver implements HypervisorDriver {
         this.vms.set(spec.id, vm);
         try {
           await launchVm(this.ctx, vm, { accel: this.accel, incoming: uri });
-          vm.setState('incoming');
-          return { uri };
         } catch (err) {
           lastErr = err;
           this.vms.delete(spec.id);
+          continue;
+        }
+        vm.setState('incoming');
+        if (!hasLocalDisks(spec)) return { uri };
+        try {
+          const nbd = await exportLocalDisks(vm.qmp!, spec, this.address);
+          this.incomingNbd.set(spec.id, nbd);
+          return { uri, nbd };
+        } catch (err) {
+          await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'could not export local disks' });
+          vm.detach();
+          this.vms.delete(spec.id);
+          await removeLocalDisks(spec);
+          await rm(paths.dir, { recursive: true, force: true });
+          throw new DriverError('MIGRATION_FAILED', `exporting local disks for ${spec.id}: ${String(err)}`);
         }
       }
       await rm(paths.dir, { recursive: true, force: true });
@@ -252,7 +272,12 @@ class QemuDriver implements HypervisorDriver {
       if (vm.state !== 'running' || !qmp) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
       vm.migrating = true;
       let result: MigrationResult;
+      let finishMirrors: (() => Promise<void>) | undefined;
       try {
+        if (hasLocalDisks(vm.spec)) {
+          if (!target.nbd) throw new DriverError('MIGRATION_FAILED', `${vmId} has local disks and the destination offers no NBD export`);
+          finishMirrors = await mirrorLocalDisks(qmp, vm.spec, target.nbd, signal);
+        }
         result = await runMigration(qmp, target.uri, {
           maxBandwidthBytes: this.opts.migrationBandwidthBytes ?? 10 * 1024 ** 3,
           downtimeLimitMs: 300,
@@ -261,6 +286,8 @@ class QemuDriver implements HypervisorDriver {
           signal,
         });
       } finally {
+        // Success: the guest is paused here, so the mirrors are in step and end cleanly. Failure: they stop.
+        await finishMirrors?.();
         vm.migrating = false;
       }
       // The guest runs on the destination now; this copy is paused and must never run again.
@@ -268,6 +295,7 @@ class QemuDriver implements HypervisorDriver {
       vm.detach();
       await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
       await rm(vm.paths.dir, { recursive: true, force: true });
+      await removeLocalDisks(vm.spec);
       this.vms.delete(vmId);
       return result;
     });
@@ -276,14 +304,19 @@ class QemuDriver implements HypervisorDriver {
   async completeIncoming(vmId: string, timeoutMs = 120_000): Promise<DriverVmStatus> {
     const vm = this.get(vmId);
     const deadline = Date.now() + timeoutMs;
+    const arrived = async () => {
+      this.incomingNbd.delete(vmId);
+      if (hasLocalDisks(vm.spec) && vm.qmp) await stopExports(vm.qmp);
+      return vm.status();
+    };
     for (;;) {
-      if (vm.state === 'running' && vm.record.mode === 'run') return vm.status();
+      if (vm.state === 'running' && vm.record.mode === 'run') return arrived();
       const qmp = vm.qmp;
       if (!qmp || !vm.alive) throw new DriverError('MIGRATION_FAILED', `${vmId} did not arrive: ${vm.reason ?? 'QEMU is gone'}`);
       const status = await qmp.call('query-status', undefined).catch(() => undefined);
       if (status?.running) {
         await vm.arrived();
-        return vm.status();
+        return arrived();
       }
       if (Date.now() > deadline) throw new DriverError('MIGRATION_FAILED', `${vmId} did not arrive within ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 50));
@@ -298,6 +331,8 @@ class QemuDriver implements HypervisorDriver {
       if (vm.record.mode !== 'incoming') throw new DriverError('VM_EXISTS', `${vmId} is ${vm.state}, not an incoming migration`);
       await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'incoming migration aborted' });
       vm.detach();
+      this.incomingNbd.delete(vmId);
+      await removeLocalDisks(vm.spec);
       await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
       await rm(vm.paths.dir, { recursive: true, force: true });
       this.vms.delete(vmId);

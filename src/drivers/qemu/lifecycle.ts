@@ -43,8 +43,9 @@ export async function launchVm(
 ): Promise<void> {
   const spec = vm.spec;
   checkSocketPaths(vm.paths);
-  // A destination opens the disks the source already created (shared pool); only a fresh boot creates them.
-  if (!opts.incoming) for (const disk of spec.disks) await ensureDisk(disk);
+  // A destination opens the shared disks the source already created; its local disks it makes afresh, as
+  // overlays the source then mirrors into.
+  for (const disk of spec.disks) if (!opts.incoming || disk.local) await ensureDisk(disk);
   const { backends, warnings } = await setUpNics(ctx.owner, spec.id, spec.nics);
   for (const w of warnings) ctx.log(w, { vmId: spec.id });
   const args = qemuArgs({ spec, paths: vm.paths, accel: opts.accel, nics: backends, incoming: opts.incoming });

@@ -45,6 +45,19 @@ export interface QmpCommands {
   device_del: { args: { id: string }; ret: void };
   'blockdev-add': { args: Record<string, unknown>; ret: void };
   'blockdev-del': { args: { 'node-name': string }; ret: void };
+  'blockdev-mirror': { args: { 'job-id': string; device: string; target: string; sync: 'top' | 'full' }; ret: void };
+  'query-block-jobs': { args: NoArgs; ret: BlockJobInfo[] };
+  'block-job-cancel': { args: { device: string; force?: boolean }; ret: void };
+  'nbd-server-start': { args: { addr: { type: 'inet'; data: { host: string; port: string } } }; ret: void };
+  'nbd-server-stop': { args: NoArgs; ret: void };
+  'block-export-add': { args: { type: 'nbd'; id: string; 'node-name': string; name: string; writable: boolean }; ret: void };
+}
+
+export interface BlockJobInfo {
+  device: string;
+  ready: boolean;
+  offset: number;
+  len: number;
 }
 
 export class QmpDecodeError extends Error {
@@ -109,6 +122,14 @@ function queryMemoryDevices(raw: unknown): MemoryDeviceInfo[] {
   });
 }
 
+function queryBlockJobs(raw: unknown): BlockJobInfo[] {
+  if (!Array.isArray(raw)) throw new QmpDecodeError('query-block-jobs', 'not a list');
+  return raw.map((item) => {
+    const r = record('query-block-jobs', item);
+    return { device: typeof r.device === 'string' ? r.device : '', ready: r.ready === true, offset: num(r.offset) ?? 0, len: num(r.len) ?? 0 };
+  });
+}
+
 /** One check per command; commands without an interesting answer ignore it. */
 export const decoders: { [K in keyof QmpCommands]: (raw: unknown) => QmpCommands[K]['ret'] } = {
   qmp_capabilities: none,
@@ -132,4 +153,10 @@ export const decoders: { [K in keyof QmpCommands]: (raw: unknown) => QmpCommands
   device_del: none,
   'blockdev-add': none,
   'blockdev-del': none,
+  'blockdev-mirror': none,
+  'query-block-jobs': queryBlockJobs,
+  'block-job-cancel': none,
+  'nbd-server-start': none,
+  'nbd-server-stop': none,
+  'block-export-add': none,
 };

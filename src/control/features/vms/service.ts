@@ -134,6 +134,7 @@ export function createVmService(deps: VmServiceDeps) {
         max_memory_mib: maxMemoryMiB,
         image_id: image?.id ?? null,
         disk_gib: body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024)),
+        local_disk: body.storage === 'local' ? 1 : 0,
         ha: body.ha ? 1 : 0,
         placement_labels: JSON.stringify(body.placementLabels ?? {}),
         anti_affinity: body.antiAffinity ?? null,
@@ -250,6 +251,7 @@ export function createVmService(deps: VmServiceDeps) {
       const vm = await find(idOrName);
       assertPhase(vm, ['stopped', 'failed'], 'resize the disk of');
       await assertNoTask(vm);
+      if (vm.local_disk) throw new AppError('UNSUPPORTED', `VM ${vm.name} keeps its disk on its host; only shared-pool disks can be resized yet`);
       if (diskGiB < vm.disk_gib) throw new AppError('VALIDATION_FAILED', `the disk is ${vm.disk_gib} GiB; shrinking it to ${diskGiB} GiB would lose data`);
       await deps.volumes.grow(vm.id, diskGiB);
       const row = await change(vm, { disk_gib: diskGiB });

@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import * as m001 from './001_initial.ts';
 import * as m002 from './002_host_credential_index.ts';
 import * as m003 from './003_image_ready_text.ts';
+import * as m004 from './004_vm_local_disk.ts';
 
 export interface Migration {
   version: number;
@@ -14,4 +15,5 @@ export const migrations: Migration[] = [
   { version: 1, name: 'initial', up: m001.up },
   { version: 2, name: 'host_credential_index', up: m002.up },
   { version: 3, name: 'image_ready_text', up: m003.up },
+  { version: 4, name: 'vm_local_disk', up: m004.up },
 ];
