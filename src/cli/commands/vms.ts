@@ -19,6 +19,7 @@ interface CreateOptions extends ClientOptions {
   ha?: boolean;
   label?: string[];
   antiAffinity?: string;
+  storage?: 'shared' | 'local';
   start: boolean;
 }
 
@@ -50,6 +51,7 @@ function registerCreate(vm: Command): void {
     .option('--ha', 'restart the VM on another server when its server fails')
     .option('--label <key=value>', 'run only on servers with this label; repeat for more', collect)
     .option('--anti-affinity <group>', 'keep VMs of this group on different servers')
+    .addOption(new Option('--storage <where>', 'disk on the shared pool, or on the server (copied along on migration)').choices(['shared', 'local']))
     .option('--no-start', 'create it stopped')
     .action(run(async (name: string, o: CreateOptions) => {
       const body: CreateVm = { name, cpus: o.cpus, memoryMiB: o.memory, start: o.start };
@@ -59,6 +61,7 @@ function registerCreate(vm: Command): void {
       if (o.ha) body.ha = true;
       if (o.label?.length) body.placementLabels = parseLabels(o.label);
       if (o.antiAffinity) body.antiAffinity = o.antiAffinity;
+      if (o.storage) body.storage = o.storage;
       const api = client(o);
       const r = await api.post<Accepted>('/api/v1/vms', body);
       if (o.json && !o.wait) return printJson(r);
@@ -95,7 +98,7 @@ function registerReads(vm: Command): void {
         ['name', v.name], ['id', v.id], ['phase', v.phase], ['power', v.powerState], ['host', hostOf(names, v.hostId)],
         ...(v.targetHostId ? [['migrating to', hostOf(names, v.targetHostId)] as [string, string]] : []),
         ['cpus', String(v.cpus)], ['memory', mib(v.memoryMiB)], ['max memory', mib(v.maxMemoryMiB)], ['memory now', mib(v.memoryActualMiB)],
-        ['disk', `${v.diskGiB} GiB`], ['image', orDash(v.imageId)], ['ha', yesNo(v.ha)], ['labels', labels(v.placementLabels)],
+        ['disk', `${v.diskGiB} GiB (${v.storage})`], ['image', orDash(v.imageId)], ['ha', yesNo(v.ha)], ['labels', labels(v.placementLabels)],
         ['anti-affinity', orDash(v.antiAffinity)], ['nics', v.nics.map((n) => `${n.mode}${n.bridge ? `:${n.bridge}` : ''} ${n.mac}`).join(', ') || '-'],
         ['generation', `${v.generation} (observed ${v.observedGeneration})`], ['message', orDash(v.message)], ['created', v.createdAt],
       ]);
