@@ -126,7 +126,8 @@ export function createVmController(deps: VmControllerDeps) {
     if (vm.desired_power === 'running') {
       if (!vm.host_id) return schedule(vm, active);
       if (observed?.state === 'running') return recordRunning(vm, observed, active);
-      if (observed?.state === 'crashed') {
+      // A crash reported before this start was asked for (a local VM keeps its host) is history, not news.
+      if (observed?.state === 'crashed' && vm.phase !== 'pending') {
         // Whether it died running or while booting, it is not restarted by itself; the stop path clears it.
         const reason = observed.reason ?? 'the VM process ended unexpectedly';
         await update(vm, { phase: 'failed', desired_power: 'stopped', message: reason, generation: vm.generation + 1 }, reason);
