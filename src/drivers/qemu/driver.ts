@@ -23,6 +23,7 @@ import { checkMigrationUri, freePort, runMigration } from './migrate.ts';
 import { tearDownNics } from './network.ts';
 import { checkVmId, vmPaths, vmsDir } from './paths.ts';
 import { QemuVm, readRecord, type VmHooks } from './vm.ts';
+import { DriverListeners } from '../listeners.ts';
 
 export interface QemuDriverOptions {
   dataDir: string;
@@ -57,7 +58,7 @@ export async function createQemuDriver(opts: QemuDriverOptions): Promise<Hypervi
 class QemuDriver implements HypervisorDriver {
   readonly kind = 'qemu' as const;
   private readonly vms = new Map<string, QemuVm>();
-  private readonly listeners = new Set<(event: DriverEvent) => void>();
+  private readonly listeners = new DriverListeners();
   private readonly locks = new Map<string, Promise<unknown>>();
   /** NBD address of each incoming VM that receives local disks. */
   private readonly incomingNbd = new Map<string, string>();
@@ -341,10 +342,7 @@ class QemuDriver implements HypervisorDriver {
   }
 
   subscribe(listener: (event: DriverEvent) => void): () => void {
-    this.listeners.add(listener);
-    return () => {
-      this.listeners.delete(listener);
-    };
+    return this.listeners.add(listener);
   }
 
   async consoleWrite(vmId: string, data: string): Promise<void> {
@@ -393,13 +391,7 @@ class QemuDriver implements HypervisorDriver {
   }
 
   private emit(event: DriverEvent): void {
-    for (const listener of [...this.listeners]) {
-      try {
-        listener(event);
-      } catch {
-        // A broken subscriber must not break the VM lifecycle or starve the others.
-      }
-    }
+    this.listeners.emit(event);
   }
 }
 

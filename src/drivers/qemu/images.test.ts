@@ -1,31 +1,17 @@
 // Disk images through qemu-img, and VMs on them: overlays, refusal of bad images, a disk that migrates.
-import { describe, it, after, afterEach } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { HypervisorDriver } from '../types.ts';
 import { createQemuDriver, deleteVolume, ensureDisk, inspectImage, resizeVolume } from './index.ts';
-import { guestSpec, killProcessesMentioning, requireGuest, requireQemu, tempDir } from './test-support.ts';
+import { guestSpec, trackDrivers, requireGuest, requireQemu, tempDir } from './test-support.ts';
 import { until } from '../../../test/until.ts';
 
 const root = tempDir('qi');
 const MiB = 1024 * 1024;
-let drivers: HypervisorDriver[] = [];
+const drivers = trackDrivers(root);
 
-afterEach(async () => {
-  for (const d of drivers) {
-    for (const vm of await d.list().catch(() => [])) await d.delete(vm.id).catch(() => undefined);
-    await d.close();
-  }
-  drivers = [];
-  killProcessesMentioning(root.path);
-});
-
-after(() => {
-  killProcessesMentioning(root.path);
-  root.remove();
-});
 
 function isImageInvalid(err: unknown): boolean {
   return err instanceof Error && err.name === 'DriverError' && (err as { code?: string }).code === 'IMAGE_INVALID';
@@ -71,7 +57,7 @@ describe('qemu images', () => {
   it('a VM with a corrupt disk does not start', { timeout: 120_000 }, async () => {
     requireGuest();
     const driver = await createQemuDriver({ dataDir: join(root.path, 'bad'), address: '127.0.0.1' });
-    drivers.push(driver);
+    drivers.add(driver);
     const corrupt = join(root.path, 'corrupt2.qcow2');
     writeFileSync(corrupt, Buffer.concat([Buffer.from('QFI\xfb', 'latin1'), Buffer.alloc(4096, 0x5a)]));
     await assert.rejects(driver.start(guestSpec('baddisk', { disks: [{ path: corrupt, format: 'qcow2' }] })), isImageInvalid);
@@ -82,9 +68,9 @@ describe('qemu images', () => {
     requireGuest();
     const opts = { address: '127.0.0.1', guestReadyPattern: /AWAN-BOOTED/ };
     const a = await createQemuDriver({ ...opts, dataDir: join(root.path, 'ha'), hostname: 'ha' });
-    drivers.push(a);
+    drivers.add(a);
     const b = await createQemuDriver({ ...opts, dataDir: join(root.path, 'hb'), hostname: 'hb' });
-    drivers.push(b);
+    drivers.add(b);
     const base = join(root.path, 'template.qcow2');
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
     const disk = join(root.path, 'pool', 'mig-disk.qcow2');

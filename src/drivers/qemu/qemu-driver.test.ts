@@ -1,5 +1,5 @@
 // What the QEMU driver does beyond the shared contract: restarts, crashes, console, guest-visible memory, stops.
-import { describe, it, after, afterEach } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -7,18 +7,18 @@ import { join } from 'node:path';
 import type { DriverEvent, DriverVmStatus, HypervisorDriver } from '../types.ts';
 import { createQemuDriver, type QemuDriverOptions } from './index.ts';
 import { tapName } from './network.ts';
-import { guestSpec, killProcessesMentioning, lastGuestMemory, requireGuest, tempDir } from './test-support.ts';
+import { guestSpec, trackDrivers, lastGuestMemory, requireGuest, tempDir } from './test-support.ts';
 import { until } from '../../../test/until.ts';
 
 const root = tempDir('qd');
-let drivers: HypervisorDriver[] = [];
+const drivers = trackDrivers(root);
 let dirCount = 0;
 
 async function newDriver(dataDir?: string, extra: Partial<QemuDriverOptions> = {}): Promise<{ driver: HypervisorDriver; dataDir: string }> {
   requireGuest();
   const dir = dataDir ?? join(root.path, `d${dirCount++}`);
   const driver = await createQemuDriver({ dataDir: dir, address: '127.0.0.1', guestReadyPattern: /AWAN-BOOTED/, ...extra });
-  drivers.push(driver);
+  drivers.add(driver);
   return { driver, dataDir: dir };
 }
 
@@ -30,19 +30,6 @@ function stateEvents(driver: HypervisorDriver, id: string): DriverVmStatus[] {
   return seen;
 }
 
-afterEach(async () => {
-  for (const d of drivers) {
-    for (const vm of await d.list().catch(() => [])) await d.delete(vm.id).catch(() => undefined);
-    await d.close();
-  }
-  drivers = [];
-  killProcessesMentioning(root.path);
-});
-
-after(() => {
-  killProcessesMentioning(root.path);
-  root.remove();
-});
 
 const T = { timeout: 120_000 };
 
@@ -81,7 +68,7 @@ describe('qemu driver', () => {
     await driver.start(spec);
     const pid = readFileSync(join(dataDir, 'vms', 'keep', 'qemu.pid'), 'utf8').trim();
     await driver.close();
-    drivers = drivers.filter((d) => d !== driver);
+    drivers.delete(driver);
 
     const { driver: again } = await newDriver(dataDir);
     const listed = await again.list();

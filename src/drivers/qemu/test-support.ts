@@ -4,7 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DriverVmSpec } from '../types.ts';
+import { after, afterEach } from 'node:test';
+import type { DriverVmSpec, HypervisorDriver } from '../types.ts';
 import { killMentioning } from '../../../test/support/processes.ts';
 
 const repo = join(import.meta.dirname, '..', '..', '..');
@@ -82,4 +83,25 @@ export function lastGuestMemory(consoleText: string): { totalMiB: number; freeMi
   const all = [...consoleText.matchAll(/AWAN-MEM total=(\d+)KiB free=(\d+)KiB/g)];
   const last = all.at(-1);
   return last ? { totalMiB: Number(last[1]) / 1024, freeMiB: Number(last[2]) / 1024 } : undefined;
+}
+
+/**
+ * The drivers a test file opens: after each test their VMs are deleted and they are closed, and any QEMU
+ * left under `root` is killed; after the file, `root` goes too.
+ */
+export function trackDrivers(root: { path: string; remove: () => void }): Set<HypervisorDriver> {
+  const drivers = new Set<HypervisorDriver>();
+  afterEach(async () => {
+    for (const d of drivers) {
+      for (const vm of await d.list().catch(() => [])) await d.delete(vm.id).catch(() => undefined);
+      await d.close();
+    }
+    drivers.clear();
+    killProcessesMentioning(root.path);
+  });
+  after(() => {
+    killProcessesMentioning(root.path);
+    root.remove();
+  });
+  return drivers;
 }

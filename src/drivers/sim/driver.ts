@@ -16,6 +16,7 @@ import { realClock, TimerSet, type SimClock } from './clock.ts';
 import { appendHistory, bootedLines, earlyBootLines, echo, rebootLines, shutdownLines } from './console.ts';
 import { migrationUri, runMigration, type MigrationContext } from './migration.ts';
 import { checkSpec, createBoot, holdsMemory, interrupt, isUp, toStatus, type SimVm } from './vm.ts';
+import { DriverListeners } from '../listeners.ts';
 
 export interface SimDriverOptions {
   hostname: string;
@@ -55,7 +56,7 @@ export function createSimDriver(opts: SimDriverOptions): SimDriver {
 class SimHypervisor implements SimDriver {
   readonly kind = 'sim' as const;
   private readonly vms = new Map<string, SimVm>();
-  private readonly listeners = new Set<(event: DriverEvent) => void>();
+  private readonly listeners = new DriverListeners();
   private readonly clock: SimClock;
   private readonly timers: TimerSet;
   private readonly address: string;
@@ -243,10 +244,7 @@ class SimHypervisor implements SimDriver {
   }
 
   subscribe(listener: (event: DriverEvent) => void): () => void {
-    this.listeners.add(listener);
-    return () => {
-      this.listeners.delete(listener);
-    };
+    return this.listeners.add(listener);
   }
 
   async consoleWrite(vmId: string, data: string): Promise<void> {
@@ -351,12 +349,6 @@ class SimHypervisor implements SimDriver {
   }
 
   private emit(event: DriverEvent): void {
-    for (const listener of [...this.listeners]) {
-      try {
-        listener(event);
-      } catch {
-        // One broken subscriber must not stop the VM lifecycle or starve the others.
-      }
-    }
+    this.listeners.emit(event);
   }
 }
