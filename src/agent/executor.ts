@@ -34,6 +34,8 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
       return driver.consoleWrite(cmd.vmId, cmd.data);
     case 'consoleHistory':
       return driver.consoleHistory(cmd.vmId);
+    case 'growDisk':
+      return driver.growDisk(cmd.vmId, cmd.index, cmd.sizeMiB);
     case 'consoleAttach':
       await driver.status(cmd.vmId); // refuses an unknown VM
       consoles.add(cmd.vmId);

@@ -157,6 +157,8 @@ export interface HypervisorDriver {
   consoleWrite(vmId: string, data: string): Promise<void>;
   /** The console output so far (the last bytes the driver keeps). */
   consoleHistory(vmId: string): Promise<string>;
+  /** Grows disk `index` of a VM that is not running (its next boot sees the new size). */
+  growDisk(vmId: string, index: number, sizeMiB: number): Promise<void>;
   /** Releases sockets and timers; running VMs keep running (a later driver re-attaches). */
   close(): Promise<void>;
 }

@@ -128,6 +128,15 @@ export function driverContract(name: string, setup: Setup, opts: ContractOptions
       assert.equal((await driver.status(id)).state, 'stopped');
     });
 
+    test('a disk is grown only while its VM is not running, and only if it exists', async ({ driver, spec }, id) => {
+      await assert.rejects(driver.growDisk(id, 0, 1024), driverError('VM_NOT_FOUND'));
+      await driver.start(spec(id));
+      await assert.rejects(driver.growDisk(id, 0, 1024), driverError('VM_EXISTS'));
+      await driver.stop(id, { force: true });
+      await stateOf(driver, id, 'stopped');
+      await assert.rejects(driver.growDisk(id, spec(id).disks.length, 1024), driverError('IMAGE_INVALID'));
+    });
+
     test('a stopped VM starts again', async ({ driver, spec }, id) => {
       await driver.start(spec(id));
       await driver.stop(id, { force: true });

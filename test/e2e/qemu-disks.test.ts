@@ -91,6 +91,9 @@ describe('QEMU disks', { timeout: 300_000 }, () => {
     const stopped = (await c.api('GET', '/api/v1/vms/local-1')).body;
     assert.equal(stopped.hostId, b.agent.hostId, 'a stopped local VM stays with its disk');
     assert.equal(existsSync(diskOn(b)), true);
+    const grown = await c.api('POST', '/api/v1/vms/local-1/resize', { diskGiB: 2 });
+    assert.equal(grown.status, 200, JSON.stringify(grown.body));
+    assert.equal(info(diskOn(b))['virtual-size'], 2 * 1024 ** 3, 'its host grew the local disk');
     assert.equal((await c.waitTask((await c.api('POST', '/api/v1/vms/local-1/start')).body.task.id, 120_000)).state, 'succeeded');
     assert.equal((await c.api('GET', '/api/v1/vms/local-1')).body.hostId, b.agent.hostId);
     assert.equal((await c.waitTask((await c.api('DELETE', '/api/v1/vms/local-1')).body.task.id, 60_000)).state, 'succeeded');

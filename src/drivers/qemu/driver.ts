@@ -24,6 +24,7 @@ import { tearDownNics } from './network.ts';
 import { checkVmId, vmPaths, vmsDir } from './paths.ts';
 import { QemuVm, readRecord, type VmHooks } from './vm.ts';
 import { DriverListeners } from '../listeners.ts';
+import { exists, resizeVolume } from './images.ts';
 
 export interface QemuDriverOptions {
   dataDir: string;
@@ -352,6 +353,18 @@ class QemuDriver implements HypervisorDriver {
     }
     await vm.consoleWrite(data).catch((err: unknown) => {
       throw new DriverError('INTERNAL', `${vmId}: console not available (${String(err)})`);
+    });
+  }
+
+  growDisk(vmId: string, index: number, sizeMiB: number): Promise<void> {
+    this.checkOpen();
+    return this.locked(vmId, async () => {
+      const vm = this.get(vmId);
+      if (vm.alive) throw new DriverError('VM_EXISTS', `${vmId} is ${vm.state}; stop it to resize its disk`);
+      const disk = vm.spec.disks[index];
+      if (!disk) throw new DriverError('IMAGE_INVALID', `${vmId} has no disk ${index}`);
+      // A disk not made yet is made at the size its next start asks for.
+      if (await exists(disk.path)) await resizeVolume(disk.path, sizeMiB);
     });
   }
 

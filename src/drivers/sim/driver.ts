@@ -257,6 +257,16 @@ class SimHypervisor implements SimDriver {
     return this.get(vmId).console;
   }
 
+  async growDisk(vmId: string, index: number, sizeMiB: number): Promise<void> {
+    const vm = this.get(vmId);
+    if (isUp(vm.state)) throw new DriverError('VM_EXISTS', `${vmId} is ${vm.state}; stop it to resize its disk`);
+    const disk = vm.spec.disks[index];
+    if (!disk) throw new DriverError('IMAGE_INVALID', `${vmId} has no disk ${index}`);
+    if ((disk.sizeMiB ?? 0) > sizeMiB) throw new DriverError('IMAGE_INVALID', `${vmId} disk ${index} is ${disk.sizeMiB} MiB; shrinking loses data`);
+    // The simulated disk is only its size in the spec.
+    vm.spec = { ...vm.spec, disks: vm.spec.disks.map((d, i) => (i === index ? { ...d, sizeMiB } : d)) };
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

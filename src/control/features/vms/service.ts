@@ -251,9 +251,16 @@ export function createVmService(deps: VmServiceDeps) {
       const vm = await find(idOrName);
       assertPhase(vm, ['stopped', 'failed'], 'resize the disk of');
       await assertNoTask(vm);
-      if (vm.local_disk) throw new AppError('UNSUPPORTED', `VM ${vm.name} keeps its disk on its host; only shared-pool disks can be resized yet`);
       if (diskGiB < vm.disk_gib) throw new AppError('VALIDATION_FAILED', `the disk is ${vm.disk_gib} GiB; shrinking it to ${diskGiB} GiB would lose data`);
-      await deps.volumes.grow(vm.id, diskGiB);
+      if (!vm.local_disk) await deps.volumes.grow(vm.id, diskGiB);
+      else if (vm.host_id) {
+        // The disk lives on its host: that host grows it.
+        const host = deps.registry.get(vm.host_id);
+        if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host keeping VM ${vm.name}'s disk is not connected`);
+        await host.connection.command({ op: 'growDisk', vmId: vm.id, index: 0, sizeMiB: diskGiB * 1024 }, { timeoutMs: 60_000 }).catch((err: Error) => {
+          throw new AppError('UNSUPPORTED', `cannot resize the disk: ${err.message}`);
+        });
+      }
       const row = await change(vm, { disk_gib: diskGiB });
       await events.emit({ type: 'vm.resized', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} disk is ${diskGiB} GiB`, data: { diskGiB } });
       return vmFromRow(row);
