@@ -226,6 +226,9 @@ class QemuDriver implements HypervisorDriver {
       }
       const paths = vmPaths(this.opts.dataDir, spec.id);
       await mkdir(paths.dir, { recursive: true });
+      // A local disk left here by an earlier visit is stale: the mirror only sends the source's top layer,
+      // so the destination must start from a fresh overlay.
+      await removeLocalDisks(spec);
       // The port is free when chosen but QEMU binds it later: a clash makes QEMU exit, and we pick another.
       let lastErr: unknown;
       for (let attempt = 0; attempt < 3; attempt++) {
