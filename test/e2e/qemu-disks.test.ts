@@ -76,6 +76,10 @@ describe('QEMU disks', { timeout: 300_000 }, () => {
     assert.equal((await c.waitTask((await c.api('POST', '/api/v1/vms/local-1/start')).body.task.id, 120_000)).state, 'succeeded');
     assert.equal((await c.api('GET', '/api/v1/vms/local-1')).body.hostId, a.agent.hostId);
 
+    // A stale disk of this VM on B (an earlier visit that ended badly) must not leak into the new copy.
+    mkdirSync(dirname(diskOn(b)), { recursive: true });
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', image, diskOn(b), '1G']);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 20M 1M', diskOn(b)]);
     const m = await c.api('POST', '/api/v1/vms/local-1/migrate', { host: b.name });
     const task = await c.waitTask(m.body.task.id, 120_000);
     assert.equal(task.state, 'succeeded', JSON.stringify(task));
@@ -85,6 +89,7 @@ describe('QEMU disks', { timeout: 300_000 }, () => {
       execFileSync('qemu-io', ['-U', '-r', '-f', 'qcow2', '-c', `read -P ${pattern} ${offset} ${length}`, diskOn(b)], { encoding: 'utf8' });
     assert.doesNotMatch(read('0x22', '8M', '2M'), /verification failed/, 'the VM\'s own data arrived');
     assert.doesNotMatch(read('0x11', '0', '1M'), /verification failed/, 'the shared image still shows through');
+    assert.doesNotMatch(read('0', '20M', '1M'), /verification failed/, 'nothing stale from an earlier visit');
     assert.equal(info(diskOn(b))['backing-filename'], image, 'only the top layer was copied');
 
     assert.equal((await c.waitTask((await c.api('POST', '/api/v1/vms/local-1/stop', { force: true })).body.task.id, 60_000)).state, 'succeeded');
