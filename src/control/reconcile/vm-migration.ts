@@ -89,8 +89,9 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task,
 }
 
 /**
- * A migration target is set but no task of this process drives it: control restarted mid-migration.
- * Settle the VM where an agent reports it running and fail any leftover migrate task with the reason.
+ * A migration target is set but no task of this process drives it: control restarted mid-migration, or
+ * the outcome was lost with a host's connection. Settle the VM where an agent reports it running and fail
+ * any leftover migrate task with the reason.
  */
 export async function recoverMigration(ctx: VmControllerContext, vm: VmRow, active: Task[]): Promise<{ requeueAfterMs: number } | void> {
   const src = ctx.registry.get(vm.host_id!);
