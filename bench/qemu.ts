@@ -2,11 +2,12 @@
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createQemuDriver, type QemuDriverOptions } from '../src/drivers/qemu/index.ts';
+import { GUEST_TROUBLE, guestEval, startWriter, stopWriterAndCheck, writerSample, type WriterOptions } from '../src/drivers/qemu/guest-writer.ts';
 import { guestSpec, killProcessesMentioning, requireGuest } from '../src/drivers/qemu/test-support.ts';
 import type { DriverVmSpec, HypervisorDriver } from '../src/drivers/types.ts';
 import { quantile, report } from './support/report.ts';
 import { makeTempDir, removeTempDir } from './support/tmp.ts';
-import { delay, waitFor } from './support/wait.ts';
+import { waitFor } from './support/wait.ts';
 
 const BOOT_RUNS = 5;
 const BOOT_MEMORY_MIB = 256;
@@ -14,13 +15,8 @@ const MIGRATION_MEMORY_MIB = [256, 1024] as const;
 /** Each case migrates its guest back and forth this many times; the figure is the median. */
 const MIGRATIONS_PER_CASE = 5;
 const MIGRATION_TIMEOUT_MS = 60_000;
-/** The writing guest rewrites this much of a tmpfs file over and over, from a random seed (zero pages would migrate for free). */
-const DIRTY_MIB = 64;
-const SEED_MIB = 16;
-/** Room the guest must keep besides its tmpfs, or the writer would push it into the OOM killer. */
-const GUEST_MARGIN_MIB = 48;
-/** The in-guest writer stops on its own after this many passes (most of an hour here), in case the VM outlives the bench. */
-const WRITER_MAX_PASSES = 20_000;
+/** The writing guest rewrites 64 MiB of tmpfs over and over; it stops by itself after most of an hour here. */
+const WRITER: WriterOptions = { dirtyMiB: 64, seedMiB: 16, marginMiB: 48, maxPasses: 20_000 };
 
 type Load = 'idle' | 'writing';
 
@@ -97,55 +93,6 @@ export async function qemuCreateToRunning(): Promise<void> {
   });
 }
 
-let evalSeq = 0;
-
-/**
- * Runs `expr` in the guest's shell over the serial console and returns what it printed. The marker is written
- * as `V$((k))` so the echoed command line never matches the answer `Vk=<…>`.
- */
-async function guestEval(driver: HypervisorDriver, vmId: string, expr: string, opts: { before?: string; timeoutMs?: number } = {}): Promise<string> {
-  const k = ++evalSeq;
-  // `before` runs in the shell itself: a job backgrounded inside $(…) would hold the substitution open.
-  const line = `${opts.before ?? ''} echo "V$((${k}))=<$(${expr})>"\n`;
-  // Right after a migration the destination's console socket may take a moment to connect.
-  await waitFor(() => driver.consoleWrite(vmId, line).then(() => true, () => false), `the console of ${vmId}`, 10_000, 100);
-  const pattern = new RegExp(`V${k}=<([^>]*)>`);
-  let answer: string | undefined;
-  await waitFor(async () => {
-    answer = pattern.exec(await driver.consoleHistory(vmId))?.[1];
-    return answer !== undefined;
-  }, `the guest to answer ${JSON.stringify(expr)}`, opts.timeoutMs ?? 30_000, 50);
-  return answer ?? '';
-}
-
-/** The writer's pass count and the guest's uptime in seconds, read together. */
-async function writerSample(driver: HypervisorDriver, vmId: string): Promise<{ passes: number; uptimeS: number }> {
-  const [passes, uptimeS] = (await guestEval(driver, vmId, `cat /w/n; cut -d' ' -f1 /proc/uptime`)).trim().split(/\s+/).map(Number);
-  if (!Number.isFinite(passes) || !Number.isFinite(uptimeS)) throw new Error(`${vmId}: unreadable writer state`);
-  return { passes, uptimeS };
-}
-
-/** Starts a loop in the guest that keeps rewriting DIRTY_MIB of tmpfs with random data; returns the rate it writes at, in MiB/s. */
-async function startWriter(driver: HypervisorDriver, vmId: string): Promise<number> {
-  const tmpfsMiB = DIRTY_MIB + SEED_MIB + 8;
-  const availableMiB = Number(await guestEval(driver, vmId, `awk '/^MemAvailable:/{print int($2/1024)}' /proc/meminfo`));
-  if (!(availableMiB >= tmpfsMiB + GUEST_MARGIN_MIB)) {
-    throw new Error(`${vmId} has ${availableMiB} MiB available, the writer needs ${tmpfsMiB + GUEST_MARGIN_MIB}`);
-  }
-  const setup = `mkdir -p /w && mount -t tmpfs -o size=${tmpfsMiB}m tmpfs /w && dd if=/dev/urandom of=/w/src bs=1M count=${SEED_MIB} 2>/dev/null && echo 0 > /w/n; echo $?`;
-  const status = await guestEval(driver, vmId, setup, { timeoutMs: 60_000 });
-  if (status.trim() !== '0') throw new Error(`${vmId}: writer setup failed with status ${status}`);
-  const offsets = Array.from({ length: DIRTY_MIB / SEED_MIB }, (_, i) => i * SEED_MIB).join(' ');
-  const pass = `for o in ${offsets}; do dd if=/w/src of=/w/dst bs=1M seek=$o conv=notrunc 2>/dev/null; done`;
-  const loop = `n=0; while [ $n -lt ${WRITER_MAX_PASSES} ]; do ${pass}; n=$((n+1)); echo $n > /w/n; done`;
-  await guestEval(driver, vmId, 'echo started', { before: `(${loop}) </dev/null >/dev/null 2>&1 &` });
-  const first = await writerSample(driver, vmId);
-  await delay(2000);
-  const second = await writerSample(driver, vmId);
-  if (second.passes <= first.passes) throw new Error(`${vmId}: the writer made no progress`);
-  return ((second.passes - first.passes) * DIRTY_MIB) / (second.uptimeS - first.uptimeS);
-}
-
 interface MigrationSample {
   totalMs: number;
   downtimeMs: number;
@@ -154,15 +101,17 @@ interface MigrationSample {
   transferredMiB: number;
 }
 
-/** Signs on the console that guest memory came out of a migration damaged. */
-const GUEST_TROUBLE = /Kernel panic[^\n]*|BUG:[^\n]*|Oops[^\n]*|general protection fault[^\n]*|soft lockup[^\n]*|segfault[^\n]*/;
-
-/** Why the guest is not well after its last move, or undefined: alive, no oops, and under load still writing. */
+/**
+ * Why the guest is not well after its last move, or undefined: alive, no oops, and under load still writing,
+ * with every write it made still in its memory.
+ */
 async function guestHealth(driver: HypervisorDriver, vmId: string, load: Load): Promise<string | undefined> {
   try {
     if (load === 'writing') {
       const before = await writerSample(driver, vmId);
       await waitFor(async () => (await writerSample(driver, vmId)).passes > before.passes, `${vmId} to keep writing`, 20_000, 200);
+      const check = await stopWriterAndCheck(driver, vmId, WRITER);
+      if (check.lostBlocks > 0) return `${check.lostBlocks} of ${check.blocks} MiB the guest wrote lost writes`;
     } else {
       await guestEval(driver, vmId, 'echo alive');
     }
@@ -186,7 +135,7 @@ async function migrationCase(a: HypervisorDriver, b: HypervisorDriver, memoryMiB
   let trouble: string | undefined;
   try {
     await a.start(spec);
-    if (load === 'writing') writeMiBps = await startWriter(a, id);
+    if (load === 'writing') writeMiBps = await startWriter(a, id, WRITER);
     let here = a;
     let there = b;
     for (let i = 1; i <= MIGRATIONS_PER_CASE; i++) {
@@ -214,7 +163,7 @@ async function migrationCase(a: HypervisorDriver, b: HypervisorDriver, memoryMiB
   if (samples.length > 0) {
     const params = {
       memoryMiB, load, migrations: samples.length, guestIntact: trouble === undefined, accel, hostLoad1,
-      ...(writeMiBps !== undefined ? { dirtyMiB: DIRTY_MIB, guestWriteMiBps: Math.round(writeMiBps) } : {}),
+      ...(writeMiBps !== undefined ? { dirtyMiB: WRITER.dirtyMiB, guestWriteMiBps: Math.round(writeMiBps) } : {}),
       transferredMiB: Math.round(median(samples.map((s) => s.transferredMiB))),
       wallMs: Math.round(median(samples.map((s) => s.wallMs))),
     };

@@ -37,6 +37,20 @@ export function virtioMemSizeMiB(spec: DriverVmSpec): number {
   return Math.floor((spec.maxMemoryMiB - spec.memoryMiB) / blockMiB) * blockMiB;
 }
 
+export const TCG_RAM_PAD_KIB = 8;
+
+/**
+ * Main RAM as QEMU's `-m` size, in KiB. Under TCG it is 8 KiB more than asked: QEMU before 9.0 syncs a RAM
+ * block whose size is a multiple of 64 pages by a fast path that leaves TCG's TLB letting writes skip dirty
+ * tracking, so a guest that writes while it migrates loses writes (fixed upstream in 9.0 by "physmem: Fix
+ * migration dirty bitmap coherency with TCG memory access"). Any other size takes QEMU's per-page path, which
+ * keeps the TLB in step; QEMU rounds RAM to 8 KiB, so 8 KiB is the least that works. It applies on every
+ * QEMU version so that hosts on different versions keep one device model and can migrate to each other.
+ */
+export function ramKiB(spec: DriverVmSpec, accel: Accel): number {
+  return spec.memoryMiB * 1024 + (accel === 'tcg' ? TCG_RAM_PAD_KIB : 0);
+}
+
 export function qemuArgs(l: QemuLaunch): string[] {
   const { spec, paths } = l;
   const args = [
@@ -54,14 +68,15 @@ export function qemuArgs(l: QemuLaunch): string[] {
     '-device', `virtio-balloon-pci,id=${BALLOON_ID},deflate-on-oom=on`,
   ];
   const vmemMiB = virtioMemSizeMiB(spec);
+  const ram = ramKiB(spec, l.accel);
   if (hasVirtioMem(spec) && vmemMiB > 0) {
     args.push(
-      '-m', `${spec.memoryMiB}M,maxmem=${spec.memoryMiB + vmemMiB}M`,
+      '-m', `${ram}k,maxmem=${ram + vmemMiB * 1024}k`,
       '-object', `memory-backend-ram,id=${VMEM_ID}-ram,size=${vmemMiB}M`,
       '-device', `virtio-mem-pci,id=${VMEM_ID},memdev=${VMEM_ID}-ram,block-size=${VMEM_BLOCK_BYTES},requested-size=0`,
     );
   } else {
-    args.push('-m', `${spec.memoryMiB}M`);
+    args.push('-m', `${ram}k`);
   }
   const boot = spec.boot;
   if (boot.kind === 'kernel') {

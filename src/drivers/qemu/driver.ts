@@ -41,11 +41,20 @@ export interface QemuDriverOptions {
   /** Memory a shrink leaves above what the guest uses. */
   memoryMarginMiB?: number;
   migrationBandwidthBytes?: number;
+  /** The pause QEMU may take to hand a VM over; the default keeps measured downtime under 50 ms. */
+  migrationDowntimeLimitMs?: number;
   probeGuest?: ProbeGuest;
   probeTimeoutMs?: number;
   probeCacheFile?: string;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
+
+/**
+ * QEMU's own default is 300 ms. 30 ms kept every measured handover of a guest writing ~470 MiB/s under 25 ms
+ * (QEMU's estimate of the final pause runs over its limit by up to a few tens of ms), at the cost of more
+ * copy rounds, which auto-converge bounds.
+ */
+const MIGRATION_DOWNTIME_LIMIT_MS = 30;
 
 export async function createQemuDriver(opts: QemuDriverOptions): Promise<HypervisorDriver> {
   const qemuBinary = opts.qemuBinary ?? 'qemu-system-x86_64';
@@ -285,7 +294,7 @@ class QemuDriver implements HypervisorDriver {
         }
         result = await runMigration(qmp, target.uri, {
           maxBandwidthBytes: this.opts.migrationBandwidthBytes ?? 10 * 1024 ** 3,
-          downtimeLimitMs: 300,
+          downtimeLimitMs: this.opts.migrationDowntimeLimitMs ?? MIGRATION_DOWNTIME_LIMIT_MS,
           pollIntervalMs: 100,
           onProgress,
           signal,
