@@ -50,9 +50,9 @@ export interface QemuDriverOptions {
 }
 
 /**
- * QEMU's own default is 300 ms. 30 ms kept every measured handover of a guest writing ~470 MiB/s under 25 ms
- * (QEMU's estimate of the final pause runs over its limit by up to a few tens of ms), at the cost of more
- * copy rounds, which auto-converge bounds.
+ * QEMU's own default is 300 ms. With 30 ms the handover of a guest writing ~470 MiB/s measured 3-25 ms on a
+ * quiet host and up to 43 ms on a busy one (QEMU's estimate of the final pause can overshoot its limit); the
+ * price is more copy rounds, which auto-converge bounds.
  */
 const MIGRATION_DOWNTIME_LIMIT_MS = 30;
 
