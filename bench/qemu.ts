@@ -2,7 +2,7 @@
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createQemuDriver, type QemuDriverOptions } from '../src/drivers/qemu/index.ts';
-import { GUEST_TROUBLE, guestEval, startWriter, stopWriterAndCheck, writerSample, type WriterOptions } from '../src/drivers/qemu/guest-writer.ts';
+import { GUEST_TROUBLE, guestEval, startWriter, stopWriterAndCheck, writerSample, type WriterOptions } from './support/guest-writer.ts';
 import { guestSpec, killProcessesMentioning, requireGuest } from '../src/drivers/qemu/test-support.ts';
 import type { DriverVmSpec, HypervisorDriver } from '../src/drivers/types.ts';
 import { quantile, report } from './support/report.ts';

@@ -1,7 +1,7 @@
 // The test guest driven over its serial console: the answer to a shell command, and a memory writer whose
-// every write can be checked afterwards. Shared by the QEMU tests and `npm run bench -- qemu`.
-import type { HypervisorDriver } from '../types.ts';
-import { until } from '../../../test/until.ts';
+// every write can be checked after the guest has migrated.
+import type { HypervisorDriver } from '../../src/drivers/types.ts';
+import { delay, waitFor } from './wait.ts';
 
 /** Signs on the console that guest memory came out of a migration damaged. */
 export const GUEST_TROUBLE = /Kernel panic[^\n]*|BUG:[^\n]*|Oops[^\n]*|general protection fault[^\n]*|soft lockup[^\n]*|segfault[^\n]*/;
@@ -22,14 +22,14 @@ export async function guestEval(
   // `before` runs in the shell itself: a job backgrounded inside $(…) would hold the substitution open.
   const line = `${opts.before ?? ''} echo "V$((${k}))=<$(${expr})>"\n`;
   // Right after a migration the destination's console socket may take a moment to connect.
-  await until(() => driver.consoleWrite(vmId, line).then(() => true), { timeoutMs: 10_000, intervalMs: 100, what: `the console of ${vmId}` });
+  await waitFor(() => driver.consoleWrite(vmId, line).then(() => true, () => false), `the console of ${vmId}`, 10_000, 100);
   const pattern = new RegExp(`V${k}=<([^>]*)>`);
-  const found = await until(async () => pattern.exec(await driver.consoleHistory(vmId)), {
-    timeoutMs: opts.timeoutMs ?? 30_000,
-    intervalMs: 50,
-    what: `the guest to answer ${JSON.stringify(expr)}`,
-  });
-  return found[1];
+  let answer: string | undefined;
+  await waitFor(async () => {
+    answer = pattern.exec(await driver.consoleHistory(vmId))?.[1];
+    return answer !== undefined;
+  }, `the guest to answer ${JSON.stringify(expr)}`, opts.timeoutMs ?? 30_000, 50);
+  return answer ?? '';
 }
 
 export interface WriterOptions {
@@ -71,7 +71,7 @@ export async function startWriter(driver: HypervisorDriver, vmId: string, opts: 
   const loop = `n=0; while [ $n -lt ${opts.maxPasses} ] && [ ! -e /w/stop ]; do ${pass}; n=$((n+1)); echo $n > /w/n; done; touch /w/done`;
   await guestEval(driver, vmId, 'echo started', { before: `(${loop}) </dev/null >/dev/null 2>&1 &` });
   const first = await writerSample(driver, vmId);
-  await new Promise((r) => setTimeout(r, 2000));
+  await delay(2000);
   const second = await writerSample(driver, vmId);
   if (second.passes <= first.passes) throw new Error(`${vmId}: the writer made no progress`);
   return ((second.passes - first.passes) * opts.dirtyMiB) / (second.uptimeS - first.uptimeS);
