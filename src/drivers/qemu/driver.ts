@@ -194,13 +194,7 @@ class QemuDriver implements HypervisorDriver {
     return this.locked(vmId, async () => {
       const vm = this.vms.get(vmId);
       if (!vm) return;
-      await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'deleted' });
-      vm.detach();
-      await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
-      // Disks inside the VM directory and on this host's own pool go with it; shared pools belong to others.
-      await rm(vm.paths.dir, { recursive: true, force: true });
-      await removeLocalDisks(vm.spec);
-      this.vms.delete(vmId);
+      await this.retire(vm, 'deleted');
       if (vm.state !== 'stopped') vm.setState('stopped', 'deleted');
     });
   }
@@ -305,12 +299,7 @@ class QemuDriver implements HypervisorDriver {
         vm.migrating = false;
       }
       // The guest runs on the destination now; this copy is paused and must never run again.
-      await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'migrated to another host' });
-      vm.detach();
-      await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
-      await rm(vm.paths.dir, { recursive: true, force: true });
-      await removeLocalDisks(vm.spec);
-      this.vms.delete(vmId);
+      await this.retire(vm, 'migrated to another host');
       return result;
     });
   }
@@ -337,19 +326,25 @@ class QemuDriver implements HypervisorDriver {
     }
   }
 
+  /** Ends this host's copy of a VM for good: QEMU, its NICs, its directory and local disks, and its entry. */
+  private async retire(vm: QemuVm, reason: string): Promise<void> {
+    await stopQemu(vm, { force: true, timeoutMs: 0, reason });
+    vm.detach();
+    await tearDownNics(this.opts.dataDir, vm.id, vm.spec.nics);
+    // Disks inside the VM directory and on this host's own pool go with it; shared pools belong to others.
+    await rm(vm.paths.dir, { recursive: true, force: true });
+    await removeLocalDisks(vm.spec);
+    this.vms.delete(vm.id);
+  }
+
   abortIncoming(vmId: string): Promise<void> {
     this.checkOpen();
     return this.locked(vmId, async () => {
       const vm = this.vms.get(vmId);
       if (!vm) return;
       if (vm.record.mode !== 'incoming') throw new DriverError('VM_EXISTS', `${vmId} is ${vm.state}, not an incoming migration`);
-      await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'incoming migration aborted' });
-      vm.detach();
       this.incomingNbd.delete(vmId);
-      await removeLocalDisks(vm.spec);
-      await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
-      await rm(vm.paths.dir, { recursive: true, force: true });
-      this.vms.delete(vmId);
+      await this.retire(vm, 'incoming migration aborted');
       if (vm.state !== 'stopped') vm.setState('stopped', 'incoming migration aborted');
     });
   }
