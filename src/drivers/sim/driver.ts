@@ -124,20 +124,9 @@ class SimHypervisor implements SimDriver {
     if (existing?.state === 'starting') return this.waitForBoot(existing, signal);
     if (existing?.state === 'incoming') throw new DriverError('VM_EXISTS', `${spec.id} is arriving by migration`);
 
-    const freeMiB = this.freeMiB();
-    if (spec.memoryMiB > freeMiB) {
-      throw new DriverError('INSUFFICIENT_MEMORY', `${spec.id} needs ${spec.memoryMiB} MiB, host has ${freeMiB} MiB free`);
-    }
+    const vm = this.admit(spec, 'starting', existing);
     const failure = this.nextStartFailure ?? this.opts.failBoot?.(spec);
     this.nextStartFailure = undefined;
-    const vm: SimVm = {
-      spec,
-      state: 'starting',
-      actualMiB: spec.memoryMiB,
-      usedMiB: (this.opts.guestUsedMiB ?? defaultGuestUsedMiB)(spec),
-      console: existing?.console ?? '',
-    };
-    this.vms.set(spec.id, vm);
     vm.boot = createBoot(this.timers.after(this.bootDelayMs, () => this.finishBoot(vm, failure)));
     this.setState(vm, 'starting');
     this.print(vm, earlyBootLines(spec));
@@ -190,24 +179,30 @@ class SimHypervisor implements SimDriver {
     return this.status_(vm);
   }
 
-  async prepareIncoming(spec: DriverVmSpec): Promise<MigrationTarget> {
-    this.checkOpen();
-    checkSpec(spec);
-    const existing = this.vms.get(spec.id);
-    if (existing?.state === 'incoming') return { uri: migrationUri(this.address, spec.id) };
-    if (existing && holdsMemory(existing.state)) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
+  /** Takes a VM in when the host has room for its memory; its console history survives an earlier copy. */
+  private admit(spec: DriverVmSpec, state: 'starting' | 'incoming', existing: SimVm | undefined): SimVm {
     const freeMiB = this.freeMiB();
     if (spec.memoryMiB > freeMiB) {
       throw new DriverError('INSUFFICIENT_MEMORY', `${spec.id} needs ${spec.memoryMiB} MiB, host has ${freeMiB} MiB free`);
     }
     const vm: SimVm = {
       spec,
-      state: 'incoming',
+      state,
       actualMiB: spec.memoryMiB,
       usedMiB: (this.opts.guestUsedMiB ?? defaultGuestUsedMiB)(spec),
       console: existing?.console ?? '',
     };
     this.vms.set(spec.id, vm);
+    return vm;
+  }
+
+  async prepareIncoming(spec: DriverVmSpec): Promise<MigrationTarget> {
+    this.checkOpen();
+    checkSpec(spec);
+    const existing = this.vms.get(spec.id);
+    if (existing?.state === 'incoming') return { uri: migrationUri(this.address, spec.id) };
+    if (existing && holdsMemory(existing.state)) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
+    const vm = this.admit(spec, 'incoming', existing);
     this.setState(vm, 'incoming');
     return { uri: migrationUri(this.address, spec.id) };
   }
