@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Control } from '../control/app.ts';
-import type { HypervisorDriver } from '../drivers/types.ts';
+import type { HypervisorDriver, MigrationMode } from '../drivers/types.ts';
 
 // The server, agent and drivers load on first use: the client commands share this binary and should not
 // pay for Fastify, Kysely and the drivers on every `awan vm list`.
@@ -78,12 +78,18 @@ export function registerRuntimeCommands(program: Command): void {
     .option('--address <address>', 'address other hosts reach this one at (migration)', '127.0.0.1')
     .option('--sim-memory-mib <mib>', 'simulated server memory (sim driver)', intOption, 16384)
     .option('--sim-cpus <n>', 'simulated server CPUs (sim driver)', intOption, 8)
-    .action(async (o: { control: string; joinToken?: string; driver: 'qemu' | 'sim'; dataDir: string; name: string; address: string; simMemoryMib: number; simCpus: number }) => {
+    .addOption(
+      new Option('--migration <mode>', 'how VMs migrate away: live, paused for the copy, or auto (live under KVM, paused under TCG)')
+        .choices(['auto', 'live', 'paused'])
+        .env('AWAN_MIGRATION')
+        .default('auto'),
+    )
+    .action(async (o: { control: string; joinToken?: string; driver: 'qemu' | 'sim'; dataDir: string; name: string; address: string; simMemoryMib: number; simCpus: number; migration: MigrationMode }) => {
       const log = await createLogger(`agent:${o.name}`);
       const { Agent } = await import('../agent/agent.ts');
       const dataDir = resolve(o.dataDir);
       mkdirSync(dataDir, { recursive: true });
-      const driver = await makeDriver(o.driver, { name: o.name, address: o.address, dataDir, memoryMiB: o.simMemoryMib, cpus: o.simCpus });
+      const driver = await makeDriver(o.driver, { name: o.name, address: o.address, dataDir, memoryMiB: o.simMemoryMib, cpus: o.simCpus, migrationMode: o.migration });
       const agent = new Agent({ control: o.control, joinToken: o.joinToken, driver, dataDir, name: o.name, log });
       await agent.start();
       log.info({ hostId: agent.hostId, driver: o.driver }, 'agent running');
@@ -108,11 +114,11 @@ export function registerRuntimeCommands(program: Command): void {
 
 export async function makeDriver(
   kind: 'sim' | 'qemu',
-  o: { name: string; address: string; dataDir: string; memoryMiB?: number; cpus?: number },
+  o: { name: string; address: string; dataDir: string; memoryMiB?: number; cpus?: number; migrationMode?: MigrationMode },
 ): Promise<HypervisorDriver> {
   const { createDriver } = await import('../drivers/index.ts');
   if (kind === 'sim') return createDriver('sim', { hostname: o.name, address: o.address, memoryMiB: o.memoryMiB, cpus: o.cpus });
-  return createDriver('qemu', { dataDir: join(o.dataDir, 'qemu'), hostname: o.name, address: o.address });
+  return createDriver('qemu', { dataDir: join(o.dataDir, 'qemu'), hostname: o.name, address: o.address, migrationMode: o.migrationMode });
 }
 
 export type StartControl = typeof startControl;

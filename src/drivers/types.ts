@@ -88,8 +88,14 @@ export interface MigrationProgress {
   remainingMiB: number;
 }
 
+/** How a host's VMs leave it: `live`, `paused` for the whole copy, or `auto` (the driver picks the safe one). */
+export type MigrationMode = 'auto' | 'live' | 'paused';
+
 export interface MigrationResult {
+  /** `live`: copied while the guest ran, paused only at the handover. `paused`: paused for the whole copy. */
+  mode: 'live' | 'paused';
   totalMs: number;
+  /** How long the guest could not run. */
   downtimeMs: number;
 }
 

@@ -100,6 +100,11 @@ describe('QEMU faults', { timeout: 600_000 }, () => {
     assert.equal(after.hostId, before.hostId);
     assert.equal(after.phase, 'running');
     assert.deepEqual(qemuOf(before.id), [sourcePid], 'only the source QEMU is left');
+    // Under TCG the guest was paused for the copy: it must run again, not only be said to.
+    const source = (await Promise.all(c.hosts.map(async (h) => ((await h.driver.list()).some((v) => v.id === before.id) ? h : undefined)))).find(Boolean)!;
+    const uptime = async () => Number([...(await source.driver.consoleHistory(before.id)).matchAll(/AWAN-UPTIME ([\d.]+)/g)].at(-1)?.[1] ?? NaN);
+    const failedAt = await uptime();
+    await until(async () => (await uptime()) > failedAt + 1, { timeoutMs: 30_000, what: 'the guest counting on at its source' });
     for (const name of ['mover', 'crashy', 'never-boots', 'rotten']) await c.waitTask((await c.api('DELETE', `/api/v1/vms/${name}`)).body.task.id, 60_000);
     assert.deepEqual(qemuOf(before.id), []);
   });

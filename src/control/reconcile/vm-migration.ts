@@ -61,9 +61,12 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task,
       return;
     }
     await ctx.update(vm, { phase: 'running', message: null }, `migrated from ${src.row.name}`);
-    await tasks.succeed(task.id, `migrated to ${dst.row.name} in ${result.totalMs} ms (downtime ${result.downtimeMs} ms)`, {
+    const mode = result.mode ?? 'live';
+    const how = mode === 'paused' ? ', paused for the whole copy' : '';
+    await tasks.succeed(task.id, `migrated to ${dst.row.name} in ${result.totalMs} ms (downtime ${result.downtimeMs} ms${how})`, {
       from: src.row.id,
       to: dst.row.id,
+      mode,
       totalMs: result.totalMs,
       downtimeMs: result.downtimeMs,
     });

@@ -47,8 +47,9 @@ export const TCG_RAM_PAD_KIB = 8;
  * keeps the TLB in step; QEMU rounds RAM to 8 KiB, so 8 KiB is the least that works. It applies on every
  * QEMU version so that hosts on different versions keep one device model and can migrate to each other.
  * Not covered: memory plugged by virtio-mem (its size is whole blocks, so it keeps the fast path), and a
- * guest writing hard on a host whose CPUs are busy, which TCG still lets lose writes. KVM tracks dirty pages
- * in the kernel and has neither problem.
+ * guest writing hard on a host whose CPUs are busy, which TCG still lets lose writes; that is why TCG hosts
+ * pause guests for their migration (pausesForMigration in driver.ts). KVM tracks dirty pages in the kernel
+ * and has neither problem.
  */
 export function ramKiB(spec: DriverVmSpec, accel: Accel): number {
   return spec.memoryMiB * 1024 + (accel === 'tcg' ? TCG_RAM_PAD_KIB : 0);
@@ -69,6 +70,9 @@ export function qemuArgs(l: QemuLaunch): string[] {
     '-chardev', `socket,id=ser0,path=${esc(paths.serialSocket)},server=on,wait=off,logfile=${esc(paths.serialLog)},logappend=on`,
     '-serial', 'chardev:ser0',
     '-device', `virtio-balloon-pci,id=${BALLOON_ID},deflate-on-oom=on`,
+    // Without the run state in the migration stream the destination starts the guest the moment it has it,
+    // also one paused for the copy (QEMU would otherwise keep it paused there, as it was here).
+    '-global', 'migration.store-global-state=off',
   ];
   const vmemMiB = virtioMemSizeMiB(spec);
   const ram = ramKiB(spec, l.accel);

@@ -8,6 +8,7 @@ import {
   type DriverVmStatus,
   type HostFacts,
   type HypervisorDriver,
+  type MigrationMode,
   type MigrationProgress,
   type MigrationResult,
   type MigrationTarget,
@@ -43,6 +44,8 @@ export interface QemuDriverOptions {
   migrationBandwidthBytes?: number;
   /** The pause QEMU may take to hand a VM over; the default keeps measured downtime under 50 ms. */
   migrationDowntimeLimitMs?: number;
+  /** How migrations leave this host; `auto` (the default) copies live under KVM and paused under TCG. */
+  migrationMode?: MigrationMode;
   probeGuest?: ProbeGuest;
   probeTimeoutMs?: number;
   probeCacheFile?: string;
@@ -55,6 +58,15 @@ export interface QemuDriverOptions {
  * price is more copy rounds, which auto-converge bounds.
  */
 const MIGRATION_DOWNTIME_LIMIT_MS = 30;
+
+/**
+ * A live copy trusts QEMU's dirty-page tracking. Under KVM the kernel tracks them; under TCG QEMU 7.2 tracks
+ * them in its own TLB, racily: a guest writing hard on a host short of CPU time can lose writes on the way
+ * (see ramKiB in args.ts). So TCG pauses the guest for the copy unless told otherwise: slower, never wrong.
+ */
+export function pausesForMigration(mode: MigrationMode, accel: Accel): boolean {
+  return mode === 'paused' || (mode === 'auto' && accel === 'tcg');
+}
 
 export async function createQemuDriver(opts: QemuDriverOptions): Promise<HypervisorDriver> {
   const qemuBinary = opts.qemuBinary ?? 'qemu-system-x86_64';
@@ -289,6 +301,7 @@ class QemuDriver implements HypervisorDriver {
         result = await runMigration(qmp, target.uri, {
           maxBandwidthBytes: this.opts.migrationBandwidthBytes ?? 10 * 1024 ** 3,
           downtimeLimitMs: this.opts.migrationDowntimeLimitMs ?? MIGRATION_DOWNTIME_LIMIT_MS,
+          paused: pausesForMigration(this.opts.migrationMode ?? 'auto', this.accel),
           pollIntervalMs: 100,
           onProgress,
           signal,
@@ -321,6 +334,9 @@ class QemuDriver implements HypervisorDriver {
         await vm.arrived();
         return arrived();
       }
+      // Only a source started without `migration.store-global-state=off` (args.ts) hands over a guest it had
+      // paused for the copy still paused: run it, as the source would have.
+      if (status?.status === 'paused') await qmp.call('cont', undefined).catch(() => undefined);
       if (Date.now() > deadline) throw new DriverError('MIGRATION_FAILED', `${vmId} did not arrive within ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 50));
     }

@@ -160,10 +160,20 @@ export async function reattach(ctx: LifecycleContext, record: VmRecord, paths: V
     await qmp.call('quit', undefined).catch(() => undefined);
     await vm.waitExit(5000);
     return undefined;
+  } else if (status?.status === 'paused' && (await pausedForFailedMigration(qmp))) {
+    // awan pauses a guest only to copy it; that copy failed while no agent watched, so it runs here again.
+    await qmp.call('cont', undefined);
+    vm.state = 'running';
+    await vm.enableStats();
   } else {
     vm.state = 'paused';
   }
   return vm;
+}
+
+async function pausedForFailedMigration(qmp: QmpClient): Promise<boolean> {
+  const info = await qmp.call('query-migrate', undefined).catch(() => undefined);
+  return info?.status === 'failed' || info?.status === 'cancelled';
 }
 
 const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

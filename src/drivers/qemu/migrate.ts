@@ -32,6 +32,11 @@ export interface MigrateOptions {
   maxBandwidthBytes: number;
   /** Pause QEMU allows at switchover. */
   downtimeLimitMs: number;
+  /**
+   * Pause the guest for the whole copy instead of copying while it runs. Safe where the dirty tracking a live
+   * copy relies on cannot be trusted (TCG); the guest is then paused for the whole time the copy takes.
+   */
+  paused: boolean;
   pollIntervalMs: number;
   onProgress?: (p: MigrationProgress) => void;
   signal?: AbortSignal;
@@ -49,7 +54,9 @@ const FAILED = new Set(['failed', 'cancelled']);
 
 /**
  * Sends the VM to `uri` and waits for the outcome. On success the source QEMU is paused ('postmigrate') and
- * the caller retires it; on failure or abort QEMU resumes the guest here by itself.
+ * the caller retires it; on failure or abort the guest runs here again (QEMU resumes a live copy by itself,
+ * a paused one is resumed here). The destination starts the guest as soon as it has it, in both modes
+ * (see `-global migration.store-global-state=off` in args.ts).
  */
 export async function runMigration(qmp: QmpClient, uri: string, opts: MigrateOptions): Promise<MigrationResult> {
   checkMigrationUri(uri);
@@ -79,8 +86,17 @@ export async function runMigration(qmp: QmpClient, uri: string, opts: MigrateOpt
   };
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   let last = 0;
+  /** When the guest was paused before the copy: its downtime is then everything from here to the end. */
+  let pausedAtMs: number | undefined;
+  let startedAtMs = 0;
+  const result = (info: MigrationInfo): MigrationResult => resultOf(info, pausedAtMs === undefined ? undefined : startedAtMs - pausedAtMs);
   try {
     if (opts.signal?.aborted) throw new DriverError('MIGRATION_FAILED', 'migration aborted before it started');
+    if (opts.paused) {
+      pausedAtMs = performance.now();
+      await qmp.call('stop', undefined);
+    }
+    startedAtMs = performance.now();
     await qmp.call('migrate', { uri });
     started = true;
     if (aborted) cancel();
@@ -88,7 +104,7 @@ export async function runMigration(qmp: QmpClient, uri: string, opts: MigrateOpt
       const info = await qmp.call('query-migrate', undefined);
       if (info.status === 'completed') {
         opts.onProgress?.(progressOf(info, last));
-        return resultOf(await withTimes(qmp, info));
+        return result(await withTimes(qmp, info));
       }
       if (FAILED.has(info.status)) {
         const why = aborted ? 'migration aborted' : `migration ${info.status}${info.errorDesc ? `: ${info.errorDesc}` : ''}`;
@@ -104,7 +120,9 @@ export async function runMigration(qmp: QmpClient, uri: string, opts: MigrateOpt
   } catch (err) {
     // A lost answer does not mean a lost migration: if it completed, the guest now runs there, never here too.
     const settled = await settle(qmp);
-    if (settled?.status === 'completed') return resultOf(await withTimes(qmp, settled));
+    if (settled?.status === 'completed') return result(await withTimes(qmp, settled));
+    // QEMU resumes only a guest that ran when the migration began; the one paused for the copy is ours to resume.
+    if (pausedAtMs !== undefined) await qmp.call('cont', undefined).catch(() => undefined);
     if (err instanceof DriverError) throw err;
     throw new DriverError('MIGRATION_FAILED', aborted ? 'migration aborted' : `migration failed: ${String(err)}`);
   } finally {
@@ -112,9 +130,15 @@ export async function runMigration(qmp: QmpClient, uri: string, opts: MigrateOpt
   }
 }
 
-function resultOf(info: MigrationInfo): MigrationResult {
+/**
+ * A live copy's downtime is QEMU's own figure (the final pause). A paused copy's is the whole copy plus the
+ * moment between pausing the guest and starting the migration, which QEMU's total time does not include.
+ */
+function resultOf(info: MigrationInfo, pausedBeforeMs: number | undefined): MigrationResult {
   const totalMs = info.totalTimeMs ?? 0;
-  return { totalMs, downtimeMs: Math.min(info.downtimeMs ?? 0, totalMs) };
+  if (pausedBeforeMs === undefined) return { mode: 'live', totalMs, downtimeMs: Math.min(info.downtimeMs ?? 0, totalMs) };
+  const downtimeMs = Math.round(totalMs + pausedBeforeMs);
+  return { mode: 'paused', totalMs: downtimeMs, downtimeMs };
 }
 
 /** QEMU 7.2 reports 'completed' a moment before it fills in total-time and downtime: ask again briefly. */

@@ -6,7 +6,10 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DriverEvent, DriverVmStatus, HypervisorDriver } from '../types.ts';
 import { createQemuDriver, type QemuDriverOptions } from './index.ts';
+import { freePort } from './migrate.ts';
 import { tapName } from './network.ts';
+import { vmPaths } from './paths.ts';
+import { QmpClient } from './qmp.ts';
 import { guestSpec, trackDrivers, lastGuestMemory, requireGuest, tempDir } from './test-support.ts';
 import { until } from '../../../test/until.ts';
 
@@ -228,6 +231,51 @@ describe('qemu driver', () => {
     assert.equal(vm.state, 'running');
     await driver.consoleWrite('survivor', 'echo alive-$((3*3))\n');
     await until(async () => (await driver.consoleHistory('survivor')).includes('alive-9'), { timeoutMs: 30_000, what: 'echo' });
+  });
+
+  it('migrates live or with the guest paused for the copy, as each host is told, and the guest carries on', T, async () => {
+    const { driver: live } = await newDriver(undefined, { migrationMode: 'live' });
+    const { driver: paused } = await newDriver(undefined, { migrationMode: 'paused' });
+    const spec = guestSpec('mover');
+    await live.start(spec);
+    const lastUptime = async (d: HypervisorDriver) => Number([...(await d.consoleHistory('mover')).matchAll(/AWAN-UPTIME ([\d.]+)/g)].at(-1)?.[1] ?? NaN);
+    for (const [from, to, mode] of [[live, paused, 'live'], [paused, live, 'paused']] as const) {
+      await until(async () => (await lastUptime(from)) > 0, { timeoutMs: 30_000, what: 'the uptime counter' });
+      const before = await lastUptime(from);
+      const result = await from.migrate('mover', await to.prepareIncoming(spec));
+      assert.equal(result.mode, mode);
+      assert.ok(result.totalMs > 0, JSON.stringify(result));
+      // A paused copy keeps the guest from running the whole time; a live one only at the handover.
+      if (mode === 'paused') assert.equal(result.downtimeMs, result.totalMs);
+      else assert.ok(result.downtimeMs < result.totalMs, JSON.stringify(result));
+      // The destination starts the guest as soon as it has it, even one paused for the copy.
+      await until(async () => (await to.status('mover')).state === 'running', { timeoutMs: 5000, intervalMs: 10, what: 'the destination to run the guest by itself' });
+      assert.equal((await to.completeIncoming('mover')).state, 'running');
+      // The guest runs there (a paused guest would not count on) and carries its state (no reboot).
+      await until(async () => (await lastUptime(to)) > before + 1, { timeoutMs: 30_000, what: `the uptime counting on after the ${mode} migration` });
+      assert.deepEqual(await from.list(), []);
+    }
+  });
+
+  it('a guest left paused by a migration that failed while no agent watched runs again on re-attach', T, async () => {
+    const { driver, dataDir } = await newDriver();
+    await driver.start(guestSpec('stranded'));
+    await driver.close();
+    drivers.delete(driver);
+    // What a paused migration does before the agent dies and the destination goes away.
+    const qmp = await QmpClient.connect(vmPaths(dataDir, 'stranded').qmp);
+    try {
+      await qmp.call('stop', undefined);
+      await qmp.call('migrate', { uri: `tcp:127.0.0.1:${await freePort('127.0.0.1')}` }).catch(() => undefined);
+      await until(async () => (await qmp.call('query-migrate', undefined)).status === 'failed', { what: 'the migration to fail' });
+      assert.equal((await qmp.call('query-status', undefined)).status, 'paused');
+    } finally {
+      qmp.close();
+    }
+    const { driver: again } = await newDriver(dataDir);
+    assert.equal((await again.status('stranded')).state, 'running');
+    await again.consoleWrite('stranded', 'echo resumed-$((6*7))\n');
+    await until(async () => (await again.consoleHistory('stranded')).includes('resumed-42'), { timeoutMs: 30_000, what: 'echo' });
   });
 
   it('the guest swaps on a disk that carries a swap signature', T, async () => {

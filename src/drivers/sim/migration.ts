@@ -82,6 +82,7 @@ export function runMigration(
       settle();
       ctx.departed(vm);
       resolve({
+        mode: 'live',
         totalMs: ctx.clock.now() - startedAt,
         downtimeMs: Math.round((Math.min(FINAL_DIRTY_MiB, totalMiB) / ctx.migrateMiBPerS) * 1000),
       });
