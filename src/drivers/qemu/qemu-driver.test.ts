@@ -10,7 +10,7 @@ import { freePort } from './migrate.ts';
 import { tapName } from './network.ts';
 import { vmPaths } from './paths.ts';
 import { QmpClient } from './qmp.ts';
-import { guestSpec, trackDrivers, lastGuestMemory, requireGuest, tempDir } from './test-support.ts';
+import { guestSpec, trackDrivers, lastGuestMemory, lastGuestUptime, requireGuest, tempDir } from './test-support.ts';
 import { until } from '../../../test/until.ts';
 
 const root = tempDir('qd');
@@ -238,7 +238,7 @@ describe('qemu driver', () => {
     const { driver: paused } = await newDriver(undefined, { migrationMode: 'paused' });
     const spec = guestSpec('mover');
     await live.start(spec);
-    const lastUptime = async (d: HypervisorDriver) => Number([...(await d.consoleHistory('mover')).matchAll(/AWAN-UPTIME ([\d.]+)/g)].at(-1)?.[1] ?? NaN);
+    const lastUptime = async (d: HypervisorDriver) => lastGuestUptime(await d.consoleHistory('mover')) ?? NaN;
     for (const [from, to, mode] of [[live, paused, 'live'], [paused, live, 'paused']] as const) {
       await until(async () => (await lastUptime(from)) > 0, { timeoutMs: 30_000, what: 'the uptime counter' });
       const before = await lastUptime(from);

@@ -85,6 +85,12 @@ export function lastGuestMemory(consoleText: string): { totalMiB: number; freeMi
   return last ? { totalMiB: Number(last[1]) / 1024, freeMiB: Number(last[2]) / 1024 } : undefined;
 }
 
+/** The guest prints its uptime every second: the last complete report in the console text, in seconds. */
+export function lastGuestUptime(consoleText: string): number | undefined {
+  const last = [...consoleText.matchAll(/AWAN-UPTIME (\d+(?:\.\d+)?)\r?\n/g)].at(-1);
+  return last ? Number(last[1]) : undefined;
+}
+
 /**
  * The drivers a test file opens: after each test their VMs are deleted and they are closed, and any QEMU
  * left under `root` is killed; after the file, `root` goes too.
