@@ -123,6 +123,12 @@ export async function createControl(config: ControlConfig) {
   });
   metrics.gauge('awan_reconcile_queue_depth', 'Keys waiting in a reconcile queue', ['controller'], (g) => g.set({ controller: 'vms' }, controller.queue.depth));
   const vmsByPhase = metrics.gauge('awan_vms', 'VMs by phase', ['phase'], () => undefined);
+  events.subscribe((e) => {
+    if (e.type !== 'vm.migrated' || !e.data) return;
+    const { mode = 'live', totalMs, downtimeMs } = e.data as { mode?: string; totalMs?: unknown; downtimeMs?: unknown };
+    if (typeof totalMs === 'number') metrics.migrationDuration.observe({ mode }, totalMs / 1000);
+    if (typeof downtimeMs === 'number') metrics.migrationDowntime.observe({ mode }, downtimeMs / 1000);
+  });
 
   const app = await createHttpServer({ log, auth, metrics });
   app.get('/healthz', { schema: { hide: true } }, () => ({ status: 'ok' }));

@@ -160,7 +160,9 @@ describe('VM lifecycle through the API', () => {
     assert.equal((await fetch(`${c.url}/healthz`)).status, 200);
     assert.equal((await fetch(`${c.url}/readyz`)).status, 200);
     const metrics = await (await fetch(`${c.url}/metrics`)).text();
-    for (const name of ['awan_http_request_duration_seconds_bucket', 'awan_hosts{state="ready"} 3', 'awan_vms{phase="running"}', 'awan_heartbeat_lag_seconds', 'awan_reconcile_queue_depth', 'awan_reconcile_errors_total', 'awan_heartbeats_total']) {
+    // Two VMs migrated above, live (the simulator always copies live).
+    const migrations = ['awan_migration_downtime_seconds_count{mode="live"} 2', 'awan_migration_duration_seconds_count{mode="live"} 2'];
+    for (const name of ['awan_http_request_duration_seconds_bucket', 'awan_hosts{state="ready"} 3', 'awan_vms{phase="running"}', 'awan_heartbeat_lag_seconds', 'awan_reconcile_queue_depth', 'awan_reconcile_errors_total', 'awan_heartbeats_total', ...migrations]) {
       assert.ok(metrics.includes(name), `metrics include ${name}`);
     }
     const doc = (await (await fetch(`${c.url}/api/v1/openapi.json`)).json()) as any;

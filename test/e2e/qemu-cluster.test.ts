@@ -321,7 +321,10 @@ describe('a two-host cluster with real QEMU', { timeout: 15 * 60_000 }, () => {
     const vm = (await api('GET', `/api/v1/vms/${vmId}`)).body;
     const dstHost = await host(dst.name);
     // The agents run with the default mode: live under KVM, the guest paused for the copy under TCG.
-    assert.equal(task.result.mode, (await host(src))?.accelerator === 'tcg' ? 'paused' : 'live', JSON.stringify(task.result));
+    const mode = (await host(src))?.accelerator === 'tcg' ? 'paused' : 'live';
+    assert.equal(task.result.mode, mode, JSON.stringify(task.result));
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    assert.ok(metrics.includes(`awan_migration_downtime_seconds_count{mode="${mode}"} 1`), 'the migration is in the metrics');
     assert.equal(vm.hostId, dstHost.id, 'the VM runs on the other host');
     assert.equal(vm.phase, 'running');
     vmHost = dst.name;
