@@ -125,7 +125,7 @@ export async function createControl(config: ControlConfig) {
   const vmsByPhase = metrics.gauge('awan_vms', 'VMs by phase', ['phase'], () => undefined);
   events.subscribe((e) => {
     if (e.type !== 'vm.migrated' || !e.data) return;
-    const { mode = 'live', totalMs, downtimeMs } = e.data as { mode?: string; totalMs?: unknown; downtimeMs?: unknown };
+    const { mode, totalMs, downtimeMs } = e.data as { mode: 'live' | 'paused'; totalMs?: unknown; downtimeMs?: unknown };
     if (typeof totalMs === 'number') metrics.migrationDuration.observe({ mode }, totalMs / 1000);
     if (typeof downtimeMs === 'number') metrics.migrationDowntime.observe({ mode }, downtimeMs / 1000);
   });

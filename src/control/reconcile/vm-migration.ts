@@ -61,7 +61,8 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task,
       return;
     }
     await ctx.update(vm, { phase: 'running', message: null }, `migrated from ${src.row.name}`);
-    const mode = result.mode ?? 'live';
+    // The agent's answer has no schema: the mode becomes a metrics label, so only the two known values pass.
+    const mode = result.mode === 'paused' ? 'paused' : 'live';
     const how = mode === 'paused' ? ', paused for the whole copy' : '';
     await tasks.succeed(task.id, `migrated to ${dst.row.name} in ${result.totalMs} ms (downtime ${result.downtimeMs} ms${how})`, {
       from: src.row.id,
@@ -70,7 +71,7 @@ export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task,
       totalMs: result.totalMs,
       downtimeMs: result.downtimeMs,
     });
-    await events.emit({ type: 'vm.migrated', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} migrated from ${src.row.name} to ${dst.row.name}`, data: { ...result } });
+    await events.emit({ type: 'vm.migrated', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} migrated from ${src.row.name} to ${dst.row.name}`, data: { mode, totalMs: result.totalMs, downtimeMs: result.downtimeMs } });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (handedOver) {
