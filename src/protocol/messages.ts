@@ -99,8 +99,8 @@ export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('cancel'), commandId: Id }, Strict),
   Type.Object({ op: Type.Literal('consoleWrite'), vmId: Id, data: Type.String({ maxLength: 4096 }) }, Strict),
   Type.Object({ op: Type.Literal('consoleHistory'), vmId: Id }, Strict),
-  /** Start or stop streaming a VM's console output to control (only while someone watches it). */
   Type.Object({ op: Type.Literal('growDisk'), vmId: Id, index: Type.Integer({ minimum: 0, maximum: 15 }), sizeMiB: Type.Integer({ minimum: 1 }) }, Strict),
+  /** Start or stop streaming a VM's console output to control (only while someone watches it). */
   Type.Object({ op: Type.Literal('consoleAttach'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('consoleDetach'), vmId: Id }, Strict),
 ]);

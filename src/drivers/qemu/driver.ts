@@ -265,11 +265,7 @@ class QemuDriver implements HypervisorDriver {
           this.incomingNbd.set(spec.id, nbd);
           return { uri, nbd };
         } catch (err) {
-          await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'could not export local disks' });
-          vm.detach();
-          this.vms.delete(spec.id);
-          await removeLocalDisks(spec);
-          await rm(paths.dir, { recursive: true, force: true });
+          await this.retire(vm, 'could not export local disks');
           throw new DriverError('MIGRATION_FAILED', `exporting local disks for ${spec.id}: ${String(err)}`);
         }
       }

@@ -11,9 +11,11 @@ const MIRROR_READY_TIMEOUT_MS = 10 * 60_000;
 
 export const localPool = (dataDir: string) => join(dataDir, 'local-pool');
 
+export const hasLocalDisks = (spec: DriverVmSpec) => spec.disks.some((d) => d.local);
+
 /** The spec with local disk paths made absolute under this host's pool; a path that escapes it is refused. */
 export function resolveLocalDisks(spec: DriverVmSpec, dataDir: string): DriverVmSpec {
-  if (!spec.disks.some((d) => d.local)) return spec;
+  if (!hasLocalDisks(spec)) return spec;
   const pool = localPool(dataDir);
   return {
     ...spec,
@@ -27,8 +29,6 @@ export function resolveLocalDisks(spec: DriverVmSpec, dataDir: string): DriverVm
 }
 
 const localIndexes = (spec: DriverVmSpec) => spec.disks.flatMap((d, i) => (d.local ? [i] : []));
-
-export const hasLocalDisks = (spec: DriverVmSpec) => spec.disks.some((d) => d.local);
 
 /** Destination: serve the incoming VM's local disks over NBD; returns host:port. */
 export async function exportLocalDisks(qmp: QmpClient, spec: DriverVmSpec, address: string): Promise<string> {
