@@ -1,8 +1,9 @@
 // awan demo: Cloud Control plus N servers on this machine, with sample images, ready to use.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Agent } from '../agent/agent.ts';
 import { loadCredentials } from '../agent/credentials.ts';
+import { AppError } from '../control/errors.ts';
 import type { HypervisorDriver } from '../drivers/types.ts';
 import { createLogger } from '../lib/logger.ts';
 import type { StartControl, makeDriver as MakeDriver } from './runtime.ts';
@@ -13,6 +14,8 @@ export interface DemoOptions {
   driver: 'sim' | 'qemu';
   port: number;
   dataDir: string;
+  /** Directories images may come from besides the demo's own. */
+  imageDirs: string[];
   startControl: StartControl;
   makeDriver: typeof MakeDriver;
   onSignal: (stop: () => Promise<void>) => void;
@@ -26,11 +29,16 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     if (!existsSync(passwordFile)) writeFileSync(passwordFile, `${crypto.randomUUID().slice(0, 13)}\n`, { mode: 0o600 });
     process.env.AWAN_ADMIN_PASSWORD = readFileSync(passwordFile, 'utf8').trim();
   }
+  const poolDir = join(o.dataDir, 'pool');
+  // The demo's images come from its own directories: the sample files (sim) or the test guest (qemu).
+  const guest = o.driver === 'qemu' ? await ensureGuest() : undefined;
+  const ownDirs = guest ? [...new Set([dirname(guest.kernel), dirname(guest.initrd)])] : [join(o.dataDir, 'images')];
   const { control, url } = await o.startControl({
     db: `sqlite:${join(o.dataDir, 'awan.db')}`,
     port: o.port,
     host: '127.0.0.1',
-    poolDir: join(o.dataDir, 'pool'),
+    poolDir,
+    imageDirs: [poolDir, ...ownDirs, ...o.imageDirs],
     // Real VMs need something to boot: the test guest, unless a VM names another image.
     defaultImage: o.driver === 'qemu' ? 'test-guest' : undefined,
   });
@@ -47,7 +55,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     agents.push({ agent, driver });
   }
 
-  await addSampleImages(o, control.images);
+  await addSampleImages(o, control.images, guest);
 
   console.log(`
 awan demo is running: ${o.hosts} ${o.driver} hosts
@@ -68,21 +76,31 @@ Ctrl-C stops everything.`);
   });
 }
 
-async function addSampleImages(o: DemoOptions, images: import('../control/features/images/service.ts').ImageService): Promise<void> {
+type Guest = Awaited<ReturnType<typeof ensureGuest>>;
+
+async function addSampleImages(o: DemoOptions, images: import('../control/features/images/service.ts').ImageService, guest: Guest | undefined): Promise<void> {
   const existing = new Set((await images.list()).map((i) => i.name));
-  if (o.driver === 'qemu') {
+  if (guest) {
     if (existing.has('test-guest')) return;
-    const guest = await ensureGuest();
     await images.create({ name: 'test-guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, readyText: 'AWAN-BOOTED', os: 'busybox' });
     return;
   }
-  // Simulated hosts read no disk; the sample images are small placeholder files so the catalogue is real.
+  // Simulated hosts read no disk; the sample images are sparse placeholder files (no space used) of their
+  // nominal size, so the catalogue is real and qemu-img reports that size.
   const dir = join(o.dataDir, 'images');
   mkdirSync(dir, { recursive: true });
   for (const [name, os, sizeMiB] of [['debian-12', 'debian', 2048], ['ubuntu-24.04', 'ubuntu', 3072], ['alpine-3.20', 'alpine', 256]] as const) {
     if (existing.has(name)) continue;
     const path = join(dir, `${name}.raw`);
     if (!existsSync(path)) writeFileSync(path, '');
-    await images.create({ name, format: 'raw', path, sizeMiB, os });
+    truncateSync(path, sizeMiB * 1024 * 1024);
+    try {
+      await images.create({ name, format: 'raw', path, os });
+    } catch (err) {
+      // Images are checked with qemu-img, and never accepted unchecked: without it the demo runs without samples.
+      if (!(err instanceof AppError && err.code === 'UNAVAILABLE')) throw err;
+      console.warn(`sample images skipped: ${err.message}`);
+      return;
+    }
   }
 }

@@ -16,7 +16,10 @@ const intOption = (v: string) => {
   return n;
 };
 
-async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string }) {
+/** Collects a repeatable option's values. */
+const collect = (v: string, previous: string[]) => [...previous, v];
+
+async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string }) {
   const log = await createLogger('control');
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
@@ -24,6 +27,7 @@ async function startControl(opts: { db: string; port: number; host: string; hear
     adminPassword: process.env.AWAN_ADMIN_PASSWORD,
     heartbeatIntervalMs: opts.heartbeatMs,
     poolDir: opts.poolDir,
+    imageDirs: opts.imageDirs,
     memoryOvercommit: opts.overcommit,
     policy: opts.policy,
     defaultImage: opts.defaultImage,
@@ -56,12 +60,14 @@ export function registerRuntimeCommands(program: Command): void {
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .addOption(new Option('--db <url>', 'sqlite:PATH or postgres://…').env('AWAN_DB').default('sqlite:./data/awan.db'))
     .option('--pool-dir <dir>', 'shared pool directory for VM disks', './data/pool')
+    .option('--image-dir <dir>', 'a directory images may be registered from (repeatable; default: the pool directory)', collect, [])
     .option('--memory-overcommit <ratio>', 'memory the scheduler may promise per MiB of host RAM', parseFloat, 1.0)
     .option('--heartbeat-ms <ms>', 'agent heartbeat interval; a host is unreachable after 2.5 missed beats', intOption, 1000)
     .option('--default-image <name>', 'image of VMs created without one')
     .addOption(new Option('--placement <policy>', 'spread VMs over hosts, or pack them to leave hosts empty').choices(['spread', 'pack']).default('spread'))
-    .action(async (o: { port: number; host: string; db: string; poolDir: string; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string }) => {
-      const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), overcommit: o.memoryOvercommit, policy: o.placement });
+    .action(async (o: { port: number; host: string; db: string; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string }) => {
+      const imageDirs = o.imageDir.map((d) => resolve(d));
+      const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), imageDirs, overcommit: o.memoryOvercommit, policy: o.placement });
       if (generatedAdminPassword) console.log(`first start: user admin, password ${generatedAdminPassword} (shown once)`);
       console.log(`awan control serving on ${url}`);
       onSignal(() => control.close());
@@ -106,9 +112,10 @@ export function registerRuntimeCommands(program: Command): void {
     .addOption(new Option('--driver <kind>', 'hypervisor driver').choices(['sim', 'qemu']).default('sim'))
     .addOption(new Option('--port <port>', 'port to listen on').env('AWAN_PORT').default(8080).argParser(intOption))
     .option('--data-dir <dir>', 'where the demo keeps its state', './data/demo')
-    .action(async (o: { hosts: number; driver: 'sim' | 'qemu'; port: number; dataDir: string }) => {
+    .option('--image-dir <dir>', 'another directory images may be registered from (repeatable)', collect, [])
+    .action(async (o: { hosts: number; driver: 'sim' | 'qemu'; port: number; dataDir: string; imageDir: string[] }) => {
       const { runDemo } = await import('./demo.ts');
-      await runDemo({ ...o, dataDir: resolve(o.dataDir), startControl, makeDriver, onSignal });
+      await runDemo({ ...o, dataDir: resolve(o.dataDir), imageDirs: o.imageDir.map((d) => resolve(d)), startControl, makeDriver, onSignal });
     });
 }
 

@@ -1,6 +1,6 @@
 // Cloud Control assembled from its parts: store, services, reconcilers and the HTTP API. No module-level
 // state: every instance is independent (tests run several in one process).
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { type Logger, createLogger } from '../lib/logger.ts';
 import type { VmSpecMsg } from '../protocol/messages.ts';
 import { agentGateway } from './features/agents/gateway.ts';
@@ -12,7 +12,10 @@ import { HostRegistry } from './features/hosts/registry.ts';
 import { hostRoutes } from './features/hosts/routes.ts';
 import { createHostService } from './features/hosts/service.ts';
 import { imageRoutes } from './features/images/routes.ts';
+import { createImageDirs } from './features/images/image-dirs.ts';
+import { removeImported } from './features/images/import.ts';
 import { createImageInspector } from './features/images/inspect.ts';
+import type { QemuImgOptions } from './features/images/qemu-img.ts';
 import { type ImageInspector, createImageService } from './features/images/service.ts';
 import { taskRoutes } from './features/tasks/routes.ts';
 import { createTaskService } from './features/tasks/service.ts';
@@ -37,6 +40,13 @@ export interface ControlConfig {
   policy?: PlacementPolicy;
   /** Where VM disks are created: a path every host sees (the shared pool). */
   poolDir?: string;
+  /**
+   * The only directories image files (disks, their backing files, kernels, initrds) may come from, compared
+   * by real path. The pool directory when none is given.
+   */
+  imageDirs?: string[];
+  /** How images are checked with qemu-img (binary, timeout, limits). */
+  qemuImg?: QemuImgOptions;
   resyncIntervalMs?: number;
   log?: Logger;
   inspectImage?: ImageInspector;
@@ -59,7 +69,13 @@ export async function createControl(config: ControlConfig) {
   const registry = new HostRegistry({ db, events, capacity, log, heartbeatIntervalMs });
   const poolDir = config.poolDir ?? join(process.cwd(), 'data', 'pool');
   const volumes = createVolumes(poolDir);
-  const images = createImageService({ db, events, inspect: config.inspectImage ?? createImageInspector({ poolDir, log }) });
+  const imageDirs = createImageDirs((config.imageDirs?.length ? config.imageDirs : [poolDir]).map((d) => resolve(d)));
+  const images = createImageService({
+    db, events,
+    inspect: config.inspectImage ?? createImageInspector({ imageDirs, poolDir, qemuImg: config.qemuImg }),
+    // The image is gone from the catalogue either way; a copy that cannot be deleted is only logged.
+    discard: (path) => removeImported(poolDir, path).catch((err: unknown) => log.warn({ err, path }, 'could not delete an imported image file')),
+  });
 
   async function buildSpec(vm: VmRow): Promise<VmSpecMsg> {
     const image = vm.image_id ? await images.find(vm.image_id) : undefined;

@@ -61,6 +61,8 @@ export interface ImagesTable {
   ready_text: string | null;
   size_mib: number;
   os: string | null;
+  /** 1 when the file is control's copy in the pool (deleted with the image). */
+  imported: Generated<number>;
   created_at: string;
 }
 

@@ -1,57 +1,74 @@
-// Checks an image before it enters the catalogue: qemu-img reads its real format and size (a corrupt or
-// unknown file is refused), and an import copies it into the shared pool.
-import { copyFile, mkdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { inspectImage } from '../../../drivers/qemu/images.ts';
-import { DriverError } from '../../../drivers/types.ts';
-import type { Logger } from '../../../lib/logger.ts';
+// Checks an image before it enters the catalogue, failing closed: every file it names must be a regular file
+// in an image directory, qemu-img (run with the declared format, under limits) must read it, and its backing
+// chain is walked one checked file at a time. An import then copies the checked file into the pool.
+import { stat } from 'node:fs/promises';
 import { AppError } from '../../errors.ts';
+import { checkHeader } from './header.ts';
+import type { ImageDirs } from './image-dirs.ts';
+import { importImage } from './import.ts';
+import { type QemuImgInfo, type QemuImgOptions, qemuImgInfo } from './qemu-img.ts';
 import type { CreateImage, ImageInspector } from './service.ts';
 
 const MiB = 1024 * 1024;
+/** Deeper chains are refused: each layer costs a qemu-img run, and QEMU itself slows down on long chains. */
+const MAX_BACKING_DEPTH = 16;
 
-export function createImageInspector({ poolDir, log }: { poolDir: string; log: Logger }): ImageInspector {
-  let warned = false;
-  return async (img) => {
+export function createImageInspector({ imageDirs, poolDir, qemuImg }: { imageDirs: ImageDirs; poolDir: string; qemuImg?: QemuImgOptions }): ImageInspector {
+  return async (img: CreateImage) => {
     if (img.format === 'kernel') {
-      const sizes = await Promise.all([img.kernelPath!, img.initrdPath!].map((p) => fileSize(p)));
-      return { sizeMiB: Math.ceil((sizes[0] + sizes[1]) / MiB) };
+      const kernelPath = await imageDirs.resolve(img.kernelPath!, 'kernel');
+      const initrdPath = await imageDirs.resolve(img.initrdPath!, 'initrd');
+      const sizes = await Promise.all([kernelPath, initrdPath].map(async (p) => (await stat(p)).size));
+      return { sizeMiB: Math.ceil((sizes[0] + sizes[1]) / MiB), kernelPath, initrdPath };
     }
-    const path = img.path!;
-    let sizeMiB: number;
-    try {
-      const info = await inspectImage(path);
-      if (info.format !== img.format) {
-        throw new AppError('IMAGE_INVALID', `${path} is a ${info.format} image, not ${img.format}`, { path, format: info.format });
-      }
-      if (info.backingPath) throw new AppError('IMAGE_INVALID', `${path} is an overlay of ${info.backingPath}; import a standalone image`);
-      sizeMiB = Math.ceil(info.virtualSizeBytes / MiB);
-    } catch (err) {
-      if (err instanceof DriverError && err.code === 'IMAGE_INVALID') throw new AppError('IMAGE_INVALID', err.message, { path });
-      if (!(err instanceof DriverError)) throw err;
-      // No qemu-img on this control machine (a simulated demo): accept the file on its existence alone.
-      if (!warned) log.warn({ err: err.message }, 'images are not checked: qemu-img is missing (apt-get install qemu-utils)');
-      warned = true;
-      await fileSize(path);
-      sizeMiB = img.sizeMiB ?? 0;
+    const path = await imageDirs.resolve(img.path!, 'image');
+    const info = await readLayer(path, img.format, qemuImg);
+    if (info['full-backing-filename'] !== undefined || info['backing-filename'] !== undefined) {
+      // A copy of an overlay would resolve a relative backing name against the pool: another file.
+      if (img.import) throw new AppError('IMAGE_INVALID', `${path} is an overlay; import a standalone image`, { path });
+      await checkBackingChain(path, info, imageDirs, qemuImg);
     }
-    if (!img.import) return { sizeMiB };
-    const dir = join(poolDir, 'images');
-    await mkdir(dir, { recursive: true });
-    const target = join(dir, `${img.name}.${img.format}`);
-    await copyFile(path, target);
-    return { sizeMiB, path: target };
+    const sizeMiB = Math.ceil(info['virtual-size'] / MiB);
+    if (!img.import) return { sizeMiB, path };
+    return { sizeMiB, path: await importImage(path, poolDir, img.name, img.format), imported: true };
   };
 }
 
-async function fileSize(path: string): Promise<number> {
-  try {
-    const s = await stat(path);
-    if (!s.isFile()) throw new AppError('IMAGE_INVALID', `${path} is not a file`, { path });
-    return s.size;
-  } catch (err) {
-    if (err instanceof AppError) throw err;
-    throw new AppError('IMAGE_INVALID', `${path} does not exist or cannot be read`, { path });
+async function readLayer(path: string, format: 'qcow2' | 'raw', qemuImg: QemuImgOptions | undefined): Promise<QemuImgInfo> {
+  await checkHeader(path, format);
+  const info = await qemuImgInfo(path, format, qemuImg);
+  const data = info['format-specific']?.data;
+  if (data?.corrupt === true) throw new AppError('IMAGE_INVALID', `${path} is marked corrupt`, { path });
+  if (data?.['data-file'] !== undefined) {
+    throw new AppError('IMAGE_INVALID', `${path} keeps its data in an external data file; import a self-contained image`, { path, dataFile: data['data-file'] });
+  }
+  return info;
+}
+
+/** Each backing file must itself pass the image checks, and its format must be recorded, not guessed. */
+async function checkBackingChain(top: string, info: QemuImgInfo, imageDirs: ImageDirs, qemuImg: QemuImgOptions | undefined): Promise<void> {
+  const seen = new Set([top]);
+  let layer = info;
+  let of = top;
+  for (let depth = 1; ; depth++) {
+    const name = layer['full-backing-filename'] ?? layer['backing-filename'];
+    if (name === undefined) return;
+    const format = layer['backing-filename-format'];
+    if (format !== 'qcow2' && format !== 'raw') {
+      throw new AppError('IMAGE_INVALID', `${of} names its backing file ${name} ${format ? `as ${format}, which is not qcow2 or raw` : 'without its format'}`, { path: of, backing: name });
+    }
+    if (depth > MAX_BACKING_DEPTH) throw new AppError('IMAGE_INVALID', `${top} has more than ${MAX_BACKING_DEPTH} backing files`, { path: top });
+    let backing: string;
+    try {
+      backing = await imageDirs.resolve(name, 'backing file');
+    } catch (err) {
+      if (err instanceof AppError) throw new AppError(err.code, `${of}: ${err.message}`, { ...err.details, of });
+      throw err;
+    }
+    if (seen.has(backing)) throw new AppError('IMAGE_INVALID', `${top} has a backing chain that loops through ${backing}`, { path: top });
+    seen.add(backing);
+    layer = await readLayer(backing, format, qemuImg);
+    of = backing;
   }
 }
 

@@ -1,5 +1,4 @@
 // Images: bootable templates (a qcow2/raw disk, or a kernel and initrd) that VMs are created from.
-import { existsSync } from 'node:fs';
 import type { Kysely } from 'kysely';
 import { type Static, Type } from 'typebox';
 import { newId } from '../../../lib/ids.ts';
@@ -18,6 +17,7 @@ export const ImageSchema = Type.Object({
   readyText: Type.Union([Type.String(), Type.Null()]),
   sizeMiB: Type.Integer(),
   os: Type.Union([Type.String(), Type.Null()]),
+  imported: Type.Boolean({ description: 'the file is a copy in the shared pool, deleted with the image' }),
   createdAt: Type.String(),
 });
 export type Image = Static<typeof ImageSchema>;
@@ -51,13 +51,23 @@ export const imageFromRow = (r: ImageRow): Image => ({
   readyText: r.ready_text,
   sizeMiB: r.size_mib,
   os: r.os,
+  imported: r.imported !== 0,
   createdAt: r.created_at,
 });
 
-/** Checks an image file and returns its size, and its new path when it was imported into the pool. */
-export type ImageInspector = (img: CreateImage) => Promise<{ sizeMiB: number; path?: string }>;
+/**
+ * Checks an image's files and returns its size and the canonical paths to record (the ones that were
+ * checked); an import returns its copy in the pool and `imported`.
+ */
+export type ImageInspector = (img: CreateImage) => Promise<{ sizeMiB: number; path?: string; kernelPath?: string; initrdPath?: string; imported?: boolean }>;
 
-export function createImageService({ db, events, inspect }: { db: Kysely<Database>; events: EventService; inspect?: ImageInspector }) {
+export function createImageService({ db, events, inspect, discard }: {
+  db: Kysely<Database>;
+  events: EventService;
+  inspect: ImageInspector;
+  /** Deletes an imported copy once its image is gone. */
+  discard: (path: string) => Promise<void>;
+}) {
   async function find(idOrName: string): Promise<ImageRow> {
     const row = await db.selectFrom('images').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).executeTakeFirst();
     if (!row) throw notFound('IMAGE_NOT_FOUND', 'image', idOrName);
@@ -75,26 +85,30 @@ export function createImageService({ db, events, inspect }: { db: Kysely<Databas
       if (body.format === 'kernel' ? !body.kernelPath || !body.initrdPath || body.path : !body.path || body.kernelPath || body.initrdPath || body.readyText) {
         throw new AppError('VALIDATION_FAILED', body.format === 'kernel' ? 'a kernel image needs kernelPath and initrdPath and no path' : `a ${body.format} image needs path only`);
       }
-      for (const p of [body.path, body.kernelPath, body.initrdPath]) {
-        if (p && inspect === undefined && !existsSync(p)) throw new AppError('VALIDATION_FAILED', `file ${p} does not exist`, { path: p });
-      }
       const taken = await db.selectFrom('images').select('id').where('name', '=', body.name).executeTakeFirst();
       if (taken) throw new AppError('NAME_TAKEN', `an image named ${body.name} already exists`, { name: body.name });
-      const checked = inspect ? await inspect(body) : { sizeMiB: body.sizeMiB ?? 0 };
+      const checked = await inspect(body);
       const row: ImageRow = {
         id: newId(),
         name: body.name,
         format: body.format,
         path: checked.path ?? body.path ?? null,
-        kernel_path: body.kernelPath ?? null,
-        initrd_path: body.initrdPath ?? null,
+        kernel_path: checked.kernelPath ?? body.kernelPath ?? null,
+        initrd_path: checked.initrdPath ?? body.initrdPath ?? null,
         cmdline: body.cmdline ?? null,
         ready_text: body.readyText ?? null,
         size_mib: checked.sizeMiB,
         os: body.os ?? null,
+        imported: checked.imported ? 1 : 0,
         created_at: new Date().toISOString(),
       };
-      await db.insertInto('images').values(row).execute();
+      try {
+        await db.insertInto('images').values(row).execute();
+      } catch (err) {
+        // No catalogue entry, no copy: a refused insert (a name taken meanwhile) leaves the pool as it was.
+        if (checked.imported && row.path) await discard(row.path);
+        throw err;
+      }
       await events.emit({ type: 'image.created', objectKind: 'image', objectId: row.id, message: `image ${row.name} created` });
       return imageFromRow(row);
     },
@@ -103,6 +117,8 @@ export function createImageService({ db, events, inspect }: { db: Kysely<Databas
       const user = await db.selectFrom('vms').select('name').where('image_id', '=', row.id).executeTakeFirst();
       if (user) throw new AppError('IMAGE_IN_USE', `image ${row.name} is used by VM ${user.name}`, { vm: user.name });
       await db.deleteFrom('images').where('id', '=', row.id).execute();
+      // The pool's copy goes with its image; a file registered by path belongs to whoever put it there.
+      if (row.imported && row.path) await discard(row.path);
       await events.emit({ type: 'image.deleted', objectKind: 'image', objectId: row.id, message: `image ${row.name} deleted` });
     },
   };
