@@ -223,7 +223,7 @@ describe('awan CLI against a cluster', () => {
   });
 
   it('registers, shows and deletes an image', async () => {
-    const file = join(config, 'disk.raw');
+    const file = join(c.dir, 'disk.raw'); // the cluster's directory is its image directory
     writeFileSync(file, Buffer.alloc(2 * 1024 * 1024));
     assert.match(await ok('image', 'create', 'tiny', '--format', 'raw', '--path', file, '--os', 'none'), /^image tiny registered/);
     assert.equal((await json<{ name: string; format: string }>('image', 'show', 'tiny')).format, 'raw');

@@ -35,7 +35,13 @@ describe('images', () => {
     const mislabelled = await c.api('POST', '/api/v1/images', { name: 'x1', format: 'qcow2', path: raw });
     assert.equal(mislabelled.status, 422);
     assert.equal(mislabelled.body.error.code, 'IMAGE_INVALID');
-    assert.match(mislabelled.body.error.message, /is a raw image, not qcow2/);
+    assert.match(mislabelled.body.error.message, /is not a qcow2 image/);
+    const qcow2 = join(c.dir, 'really.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', qcow2, '16M']);
+    const asRaw = await c.api('POST', '/api/v1/images', { name: 'x4', format: 'raw', path: qcow2 });
+    assert.equal(asRaw.status, 422);
+    assert.equal(asRaw.body.error.code, 'IMAGE_INVALID');
+    assert.match(asRaw.body.error.message, /is a qcow2 image, not raw/);
 
     const corrupt = join(c.dir, 'corrupt.qcow2');
     const header = Buffer.alloc(512);

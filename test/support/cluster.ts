@@ -43,7 +43,9 @@ export interface ClusterOptions<D extends HypervisorDriver> {
 export async function startCluster<D extends HypervisorDriver = SimDriver>(opts: ClusterOptions<D> = {}): Promise<Cluster<D>> {
   const dir = mkdtempSync(join(tmpdir(), 'awan-test-'));
   const log = createLogger('test', process.env.AWAN_TEST_LOG ?? 'silent');
-  const control = await createControl({ db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control });
+  // Tests make their image files in the cluster's own directory; more image directories come from opts.control.
+  const imageDirs = [dir, ...(opts.control?.imageDirs ?? [])];
+  const control = await createControl({ db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control, imageDirs });
   await control.start();
   await control.app.listen({ port: 0, host: '127.0.0.1' });
   const address = control.app.server.address();
