@@ -29,8 +29,8 @@ describe('imported images', () => {
       const r = await c.api('POST', '/api/v1/images', { name, format: 'raw', path: from, import: true });
       assert.equal(r.status, 201, JSON.stringify(r.body));
       assert.equal(r.body.path, join(c.dir, 'pool', 'images', `${name}.raw`));
-      assert.equal(r.body.imported, true);
       assert.equal(modeOf(r.body.path).toString(8), '644', `${name}: the copy's mode`);
+      assert.equal(r.body.imported, true);
       assert.deepEqual(readFileSync(r.body.path), readFileSync(from));
       assert.equal(modeOf(from), mode, 'the source is untouched');
     }
@@ -42,13 +42,13 @@ describe('imported images', () => {
     const byPath = await c.api('POST', '/api/v1/images', { name: 'in-place', format: 'raw', path: from });
     assert.equal(copy.status, 201, JSON.stringify(copy.body));
     assert.equal(byPath.status, 201, JSON.stringify(byPath.body));
-    assert.equal(byPath.body.imported, false);
     assert.ok(existsSync(copy.body.path));
 
     assert.equal((await c.api('DELETE', '/api/v1/images/copied')).status, 204);
     assert.equal(existsSync(copy.body.path), false, 'the pool copy is gone');
     assert.equal((await c.api('DELETE', '/api/v1/images/in-place')).status, 204);
     assert.ok(existsSync(from), 'the file registered by path stays');
+    assert.deepEqual([copy.body.imported, byPath.body.imported], [true, false]);
   });
 
   it('leaves a file already in the pool alone instead of overwriting it (409), and leaves no partial copy', async () => {
