@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { createTestNetwork, removeTestNetwork, type TestNetwork } from '../support/netns.ts';
@@ -235,7 +235,7 @@ describe('a two-host cluster with real QEMU', { timeout: 15 * 60_000 }, () => {
   let viewer: ConsoleViewer;
 
   step('two hosts join and are ready with the qemu driver', async () => {
-    awan('control', net.bridgeNs, ['serve', '--host', net.bridgeAddress, '--port', String(PORT), '--db', `sqlite:${join(dir, 'awan.db')}`, '--pool-dir', join(dir, 'pool')]);
+    awan('control', net.bridgeNs, ['serve', '--host', net.bridgeAddress, '--port', String(PORT), '--db', `sqlite:${join(dir, 'awan.db')}`, '--pool-dir', join(dir, 'pool'), '--image-dir', dirname(guest.kernelPath), '--image-dir', dirname(guest.initrdPath)]);
     await until(async () => (await fetch(`${url}/healthz`)).ok, { timeoutMs: 60_000, what: 'control up', ...POLL });
     const login = await fetch(`${url}/api/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'admin', password: PASSWORD }) });
     assert.equal(login.status, 200);

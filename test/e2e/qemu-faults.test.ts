@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ensureGuest } from '../../src/cli/guest.ts';
 import { createQemuDriver } from '../../src/drivers/qemu/index.ts';
@@ -27,6 +27,7 @@ describe('QEMU faults', { timeout: 600_000 }, () => {
       // A slow migration link, so the test can take the target away while memory is still being sent.
       makeDriver: (name, dataDir) =>
         createQemuDriver({ dataDir, hostname: name, address: '127.0.0.1', accel: 'tcg', bootTimeoutMs: 60_000, migrationBandwidthBytes: 2 * 1024 * 1024 }),
+      control: { imageDirs: [dirname(guest.kernel), dirname(guest.initrd)] },
     });
     const image = await c.api('POST', '/api/v1/images', { name: 'guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, readyText: 'AWAN-BOOTED' });
     assert.equal(image.status, 201, JSON.stringify(image.body));
