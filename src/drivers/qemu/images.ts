@@ -16,13 +16,19 @@ export interface ImageInfo {
 
 const MiB = 1024 * 1024;
 
+/** Reading metadata is quick on any sane image; creating, checking and resizing may touch the whole file. */
+const INFO_TIMEOUT_MS = 30_000;
+const WORK_TIMEOUT_MS = 10 * 60_000;
+
 async function qemuImg(args: string[], what: string): Promise<string> {
+  const timeoutMs = args[0] === 'info' ? INFO_TIMEOUT_MS : WORK_TIMEOUT_MS;
   try {
-    const { stdout } = await run('qemu-img', args, { maxBuffer: 16 * MiB });
+    const { stdout } = await run('qemu-img', args, { maxBuffer: 16 * MiB, timeout: timeoutMs, killSignal: 'SIGKILL' });
     return stdout;
   } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    const e = err as NodeJS.ErrnoException & { stderr?: string; killed?: boolean };
     if (e.code === 'ENOENT') throw new DriverError('INTERNAL', 'qemu-img is not installed (apt-get install qemu-utils)');
+    if (e.killed) throw new DriverError('IMAGE_INVALID', `${what}: qemu-img did not finish within ${timeoutMs / 1000} s`);
     throw new DriverError('IMAGE_INVALID', `${what}: ${(e.stderr ?? e.message).trim()}`);
   }
 }
