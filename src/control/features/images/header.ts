@@ -9,12 +9,16 @@ const EXTERNAL_DATA_FILE = 1n << 2n;
 
 export async function checkHeader(path: string, format: 'qcow2' | 'raw'): Promise<void> {
   const header = Buffer.alloc(80);
-  const file = await open(path, 'r');
   let length: number;
   try {
-    ({ bytesRead: length } = await file.read(header, 0, header.length, 0));
-  } finally {
-    await file.close();
+    const file = await open(path, 'r');
+    try {
+      ({ bytesRead: length } = await file.read(header, 0, header.length, 0));
+    } finally {
+      await file.close();
+    }
+  } catch (err) {
+    throw new AppError('IMAGE_INVALID', `${path} cannot be read: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { path });
   }
   const isQcow2 = length >= 8 && header.readUInt32BE(0) === QCOW2_MAGIC;
   // A raw disk that starts like a qcow2 is almost surely a mislabelled qcow2: the guest would see its

@@ -1,6 +1,6 @@
 // Image routes.
 import { Type } from 'typebox';
-import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
+import { type App, ErrorBody, IdParams, errors, requireRole } from '../../http/types.ts';
 import { CreateImageBody, ImageSchema, type ImageService } from './service.ts';
 
 export function imageRoutes(app: App, images: ImageService): void {
@@ -10,7 +10,8 @@ export function imageRoutes(app: App, images: ImageService): void {
     nextCursor: null,
   }));
   app.get('/api/v1/images/:id', { schema: { tags, params: IdParams, response: { 200: ImageSchema, ...errors } } }, (req) => images.get(req.params.id));
-  app.post('/api/v1/images', { schema: { tags, body: CreateImageBody, response: { 201: ImageSchema, ...errors } } }, async (req, reply) => {
+  // 503: control cannot check disk images (qemu-img or prlimit missing), so it accepts none.
+  app.post('/api/v1/images', { schema: { tags, body: CreateImageBody, response: { 201: ImageSchema, ...errors, 503: ErrorBody } } }, async (req, reply) => {
     // A path names a file on the servers, which then ends up inside a guest: only admins may choose one.
     requireRole(req.principal, 'admin');
     return reply.code(201).send(await images.create(req.body));

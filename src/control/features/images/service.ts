@@ -32,7 +32,7 @@ export const CreateImageBody = Type.Object(
     initrdPath: Type.Optional(Path),
     cmdline: Type.Optional(Type.String({ maxLength: 1024 })),
     readyText: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'console text that proves a kernel image booted; starts wait for it' })),
-    sizeMiB: Type.Optional(Type.Integer({ minimum: 0 })),
+    sizeMiB: Type.Optional(Type.Integer({ minimum: 0, description: 'ignored: the size is read from the image files' })),
     os: Type.Optional(Type.String({ maxLength: 63 })),
     import: Type.Optional(Type.Boolean({ description: 'copy the file into the shared pool instead of using it in place' })),
   },
