@@ -1,6 +1,5 @@
 // The awan client commands run as a real child process against an in-process cluster of 3 simulated hosts.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -8,17 +7,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { mib, table } from '../src/cli/commands/output.ts';
 import { bar } from '../src/cli/commands/progress.ts';
+import { cliRunner } from './support/cli.ts';
 import { type Cluster, startCluster } from './support/cluster.ts';
 import { until } from './until.ts';
-
-const root = join(import.meta.dirname, '..');
-const main = join(root, 'src', 'cli', 'main.ts');
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 interface VmJson {
   id: string;
@@ -49,39 +40,8 @@ describe('awan CLI helpers', () => {
 describe('awan CLI against a cluster', () => {
   let c: Cluster;
   let config: string;
-  const children = new Set<ChildProcess>();
-
-  // Only what the test chooses: a developer's own AWAN_TOKEN or AWAN_PASSWORD must not leak in.
-  function env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-    const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AWAN_')));
-    return { ...base, XDG_CONFIG_HOME: config, AWAN_SERVER: c.url, ...extra };
-  }
-
-  function awan(args: string[], extraEnv: Record<string, string> = {}): Promise<Run> {
-    return new Promise((resolve, reject) => {
-      // stdin ignored: the CLI sees no terminal, as in a script.
-      const child = spawn(process.execPath, ['--import', 'tsx', main, ...args], { cwd: root, env: env(extraEnv), stdio: ['ignore', 'pipe', 'pipe'] });
-      children.add(child);
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-      child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-      child.on('error', reject);
-      child.on('close', (code) => {
-        children.delete(child);
-        resolve({ code, stdout, stderr });
-      });
-    });
-  }
-
-  /** Runs a command that must succeed and returns its stdout. */
-  async function ok(...args: string[]): Promise<string> {
-    const r = await awan(args);
-    assert.equal(r.code, 0, `awan ${args.join(' ')} failed:\n${r.stderr}${r.stdout}`);
-    return r.stdout;
-  }
-
-  const json = async <T>(...args: string[]): Promise<T> => JSON.parse(await ok(...args, '--json')) as T;
+  const cli = cliRunner(() => ({ XDG_CONFIG_HOME: config, AWAN_SERVER: c.url }));
+  const { awan, ok, json } = cli;
 
   /** A mutating command prints `task ID …` first; return the id. */
   async function taskOf(...args: string[]): Promise<string> {
@@ -103,7 +63,7 @@ describe('awan CLI against a cluster', () => {
   });
 
   after(async () => {
-    for (const child of children) child.kill('SIGKILL');
+    cli.close();
     await c?.close();
     rmSync(config, { recursive: true, force: true });
   });
@@ -111,7 +71,7 @@ describe('awan CLI against a cluster', () => {
   it('login without a password and without a terminal fails with a clear message', async () => {
     const r = await awan(['login']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /no password given: pass --password, set AWAN_PASSWORD/);
+    assert.match(r.stderr, /^error BAD_REQUEST: no password given: type it when asked, pipe it on standard input/m);
   });
 
   it('login with a wrong password says so', async () => {
@@ -132,8 +92,8 @@ describe('awan CLI against a cluster', () => {
   });
 
   it('AWAN_PASSWORD works for login and AWAN_TOKEN overrides the stored token', async () => {
-    assert.equal((await awan(['login'], { AWAN_PASSWORD: 'admin-password' })).code, 0);
-    const r = await awan(['host', 'list'], { AWAN_TOKEN: 'not-a-token' });
+    assert.equal((await awan(['login'], { env: { AWAN_PASSWORD: 'admin-password' } })).code, 0);
+    const r = await awan(['host', 'list'], { env: { AWAN_TOKEN: 'not-a-token' } });
     assert.equal(r.code, 1);
     assert.match(r.stderr, /^error UNAUTHORIZED: /m);
   });
@@ -236,17 +196,13 @@ describe('awan CLI against a cluster', () => {
 
   it('opens a VM console, sends keystrokes, and leaves on Ctrl-]', async () => {
     await ok('vm', 'create', 'console-vm', '--cpus', '1', '--memory', '256', '--wait');
-    const child = spawn(process.execPath, ['--import', 'tsx', main, 'vm', 'console', 'console-vm'], { cwd: root, env: env(), stdio: ['pipe', 'pipe', 'pipe'] });
-    children.add(child);
-    let stdout = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-    await until(() => stdout.includes('console-vm login:'), { what: 'console history' });
-    child.stdin.write('hello there\n');
-    await until(() => stdout.includes('hello there'), { what: 'echo' });
-    child.stdin.write('\x1d');
-    assert.equal(await exited, 0);
-    children.delete(child);
+    const con = cli.spawn(['vm', 'console', 'console-vm']);
+    await until(() => con.stdout.includes('console-vm login:'), { what: 'console history' });
+    con.child.stdin!.write('hello there\n');
+    await until(() => con.stdout.includes('hello there'), { what: 'echo' });
+    con.child.stdin!.write('\x1d');
+    assert.equal(await con.exited, 0);
+    assert.match(con.stderr, /^console of console-vm closed: you left the console$/m);
   });
 
   it('moves a VM\'s memory and refuses an unknown VM\'s console', async () => {

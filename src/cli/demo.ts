@@ -5,8 +5,7 @@ import { Agent } from '../agent/agent.ts';
 import { loadCredentials } from '../agent/credentials.ts';
 import { AppError } from '../control/errors.ts';
 import type { HypervisorDriver } from '../drivers/types.ts';
-import { createLogger } from '../lib/logger.ts';
-import type { StartControl, makeDriver as MakeDriver } from './runtime.ts';
+import type { MakeLogger, StartControl, makeDriver as MakeDriver } from './runtime.ts';
 import { ensureGuest } from './guest.ts';
 
 export interface DemoOptions {
@@ -16,7 +15,10 @@ export interface DemoOptions {
   dataDir: string;
   /** Directories images may come from besides the demo's own. */
   imageDirs: string[];
+  /** The banner as one JSON line, and JSON log lines even on a terminal. */
+  json: boolean;
   startControl: StartControl;
+  makeLogger: MakeLogger;
   makeDriver: typeof MakeDriver;
   onSignal: (stop: () => Promise<void>) => void;
 }
@@ -33,6 +35,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   // The demo's images come from its own directories: the sample files (sim) or the test guest (qemu).
   const guest = o.driver === 'qemu' ? await ensureGuest() : undefined;
   const ownDirs = guest ? [...new Set([dirname(guest.kernel), dirname(guest.initrd)])] : [join(o.dataDir, 'images')];
+  const logLevel = process.env.AWAN_LOG_LEVEL ?? 'warn';
   const { control, url } = await o.startControl({
     db: `sqlite:${join(o.dataDir, 'awan.db')}`,
     port: o.port,
@@ -41,6 +44,9 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     imageDirs: [poolDir, ...ownDirs, ...o.imageDirs],
     // Real VMs need something to boot: the test guest, unless a VM names another image.
     defaultImage: o.driver === 'qemu' ? 'test-guest' : undefined,
+    // Warnings and errors only: the banner below is what a demo user needs to see, not buried under info lines.
+    logLevel,
+    json: o.json,
   });
   const admin = await control.db.selectFrom('users').select('id').where('username', '=', 'admin').executeTakeFirstOrThrow();
 
@@ -50,17 +56,19 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     const dataDir = join(o.dataDir, 'hosts', name);
     const driver = await o.makeDriver(o.driver, { name, address: '127.0.0.1', dataDir, memoryMiB: 16384, cpus: 8 });
     const joinToken = loadCredentials(dataDir) ? undefined : (await control.hosts.createJoinToken(admin.id)).token;
-    const agent = new Agent({ control: url, joinToken, driver, dataDir, name, log: createLogger(`agent:${name}`, process.env.AWAN_LOG_LEVEL ?? 'warn') });
+    const agent = new Agent({ control: url, joinToken, driver, dataDir, name, log: await o.makeLogger(`agent:${name}`, { level: logLevel, json: o.json }) });
     await agent.start();
     agents.push({ agent, driver });
   }
 
   await addSampleImages(o, control.images, guest);
 
-  console.log(`
+  const password = process.env.AWAN_ADMIN_PASSWORD;
+  if (o.json) console.log(JSON.stringify({ url, hosts: o.hosts, driver: o.driver, username: 'admin', password }));
+  else console.log(`
 awan demo is running: ${o.hosts} ${o.driver} hosts
   API and docs  ${url}/docs
-  login         admin / ${process.env.AWAN_ADMIN_PASSWORD}
+  login         admin / ${password}
   CLI           npm run awan -- login --server ${url} --username admin
                 npm run awan -- vm create web-1 --cpus 1 --memory 512
 Ctrl-C stops everything.`);

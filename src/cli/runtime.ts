@@ -7,8 +7,14 @@ import type { Control } from '../control/app.ts';
 import type { HypervisorDriver, MigrationMode } from '../drivers/types.ts';
 
 // The server, agent and drivers load on first use: the client commands share this binary and should not
-// pay for Fastify, Kysely and the drivers on every `awan vm list`.
-const createLogger = async (name: string, level?: string) => (await import('../lib/logger.ts')).createLogger(name, level);
+// pay for Fastify, Kysely and the drivers on every `awan vm list`. --json asks for JSON log lines even on a
+// terminal, where they would otherwise be pretty.
+const createLogger = async (name: string, o: { level?: string; json?: boolean } = {}) =>
+  (await import('../lib/logger.ts')).createLogger(name, o.level, o.json ? { format: 'json' } : {});
+
+export type MakeLogger = typeof createLogger;
+
+const jsonOption = (c: Command) => c.option('--json', 'log JSON lines even on a terminal, and print what a script needs (URL, password) as one JSON line');
 
 const intOption = (v: string) => {
   const n = Number.parseInt(v, 10);
@@ -19,8 +25,8 @@ const intOption = (v: string) => {
 /** Collects a repeatable option's values. */
 const collect = (v: string, previous: string[]) => [...previous, v];
 
-async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string }) {
-  const log = await createLogger('control');
+async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; logLevel?: string; json?: boolean }) {
+  const log = await createLogger('control', { level: opts.logLevel, json: opts.json });
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
     db: opts.db,
@@ -35,7 +41,10 @@ async function startControl(opts: { db: string; port: number; host: string; hear
   });
   const { generatedAdminPassword } = await control.start();
   await control.app.listen({ port: opts.port, host: opts.host });
-  return { control, generatedAdminPassword, url: `http://${opts.host}:${opts.port}` };
+  // The port it really got: --port 0 asks the system for a free one.
+  const address = control.app.server.address();
+  const port = typeof address === 'object' && address ? address.port : opts.port;
+  return { control, generatedAdminPassword, url: `http://${opts.host}:${port}` };
 }
 
 function onSignal(stop: () => Promise<void>): void {
@@ -53,8 +62,8 @@ function onSignal(stop: () => Promise<void>): void {
 }
 
 export function registerRuntimeCommands(program: Command): void {
-  program
-    .command('serve')
+  jsonOption(program
+    .command('serve'))
     .description('run Cloud Control: the REST API, the reconcilers and the agents\' endpoint')
     .addOption(new Option('--port <port>', 'port to listen on').env('AWAN_PORT').default(8080).argParser(intOption))
     .option('--host <address>', 'address to listen on', '127.0.0.1')
@@ -65,16 +74,19 @@ export function registerRuntimeCommands(program: Command): void {
     .option('--heartbeat-ms <ms>', 'agent heartbeat interval; a host is unreachable after 2.5 missed beats', intOption, 1000)
     .option('--default-image <name>', 'image of VMs created without one')
     .addOption(new Option('--placement <policy>', 'spread VMs over hosts, or pack them to leave hosts empty').choices(['spread', 'pack']).default('spread'))
-    .action(async (o: { port: number; host: string; db: string; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string }) => {
+    .action(async (o: { port: number; host: string; db: string; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string; json?: boolean }) => {
       const imageDirs = o.imageDir.map((d) => resolve(d));
       const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), imageDirs, overcommit: o.memoryOvercommit, policy: o.placement });
-      if (generatedAdminPassword) console.log(`first start: user admin, password ${generatedAdminPassword} (shown once)`);
-      console.log(`awan control serving on ${url}`);
+      if (o.json) console.log(JSON.stringify({ url, ...(generatedAdminPassword ? { username: 'admin', generatedAdminPassword } : {}) }));
+      else {
+        if (generatedAdminPassword) console.log(`first start: user admin, password ${generatedAdminPassword} (shown once)`);
+        console.log(`awan control serving on ${url}`);
+      }
       onSignal(() => control.close());
     });
 
-  program
-    .command('agent')
+  jsonOption(program
+    .command('agent'))
     .description('run Node Control on this server: joins control and runs VMs through a driver')
     .requiredOption('--control <url>', 'Cloud Control URL')
     .option('--join-token <token>', 'single-use join token (first start only)')
@@ -90,8 +102,8 @@ export function registerRuntimeCommands(program: Command): void {
         .env('AWAN_MIGRATION')
         .default('auto'),
     )
-    .action(async (o: { control: string; joinToken?: string; driver: 'qemu' | 'sim'; dataDir: string; name: string; address: string; simMemoryMib: number; simCpus: number; migration: MigrationMode }) => {
-      const log = await createLogger(`agent:${o.name}`);
+    .action(async (o: { control: string; joinToken?: string; driver: 'qemu' | 'sim'; dataDir: string; name: string; address: string; simMemoryMib: number; simCpus: number; migration: MigrationMode; json?: boolean }) => {
+      const log = await createLogger(`agent:${o.name}`, { json: o.json });
       const { Agent } = await import('../agent/agent.ts');
       const dataDir = resolve(o.dataDir);
       mkdirSync(dataDir, { recursive: true });
@@ -105,17 +117,17 @@ export function registerRuntimeCommands(program: Command): void {
       });
     });
 
-  program
-    .command('demo')
+  jsonOption(program
+    .command('demo'))
     .description('control plus N servers on this machine, SQLite in a data directory, sample images')
     .option('--hosts <n>', 'number of servers', intOption, 3)
     .addOption(new Option('--driver <kind>', 'hypervisor driver').choices(['sim', 'qemu']).default('sim'))
     .addOption(new Option('--port <port>', 'port to listen on').env('AWAN_PORT').default(8080).argParser(intOption))
     .option('--data-dir <dir>', 'where the demo keeps its state', './data/demo')
     .option('--image-dir <dir>', 'another directory images may be registered from (repeatable)', collect, [])
-    .action(async (o: { hosts: number; driver: 'sim' | 'qemu'; port: number; dataDir: string; imageDir: string[] }) => {
+    .action(async (o: { hosts: number; driver: 'sim' | 'qemu'; port: number; dataDir: string; imageDir: string[]; json?: boolean }) => {
       const { runDemo } = await import('./demo.ts');
-      await runDemo({ ...o, dataDir: resolve(o.dataDir), imageDirs: o.imageDir.map((d) => resolve(d)), startControl, makeDriver, onSignal });
+      await runDemo({ ...o, json: Boolean(o.json), dataDir: resolve(o.dataDir), imageDirs: o.imageDir.map((d) => resolve(d)), startControl, makeDriver, makeLogger: createLogger, onSignal });
     });
 }
 

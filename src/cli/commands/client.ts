@@ -1,5 +1,6 @@
 // The HTTP client of the API: bearer token, JSON in and out, error bodies turned into ApiError.
 import { resolveServer, resolveToken } from './config.ts';
+import { withNames } from './names.ts';
 
 /** An error the server answered with: `{"error":{"code","message","details"}}`. */
 export class ApiError extends Error {
@@ -52,7 +53,8 @@ export class ApiClient {
     private readonly token: string | undefined,
   ) {}
 
-  async request<T>(method: string, path: string, body?: unknown, opts: { auth?: boolean; signal?: AbortSignal } = {}): Promise<T> {
+  /** `names: false` keeps ids in an error's message as they are (the name lookups use it themselves). */
+  async request<T>(method: string, path: string, body?: unknown, opts: { auth?: boolean; signal?: AbortSignal; names?: boolean } = {}): Promise<T> {
     const headers: Record<string, string> = { accept: 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (opts.auth !== false && this.token) headers.authorization = `Bearer ${this.token}`;
@@ -76,6 +78,7 @@ export class ApiClient {
       const err = errorFromBody(res.status, parsed, text.slice(0, 200));
       // The hint helps every command but login itself, where it would only repeat what was just tried.
       if (opts.auth !== false && (err.code === 'UNAUTHORIZED' || err.code === 'TOKEN_EXPIRED')) err.message += ` (run: awan login --server ${this.server})`;
+      else if (opts.names !== false && opts.auth !== false) err.message = await withNames(this, err.message);
       throw err;
     }
     return parsed as T;

@@ -1,4 +1,5 @@
-// Where the CLI talks to and with which token: --server / AWAN_SERVER, and the per-server credentials file.
+// Where the CLI talks to and with which token: --server / AWAN_SERVER, else the server of the last login,
+// and the per-server credentials file that remembers both.
 import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -11,9 +12,15 @@ export interface StoredCredential {
   expiresAt: string | null;
 }
 
-/** The server URL in one canonical spelling, so `http://h:8080/` and `http://h:8080` share one token. */
+/**
+ * The server to talk to: --server, then AWAN_SERVER, then the one `awan login` last logged in to, then the
+ * default. In one canonical spelling, so `http://h:8080/` and `http://h:8080` share one token.
+ */
 export function resolveServer(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
-  const raw = flag ?? env.AWAN_SERVER ?? DEFAULT_SERVER;
+  return canonicalServer(flag ?? (env.AWAN_SERVER || undefined) ?? readFile(credentialsPath(env)).current ?? DEFAULT_SERVER);
+}
+
+export function canonicalServer(raw: string): string {
   let url: URL;
   try {
     url = new URL(raw);
@@ -30,7 +37,11 @@ export function credentialsPath(env: NodeJS.ProcessEnv = process.env): string {
   return join(base, 'awan', 'credentials.json');
 }
 
-type CredentialFile = Record<string, StoredCredential>;
+interface CredentialFile {
+  /** The server of the last login: where commands go when neither --server nor AWAN_SERVER says. */
+  current?: string;
+  servers: Record<string, StoredCredential>;
+}
 
 function isCredential(v: unknown): v is StoredCredential {
   if (typeof v !== 'object' || v === null) return false;
@@ -44,27 +55,35 @@ function readFile(path: string): CredentialFile {
   try {
     parsed = JSON.parse(readFileSync(path, 'utf8'));
   } catch {
-    return {};
+    return { servers: {} };
   }
-  const servers = typeof parsed === 'object' && parsed !== null ? (parsed as { servers?: unknown }).servers : undefined;
-  if (typeof servers !== 'object' || servers === null) return {};
-  const out: CredentialFile = {};
-  for (const [server, cred] of Object.entries(servers)) if (isCredential(cred)) out[server] = cred;
+  const { servers, current } = typeof parsed === 'object' && parsed !== null ? (parsed as { servers?: unknown; current?: unknown }) : {};
+  const out: CredentialFile = { servers: {} };
+  if (typeof servers === 'object' && servers !== null) for (const [server, cred] of Object.entries(servers)) if (isCredential(cred)) out.servers[server] = cred;
+  // Only a server we hold a token for, in a spelling that parses: a mangled entry means "no default".
+  if (typeof current === 'string' && out.servers[current]) {
+    try {
+      out.current = canonicalServer(current);
+    } catch {
+      // fall back to the default server
+    }
+  }
   return out;
 }
 
 export function loadCredential(server: string, env: NodeJS.ProcessEnv = process.env): StoredCredential | undefined {
-  return readFile(credentialsPath(env))[server];
+  return readFile(credentialsPath(env)).servers[server];
 }
 
+/** Keeps the token of `server` and makes it the server later commands talk to. */
 export function saveCredential(server: string, cred: StoredCredential, env: NodeJS.ProcessEnv = process.env): string {
   const path = credentialsPath(env);
-  const servers = { ...readFile(path), [server]: cred };
+  const servers = { ...readFile(path).servers, [server]: cred };
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   // Write a private temp file and rename it, so the token is never world-readable, not even for a moment,
   // and a crash mid-write cannot truncate the tokens of other servers.
   const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${JSON.stringify({ servers }, null, 2)}\n`, { mode: 0o600 });
+  writeFileSync(tmp, `${JSON.stringify({ current: server, servers }, null, 2)}\n`, { mode: 0o600 });
   chmodSync(tmp, 0o600);
   renameSync(tmp, path);
   return path;

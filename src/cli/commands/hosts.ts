@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import type { Host } from '../../control/features/hosts/model.ts';
 import type { Task } from '../../control/features/tasks/service.ts';
-import { type Page, seg } from './client.ts';
+import { type Page, queryString, seg } from './client.ts';
 import { ago, labels, mib, orDash, printFields, printJson, printTable, yesNo } from './output.ts';
 import { type ClientOptions, client, followTask, jsonOption, run, waitOption } from './shared.ts';
 
@@ -16,7 +16,7 @@ export function registerHosts(program: Command): void {
   jsonOption(host.command('list').description('list the servers'))
     .option('--state <state>', 'only hosts in this state (ready, maintenance, unreachable, fenced, joining)')
     .action(run(async (o: ClientOptions & { state?: string }) => {
-      const page = await client(o).get<Page<Host>>(`/api/v1/hosts${o.state ? `?state=${seg(o.state)}` : ''}`);
+      const page = await client(o).get<Page<Host>>(`/api/v1/hosts${queryString({ state: o.state })}`);
       if (o.json) return printJson(page);
       printTable(['NAME', 'STATE', 'CPUS', 'MEMORY', 'ALLOCATED', 'FREE', 'VMS', 'HEARTBEAT'], page.items.map(hostRow), 'no hosts; add one with awan host join-token and awan agent');
     }));
@@ -44,16 +44,17 @@ export function registerHosts(program: Command): void {
       process.stderr.write(`single use, expires ${t.expiresAt}; on the new server run:\n  awan agent --control ${api.server} --join-token ${t.token}\n`);
     }));
 
-  waitOption(host.command('drain <name>').description('move every VM off a server and keep new ones away (admin)'))
+  waitOption(jsonOption(host.command('drain <name>').description('move every VM off a server and keep new ones away (admin)')))
     .action(run(async (name: string, o: ClientOptions) => {
       const api = client(o);
       const r = await api.post<{ host: Host; task: Task }>(`/api/v1/hosts/${seg(name)}/drain`);
-      await followTask(api, r.task, `drain host ${r.host.name}`, o.wait);
+      await followTask(api, r, `drain host ${r.host.name}`, o);
     }));
 
-  host.command('activate <name>').description('take a server out of maintenance so it receives VMs again (admin)')
+  jsonOption(host.command('activate <name>').description('take a server out of maintenance so it receives VMs again (admin)'))
     .action(run(async (name: string, o: ClientOptions) => {
       const h = await client(o).post<Host>(`/api/v1/hosts/${seg(name)}/activate`);
+      if (o.json) return printJson(h);
       process.stdout.write(`host ${h.name} is ${h.state}\n`);
     }));
 }

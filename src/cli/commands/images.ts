@@ -37,7 +37,7 @@ export function registerImages(program: Command): void {
     }));
 
   jsonOption(image.command('create <name>').description('register an image file that every server can read (absolute paths)'))
-    .addOption(new Option('--format <format>', 'image format').choices(['qcow2', 'raw', 'kernel']).makeOptionMandatory())
+    .addOption(new Option('--format <format>', 'image format (required)').choices(['qcow2', 'raw', 'kernel']).makeOptionMandatory())
     .option('--path <file>', 'disk image file (qcow2, raw)')
     .option('--kernel <file>', 'kernel file (format kernel)')
     .option('--initrd <file>', 'initramfs file (format kernel)')
@@ -59,9 +59,13 @@ export function registerImages(program: Command): void {
       process.stdout.write(`image ${i.name} registered (${i.id}, ${mib(i.sizeMiB)})\n`);
     }));
 
-  image.command('delete <name>').description('forget an image (refused while VMs use it)')
+  jsonOption(image.command('delete <name>').description('forget an image (refused while VMs use it)'))
     .action(run(async (name: string, o: ClientOptions) => {
-      await client(o).request('DELETE', `/api/v1/images/${seg(name)}`);
-      process.stdout.write(`image ${name} deleted\n`);
+      const api = client(o);
+      // The API answers 204 with nothing; look the image up first so --json can say which one went.
+      const i = await api.get<Image>(`/api/v1/images/${seg(name)}`);
+      await api.request('DELETE', `/api/v1/images/${seg(i.id)}`);
+      if (o.json) return printJson({ deleted: { id: i.id, name: i.name } });
+      process.stdout.write(`image ${i.name} deleted\n`);
     }));
 }

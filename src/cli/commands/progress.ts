@@ -2,6 +2,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Task } from '../../control/features/tasks/service.ts';
 import { type ApiClient, seg } from './client.ts';
+import { withNames } from './names.ts';
 
 const POLL_MS = 200;
 const BAR_WIDTH = 30;
@@ -13,7 +14,7 @@ export function bar(progress: number, width = BAR_WIDTH): string {
   return `[${'#'.repeat(full)}${'-'.repeat(width - full)}] ${String(p).padStart(3)}%`;
 }
 
-const describe = (t: Task) => `${t.state}${t.message ? `: ${t.message}` : ''}`;
+const describe = async (api: ApiClient, t: Task) => `${t.state}${t.message ? `: ${await withNames(api, t.message)}` : ''}`;
 
 export interface WatchOptions {
   tty?: boolean;
@@ -34,10 +35,10 @@ export async function watchTask(client: ApiClient, id: string, opts: WatchOption
     const done = finished.has(t.state);
     if (tty) {
       // Clip to the terminal so the line never wraps; a wrapped line cannot be redrawn with \r.
-      const line = `${bar(t.progress)} ${describe(t)}`.slice(0, Math.max(20, (out.columns || 80) - 1));
+      const line = `${bar(t.progress)} ${await describe(client, t)}`.slice(0, Math.max(20, (out.columns || 80) - 1));
       out.write(`\r\x1b[2K${line}${done ? '\n' : ''}`);
     } else {
-      const line = `${t.kind} ${t.id}: ${String(t.progress).padStart(3)}% ${describe(t)}`;
+      const line = `${t.kind} ${t.id}: ${String(t.progress).padStart(3)}% ${await describe(client, t)}`;
       if (line !== last) out.write(`${line}\n`);
       last = line;
     }
@@ -46,13 +47,5 @@ export async function watchTask(client: ApiClient, id: string, opts: WatchOption
   }
 }
 
-/** Prints the outcome of a finished task and sets the exit code: 0 only when it succeeded. */
-export function reportOutcome(t: Task): void {
-  if (t.state === 'succeeded') {
-    process.stdout.write(`task ${t.id} succeeded${t.message ? `: ${t.message}` : ''}\n`);
-    return;
-  }
-  process.exitCode = 1;
-  if (t.error) process.stderr.write(`error ${t.error.code}: ${t.error.message}\n`);
-  else process.stderr.write(`task ${t.id} ${t.state}${t.message ? `: ${t.message}` : ''}\n`);
-}
+/** For --json: follow without a word, so stdout holds only the final document. */
+export const quietly: WatchOptions = { out: { write: () => true, isTTY: false } as unknown as NodeJS.WriteStream, tty: false };

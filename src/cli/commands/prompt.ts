@@ -1,8 +1,23 @@
-// Reads a secret from the terminal without echoing it.
+// Reads a secret: asked without echo on a terminal, or the first line of standard input when it is piped.
+
+/** The password from a terminal (no echo) or, in a script (`echo pw | awan login`), from standard input. */
+export function readSecret(question: string, stdin: NodeJS.ReadStream = process.stdin): Promise<string> {
+  return stdin.isTTY ? promptHidden(question, stdin) : firstLine(stdin);
+}
+
+/** The first line of a piped stream, without its line end; empty when the stream is. */
+export async function firstLine(stream: NodeJS.ReadableStream): Promise<string> {
+  let text = '';
+  for await (const chunk of stream) {
+    text += typeof chunk === 'string' ? chunk : (chunk as Buffer).toString('utf8');
+    // Stop at the first line: the writer may keep the pipe open.
+    if (text.includes('\n')) break;
+  }
+  return text.split(/\r?\n/)[0];
+}
 
 /** Asks on stderr (stdout may be piped) and reads a line from a TTY stdin in raw mode. */
-export function promptHidden(question: string): Promise<string> {
-  const stdin = process.stdin;
+export function promptHidden(question: string, stdin: NodeJS.ReadStream = process.stdin): Promise<string> {
   if (!stdin.isTTY) return Promise.reject(new Error('no terminal to ask for the password on'));
   process.stderr.write(question);
   return new Promise((resolve, reject) => {

@@ -5,6 +5,7 @@ import type { Task } from '../../control/features/tasks/service.ts';
 import type { CreateVm, Vm } from '../../control/features/vms/model.ts';
 import { type ApiClient, type Page, seg } from './client.ts';
 import { labels, mib, orDash, printFields, printJson, printTable, yesNo } from './output.ts';
+import { fieldFlags } from './fields.ts';
 import { type ClientOptions, client, collect, followTask, jsonOption, positiveInt, run, waitOption } from './shared.ts';
 import { registerConsole } from './console.ts';
 
@@ -41,18 +42,30 @@ async function hostNames(api: ApiClient): Promise<Map<string, string>> {
 
 const hostOf = (names: Map<string, string>, id: string | null) => (id ? names.get(id) ?? id : '-');
 
+/** What `vm create` needs and what it assumes, under its options in --help. */
+const CREATE_HELP = `
+Only NAME is required; every option has a default: 1 CPU, 512 MiB, the server's default image
+(or none), a disk the size of the image, shared storage, started at once.
+
+Examples:
+  awan vm create web-1
+  awan vm create db-1 --cpus 4 --memory 8192 --disk 40 --ha --wait`;
+
 function registerCreate(vm: Command): void {
-  waitOption(jsonOption(vm.command('create <name>').description('create a VM (and start it unless --no-start)')))
-    .requiredOption('--cpus <n>', 'virtual CPUs', positiveInt)
-    .requiredOption('--memory <MiB>', 'memory in MiB', positiveInt)
-    .option('--max-memory <MiB>', 'memory the VM may grow to (MiB)', positiveInt)
-    .option('--image <name>', 'boot image (name or id)')
-    .option('--disk <GiB>', 'disk size in GiB', positiveInt)
+  const create = waitOption(jsonOption(vm.command('create').description('create a VM (and start it unless --no-start)')))
+    .argument('<name>', 'name of the new VM (required): letters, digits, ".", "_", "-"')
+    .option('--cpus <n>', 'virtual CPUs', positiveInt, 1)
+    .option('--memory <MiB>', 'memory in MiB', positiveInt, 512)
+    .option('--max-memory <MiB>', 'memory the VM may grow to (MiB; default: --memory)', positiveInt)
+    .option('--image <name>', 'boot image (name or id; default: the server\'s default image)')
+    .option('--disk <GiB>', 'disk size in GiB (default: the image\'s size, at least 1)', positiveInt)
     .option('--ha', 'restart the VM on another server when its server fails')
     .option('--label <key=value>', 'run only on servers with this label; repeat for more', collect)
     .option('--anti-affinity <group>', 'keep VMs of this group on different servers')
     .addOption(new Option('--storage <where>', 'disk on the shared pool, or on the server (copied along on migration)').choices(['shared', 'local']))
     .option('--no-start', 'create it stopped')
+    .addHelpText('after', CREATE_HELP);
+  fieldFlags(create, { placementLabels: '--label' })
     .action(run(async (name: string, o: CreateOptions) => {
       const body: CreateVm = { name, cpus: o.cpus, memoryMiB: o.memory, start: o.start };
       if (o.maxMemory !== undefined) body.maxMemoryMiB = o.maxMemory;
@@ -64,8 +77,7 @@ function registerCreate(vm: Command): void {
       if (o.storage) body.storage = o.storage;
       const api = client(o);
       const r = await api.post<Accepted>('/api/v1/vms', body);
-      if (o.json && !o.wait) return printJson(r);
-      await followTask(api, r.task, `create vm ${r.vm.name}`, o.wait);
+      await followTask(api, r, `create vm ${r.vm.name}`, o);
     }));
 }
 
@@ -111,15 +123,14 @@ function registerActions(vm: Command): void {
     waitOption(jsonOption(vm.command(`${verb} <name>`).description(description))).action(run(async (name: string, o: ClientOptions & { force?: boolean; to?: string; target?: number }) => {
       const api = client(o);
       const r = await call(api, name, o);
-      if (o.json && !o.wait) return printJson(r);
-      await followTask(api, r.task, `${verb} vm ${r.vm.name}`, o.wait);
+      await followTask(api, r, `${verb} vm ${r.vm.name}`, o);
     }));
 
   action('start', 'start a stopped VM', (api, name) => api.post(`/api/v1/vms/${seg(name)}/start`));
   action('stop', 'stop a VM: the guest shuts down, or with --force stops at once', (api, name, o) => api.post(`/api/v1/vms/${seg(name)}/stop`, o.force ? { force: true } : undefined))
     .addOption(new Option('--force', 'stop at once instead of waiting for the guest'));
   action('reboot', 'reboot a running VM', (api, name) => api.post(`/api/v1/vms/${seg(name)}/reboot`));
-  action('migrate', 'live-migrate a running VM to another server', (api, name, o) => api.post(`/api/v1/vms/${seg(name)}/migrate`, o.to ? { host: o.to } : undefined))
+  fieldFlags(action('migrate', 'live-migrate a running VM to another server', (api, name, o) => api.post(`/api/v1/vms/${seg(name)}/migrate`, o.to ? { host: o.to } : undefined)), { host: '--to' })
     .option('--to <host>', 'target server (name or id); the scheduler picks one when absent');
   action('delete', 'stop a VM and delete it with its disk', (api, name) => api.request('DELETE', `/api/v1/vms/${seg(name)}`));
   jsonOption(vm.command('resize <name>').description('grow the disk of a stopped VM'))

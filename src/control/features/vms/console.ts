@@ -7,7 +7,10 @@ import type { EventService } from '../events/service.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
 import type { VmService } from './service.ts';
 
-/** Close codes: 4001 unauthorized, 4004 unknown VM, 4009 VM not running or host unreachable. */
+/**
+ * Close codes: 1000 the VM stopped (or is being deleted), 4001 unauthorized, 4004 unknown VM, 4009 VM not
+ * running or host unreachable, 4010 the VM failed. The close frame's reason says why, once: clients show it.
+ */
 export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; auth: AuthService; events: EventService }): void {
   const watchers = new Map<string, number>();
 
@@ -16,10 +19,7 @@ export function consoleRoute(app: App, deps: { vms: VmService; registry: HostReg
     config: { public: true },
     schema: { hide: true },
   }, async (socket, req) => {
-    const fail = (code: number, message: string) => {
-      socket.send(`\r\n[awan] ${message}\r\n`);
-      socket.close(code, message.slice(0, 120));
-    };
+    const fail = (code: number, message: string) => socket.close(code, closeReason(message));
     const { id } = req.params as { id: string };
     const header = req.headers.authorization;
     const token = header?.startsWith('Bearer ') ? header.slice(7) : new URL(req.url, 'http://x').searchParams.get('token');
@@ -41,6 +41,8 @@ export function consoleRoute(app: App, deps: { vms: VmService; registry: HostReg
     const unsubscribe = deps.registry.onConsole(vm.id, (data) => (live ? socket.send(data) : pending.push(data)));
     // The console follows the VM: to its new host after a migration, and back after its agent reconnects.
     const unfollow = deps.events.subscribe((e) => {
+      // A console of a VM that is no more ends with it; a stopping guest's last words still get through.
+      if (e.objectId === vm.id && ended.has(e.type)) return fail(e.type === 'vm.failed' ? 4010 : 1000, e.message);
       const moved = e.objectId === vm.id && e.type === 'vm.migrated';
       const back = e.type === 'host.ready' && e.objectId === deps.registry.get(conn.hostId)?.row.id;
       if (moved || back) void reattach();
@@ -88,4 +90,14 @@ export function consoleRoute(app: App, deps: { vms: VmService; registry: HostReg
       fail(4009, err instanceof Error ? err.message : String(err));
     }
   });
+}
+
+const ended = new Set(['vm.stopped', 'vm.failed', 'vm.deleting', 'vm.deleted']);
+
+/** A close frame's reason holds at most 123 bytes of UTF-8. */
+function closeReason(message: string): string {
+  if (Buffer.byteLength(message) <= 123) return message;
+  let cut = message;
+  while (Buffer.byteLength(cut) > 120) cut = cut.slice(0, -1);
+  return `${cut}…`;
 }
