@@ -148,7 +148,7 @@ describe('awan CLI against a cluster: scripts and newcomers', () => {
     assert.deepEqual([stopped.vm.name, stopped.task.state], ['plain', 'succeeded']);
     assert.equal((await json<{ diskGiB: number }>('vm', 'resize', 'plain', '--disk', '3')).diskGiB, 3);
     assert.equal((await json<{ name: string; state: string }>('host', 'activate', 'host-1')).name, 'host-1');
-    const file = join(config, 'tiny.raw');
+    const file = join(c.dir, 'tiny.raw'); // the cluster's directory is its image directory
     writeFileSync(file, Buffer.alloc(1024 * 1024));
     await ok('image', 'create', 'tiny', '--format', 'raw', '--path', file);
     assert.equal((await json<{ deleted: { name: string } }>('image', 'delete', 'tiny')).deleted.name, 'tiny');
