@@ -59,7 +59,9 @@ describe('awan CLI against a cluster', () => {
 
   before(async () => {
     config = mkdtempSync(join(tmpdir(), 'awan-cli-'));
-    c = await startCluster({ hosts: 3, sim: { failBoot: (spec) => (spec.name.startsWith('doomed') ? 'no bootable disk' : undefined) } });
+    // Beats of 1 s rather than 200 ms: CLI child processes load the machine, and hosts must not look
+    // unreachable under the VMs these tests create.
+    c = await startCluster({ hosts: 3, control: { heartbeatIntervalMs: 1000 }, sim: { failBoot: (spec) => (spec.name.startsWith('doomed') ? 'no bootable disk' : undefined) } });
   });
 
   after(async () => {
