@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { ApiClient } from './client.ts';
 import { resolveServer, saveCredential } from './config.ts';
-import { promptHidden } from './prompt.ts';
+import { readSecret } from './prompt.ts';
 import { run } from './shared.ts';
 
 interface LoginAnswer {
@@ -14,15 +14,14 @@ interface LoginAnswer {
 async function password(flag: string | undefined): Promise<string> {
   const given = flag ?? process.env.AWAN_PASSWORD;
   if (given) return given;
-  // Without a terminal a prompt would hang a script forever; say what to do instead.
-  if (!process.stdin.isTTY) throw new Error('no password given: pass --password, set AWAN_PASSWORD, or run awan login on a terminal');
-  return promptHidden('password: ');
+  // Without a terminal the password is the first line of standard input (`echo "$PW" | awan login`).
+  return readSecret('password: ', 'no password given: pass --password, set AWAN_PASSWORD, pipe it on standard input, or run awan login on a terminal');
 }
 
 export function registerLogin(program: Command): void {
   program.command('login').description('log in to Cloud Control and keep the token for later commands')
     .option('--username <name>', 'user name (default: $AWAN_USERNAME or admin)')
-    .option('--password <password>', 'password (default: $AWAN_PASSWORD, or asked on a terminal)')
+    .option('--password <password>', 'password (default: $AWAN_PASSWORD, a line of standard input, or asked on a terminal)')
     .action(run(async (o: { server?: string; username?: string; password?: string }) => {
       const server = resolveServer(o.server);
       const username = o.username ?? process.env.AWAN_USERNAME ?? 'admin';

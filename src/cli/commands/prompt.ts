@@ -1,4 +1,4 @@
-// Reads a secret from the terminal without echoing it.
+// Reads a secret: from the terminal without echoing it, or one line at a time from a pipe.
 
 /** Asks on stderr (stdout may be piped) and reads a line from a TTY stdin in raw mode. */
 export function promptHidden(question: string): Promise<string> {
@@ -29,4 +29,30 @@ export function promptHidden(question: string): Promise<string> {
     stdin.resume();
     stdin.on('data', onData);
   });
+}
+
+let pipedLines: Promise<string[]> | undefined;
+let nextPipedLine = 0;
+
+/** Standard input read to its end once: a pipe gives its secrets one per line (`printf 'old\nnew\n' | …`). */
+function readPipedLines(): Promise<string[]> {
+  pipedLines ??= (async () => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString('utf8').split(/\r?\n/);
+  })();
+  return pipedLines;
+}
+
+/**
+ * Asks on a terminal; without one, takes the next line of standard input, so scripts and tests can pipe
+ * secrets in. `missing` is the error when input ends first (a script that gave none: /dev/null, say).
+ */
+export async function readSecret(question: string, missing: string): Promise<string> {
+  if (process.stdin.isTTY) return promptHidden(question);
+  const lines = await readPipedLines();
+  // The text after the last newline is a line only when it is not empty.
+  const available = lines.at(-1) === '' ? lines.length - 1 : lines.length;
+  if (nextPipedLine >= available) throw new Error(missing);
+  return lines[nextPipedLine++];
 }
