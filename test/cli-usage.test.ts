@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type { Command } from 'commander';
 import { commandPath, inCliWords } from '../src/cli/commands/fields.ts';
-import { firstLine } from '../src/cli/commands/prompt.ts';
+import { linesOf } from '../src/cli/commands/prompt.ts';
 import { buildProgram } from '../src/cli/program.ts';
 import { type Live, cliRunner } from './support/cli.ts';
 import { type Cluster, startCluster } from './support/cluster.ts';
@@ -64,9 +64,10 @@ describe('awan CLI commands and words', () => {
     assert.equal(inCliWords(find(program, 'vm create'), 'the body is not valid JSON'), 'the body is not valid JSON');
   });
 
-  it('reads the first line of a piped password', async () => {
-    assert.equal(await firstLine(Readable.from(['s3cr', 'et\r\nnext line\n'])), 's3cret');
-    assert.equal(await firstLine(Readable.from([])), '');
+  it('reads piped passwords one per line', async () => {
+    assert.deepEqual(await linesOf(Readable.from(['s3cr', 'et\r\nnext line\n'])), ['s3cret', 'next line']);
+    assert.deepEqual(await linesOf(Readable.from(['last line without newline'])), ['last line without newline']);
+    assert.deepEqual(await linesOf(Readable.from([])), []);
   });
 });
 

@@ -1,11 +1,12 @@
 // awan demo: Cloud Control plus N servers on this machine, with sample images, ready to use.
-import { existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Agent } from '../agent/agent.ts';
 import { loadCredentials } from '../agent/credentials.ts';
 import { AppError } from '../control/errors.ts';
 import type { HypervisorDriver } from '../drivers/types.ts';
 import type { MakeLogger, StartControl, makeDriver as MakeDriver } from './runtime.ts';
+import { demoPassword } from './demo-password.ts';
 import { ensureGuest } from './guest.ts';
 
 export interface DemoOptions {
@@ -25,12 +26,7 @@ export interface DemoOptions {
 
 export async function runDemo(o: DemoOptions): Promise<void> {
   mkdirSync(o.dataDir, { recursive: true });
-  const passwordFile = join(o.dataDir, 'admin-password');
-  // The demo keeps its admin password so that every start can print it.
-  if (!process.env.AWAN_ADMIN_PASSWORD) {
-    if (!existsSync(passwordFile)) writeFileSync(passwordFile, `${crypto.randomUUID().slice(0, 13)}\n`, { mode: 0o600 });
-    process.env.AWAN_ADMIN_PASSWORD = readFileSync(passwordFile, 'utf8').trim();
-  }
+  const password = demoPassword(o.dataDir);
   const poolDir = join(o.dataDir, 'pool');
   // The demo's images come from its own directories: the sample files (sim) or the test guest (qemu).
   const guest = o.driver === 'qemu' ? await ensureGuest() : undefined;
@@ -38,6 +34,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const logLevel = process.env.AWAN_LOG_LEVEL ?? 'warn';
   const { control, url } = await o.startControl({
     db: `sqlite:${join(o.dataDir, 'awan.db')}`,
+    adminPassword: password.initial,
     port: o.port,
     host: '127.0.0.1',
     poolDir,
@@ -48,6 +45,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     logLevel,
     json: o.json,
   });
+  const adminLogin = await password.settle(control.auth);
   const admin = await control.db.selectFrom('users').select('id').where('username', '=', 'admin').executeTakeFirstOrThrow();
 
   const agents: { agent: Agent; driver: HypervisorDriver }[] = [];
@@ -63,12 +61,11 @@ export async function runDemo(o: DemoOptions): Promise<void> {
 
   await addSampleImages(o, control.images, guest);
 
-  const password = process.env.AWAN_ADMIN_PASSWORD;
-  if (o.json) console.log(JSON.stringify({ url, hosts: o.hosts, driver: o.driver, username: 'admin', password }));
+  if (o.json) console.log(JSON.stringify({ url, hosts: o.hosts, driver: o.driver, username: 'admin', ...(adminLogin.password === undefined ? { password: null, passwordNote: adminLogin.note } : { password: adminLogin.password }) }));
   else console.log(`
 awan demo is running: ${o.hosts} ${o.driver} hosts
   API and docs  ${url}/docs
-  login         admin / ${password}
+  login         admin / ${adminLogin.password ?? `(${adminLogin.note})`}
   CLI           npm run awan -- login --server ${url} --username admin
                 npm run awan -- vm create web-1 --cpus 1 --memory 512
 Ctrl-C stops everything.`);

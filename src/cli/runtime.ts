@@ -25,12 +25,12 @@ const intOption = (v: string) => {
 /** Collects a repeatable option's values. */
 const collect = (v: string, previous: string[]) => [...previous, v];
 
-async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; logLevel?: string; json?: boolean }) {
+async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; adminPassword?: string; logLevel?: string; json?: boolean }) {
   const log = await createLogger('control', { level: opts.logLevel, json: opts.json });
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
     db: opts.db,
-    adminPassword: process.env.AWAN_ADMIN_PASSWORD,
+    adminPassword: opts.adminPassword ?? process.env.AWAN_ADMIN_PASSWORD,
     heartbeatIntervalMs: opts.heartbeatMs,
     poolDir: opts.poolDir,
     imageDirs: opts.imageDirs,
@@ -41,10 +41,10 @@ async function startControl(opts: { db: string; port: number; host: string; hear
   });
   const { generatedAdminPassword } = await control.start();
   await control.app.listen({ port: opts.port, host: opts.host });
-  // The port it really got: --port 0 asks the system for a free one.
-  const address = control.app.server.address();
-  const port = typeof address === 'object' && address ? address.port : opts.port;
-  return { control, generatedAdminPassword, url: `http://${opts.host}:${port}` };
+  // The port actually bound: `--port 0` asks the system for a free one.
+  const bound = control.app.server.address();
+  const port = typeof bound === 'object' && bound ? bound.port : opts.port;
+  return { control, generatedAdminPassword, url: `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}` };
 }
 
 function onSignal(stop: () => Promise<void>): void {

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { type Logger, createLogger } from '../lib/logger.ts';
 import type { VmSpecMsg } from '../protocol/messages.ts';
 import { agentGateway } from './features/agents/gateway.ts';
+import { passwordRoutes } from './features/auth/password-routes.ts';
 import { authRoutes } from './features/auth/routes.ts';
 import { createAuthService } from './features/auth/service.ts';
 import { eventRoutes } from './features/events/routes.ts';
@@ -163,6 +164,7 @@ export async function createControl(config: ControlConfig) {
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
   authRoutes(app, auth);
+  passwordRoutes(app, auth);
   hostRoutes(app, hosts);
   vmRoutes(app, vms);
   consoleRoute(app, { vms, registry, auth, events });

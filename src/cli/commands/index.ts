@@ -1,9 +1,10 @@
-// The API client commands (login, host, vm, task, image).
+// The API client commands (login, host, vm, task, image, user).
 import type { Command } from 'commander';
 import { registerHosts } from './hosts.ts';
 import { registerImages } from './images.ts';
 import { registerLogin } from './login.ts';
 import { registerTasks } from './tasks.ts';
+import { registerUsers } from './users.ts';
 import { registerVms } from './vms.ts';
 import { addServerOption } from './shared.ts';
 
@@ -14,4 +15,5 @@ export function registerClientCommands(program: Command): void {
   registerVms(program);
   registerTasks(program);
   registerImages(program);
+  registerUsers(program);
 }

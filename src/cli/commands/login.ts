@@ -16,8 +16,8 @@ interface LoginAnswer {
 async function password(flag: string | undefined): Promise<string> {
   const given = flag ?? process.env.AWAN_PASSWORD;
   if (given) return given;
-  const secret = await readSecret('password: ');
-  if (!secret) throw new CliError('BAD_REQUEST', 'no password given: type it when asked, pipe it on standard input (echo PW | awan login), pass --password or set AWAN_PASSWORD');
+  const secret = await readSecret('password: ', 'no password given: type it when asked, pipe it on standard input (echo PW | awan login), pass --password or set AWAN_PASSWORD');
+  if (!secret) throw new CliError('BAD_REQUEST', 'the password is empty: type it when asked, pipe it on standard input (echo PW | awan login), pass --password or set AWAN_PASSWORD');
   return secret;
 }
 

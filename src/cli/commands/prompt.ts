@@ -1,20 +1,5 @@
-// Reads a secret: asked without echo on a terminal, or the first line of standard input when it is piped.
-
-/** The password from a terminal (no echo) or, in a script (`echo pw | awan login`), from standard input. */
-export function readSecret(question: string, stdin: NodeJS.ReadStream = process.stdin): Promise<string> {
-  return stdin.isTTY ? promptHidden(question, stdin) : firstLine(stdin);
-}
-
-/** The first line of a piped stream, without its line end; empty when the stream is. */
-export async function firstLine(stream: NodeJS.ReadableStream): Promise<string> {
-  let text = '';
-  for await (const chunk of stream) {
-    text += typeof chunk === 'string' ? chunk : (chunk as Buffer).toString('utf8');
-    // Stop at the first line: the writer may keep the pipe open.
-    if (text.includes('\n')) break;
-  }
-  return text.split(/\r?\n/)[0];
-}
+// Reads a secret: from the terminal without echoing it, or one line at a time from a pipe.
+import { CliError } from './shared.ts';
 
 /** Asks on stderr (stdout may be piped) and reads a line from a TTY stdin in raw mode. */
 export function promptHidden(question: string, stdin: NodeJS.ReadStream = process.stdin): Promise<string> {
@@ -44,4 +29,29 @@ export function promptHidden(question: string, stdin: NodeJS.ReadStream = proces
     stdin.resume();
     stdin.on('data', onData);
   });
+}
+
+/** A piped stream's lines, read to its end: a pipe gives its secrets one per line (`printf 'old\nnew\n' | …`). */
+export async function linesOf(stream: NodeJS.ReadableStream): Promise<string[]> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+  const lines = Buffer.concat(chunks).toString('utf8').split(/\r?\n/);
+  // The text after the last newline is a line only when it is not empty.
+  if (lines.at(-1) === '') lines.pop();
+  return lines;
+}
+
+let pipedLines: Promise<string[]> | undefined;
+let nextPipedLine = 0;
+
+/**
+ * Asks on a terminal; without one, takes the next line of standard input, so scripts and tests can pipe
+ * secrets in. `missing` is the error when input ends first (a script that gave none: /dev/null, say).
+ */
+export async function readSecret(question: string, missing: string): Promise<string> {
+  if (process.stdin.isTTY) return promptHidden(question);
+  pipedLines ??= linesOf(process.stdin);
+  const lines = await pipedLines;
+  if (nextPipedLine >= lines.length) throw new CliError('BAD_REQUEST', missing);
+  return lines[nextPipedLine++];
 }

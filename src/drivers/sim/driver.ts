@@ -1,4 +1,5 @@
 // The in-memory hypervisor: a host with CPU and memory capacity whose VMs boot, balloon, crash and migrate on timers.
+import { randomUUID } from 'node:crypto';
 import {
   DriverError,
   type DriverEvent,
@@ -20,7 +21,7 @@ import { DriverListeners } from '../listeners.ts';
 
 export interface SimDriverOptions {
   hostname: string;
-  /** Address in migration URIs; defaults to the hostname. */
+  /** Address in migration URIs; defaults to the hostname. Several drivers may share one. */
   address?: string;
   cpus?: number;
   memoryMiB?: number;
@@ -78,6 +79,8 @@ class SimHypervisor implements SimDriver {
     this.marginMiB = opts.balloonMarginMiB ?? 32;
     this.migration = {
       address: this.address,
+      instanceId: randomUUID(),
+      hostname: opts.hostname,
       migrateMiBPerS: opts.migrateMiBPerS ?? 1024,
       clock: this.clock,
       timers: this.timers,
@@ -200,11 +203,11 @@ class SimHypervisor implements SimDriver {
     this.checkOpen();
     checkSpec(spec);
     const existing = this.vms.get(spec.id);
-    if (existing?.state === 'incoming') return { uri: migrationUri(this.address, spec.id) };
+    if (existing?.state === 'incoming') return { uri: migrationUri(this.migration, spec.id) };
     if (existing && holdsMemory(existing.state)) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
     const vm = this.admit(spec, 'incoming', existing);
     this.setState(vm, 'incoming');
-    return { uri: migrationUri(this.address, spec.id) };
+    return { uri: migrationUri(this.migration, spec.id) };
   }
 
   async migrate(

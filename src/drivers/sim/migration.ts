@@ -11,6 +11,9 @@ const FINAL_DIRTY_MiB = 4;
 
 export interface MigrationContext {
   address: string;
+  /** Names this driver instance in its migration URIs: hosts on one machine share an address, never this. */
+  instanceId: string;
+  hostname: string;
   migrateMiBPerS: number;
   clock: SimClock;
   timers: TimerSet;
@@ -18,17 +21,23 @@ export interface MigrationContext {
   departed(vm: SimVm): void;
 }
 
-export function migrationUri(address: string, vmId: string): string {
-  return `sim://${address}/${encodeURIComponent(vmId)}`;
+/**
+ * `sim://ADDRESS/INSTANCE/VM`: the address is what a real driver would dial; the instance tells apart hosts
+ * that share it (the demo's hosts, a lab box with several agents), so only it decides "this is me".
+ */
+export function migrationUri(ctx: Pick<MigrationContext, 'address' | 'instanceId'>, vmId: string): string {
+  return `sim://${ctx.address}/${encodeURIComponent(ctx.instanceId)}/${encodeURIComponent(vmId)}`;
 }
 
 function checkTarget(ctx: MigrationContext, vmId: string, target: MigrationTarget): void {
-  const match = /^sim:\/\/([^/]+)\/(.+)$/.exec(target.uri);
+  const match = /^sim:\/\/([^/]+)\/([^/]+)\/([^/]+)$/.exec(target.uri);
   if (!match) throw new DriverError('MIGRATION_FAILED', `not a sim migration target: ${target.uri}`);
-  if (decodeURIComponent(match[2]) !== vmId) {
+  if (decodeURIComponent(match[3]) !== vmId) {
     throw new DriverError('MIGRATION_FAILED', `target ${target.uri} was prepared for another VM than ${vmId}`);
   }
-  if (match[1] === ctx.address) throw new DriverError('MIGRATION_FAILED', `target ${target.uri} is this host`);
+  if (decodeURIComponent(match[2]) === ctx.instanceId) {
+    throw new DriverError('MIGRATION_FAILED', `target ${target.uri} was prepared on this host (${ctx.hostname})`);
+  }
 }
 
 export function runMigration(

@@ -71,7 +71,8 @@ driverContract(
   'sim',
   async () => {
     const driver = sim();
-    const peer = sim({ hostname: 'sim-b', address: '10.0.0.2' });
+    // Same address as the driver, like the QEMU contract's two drivers on 127.0.0.1: hosts share machines.
+    const peer = sim({ hostname: 'sim-b', address: '10.0.0.1' });
     return {
       driver,
       peer,
@@ -242,8 +243,10 @@ describe('sim driver', () => {
       async (a, b) => {
         await a.start(vmSpec('v1'));
         const target = await b.prepareIncoming(vmSpec('v1'));
-        assert.equal(target.uri, 'sim://10.0.0.2/v1');
-        await assert.rejects(a.migrate('v1', { uri: 'sim://10.0.0.1/v1' }), isDriverError('MIGRATION_FAILED', 'this host'));
+        assert.match(target.uri, /^sim:\/\/10\.0\.0\.2\/[^/]+\/v1$/);
+        const own = await a.prepareIncoming(vmSpec('v9'));
+        await assert.rejects(a.migrate('v1', { uri: own.uri.replace(/v9$/, 'v1') }), isDriverError('MIGRATION_FAILED', 'this host'));
+        await a.abortIncoming('v9');
         await assert.rejects(a.migrate('v1', { uri: 'tcp:10.0.0.2:4444' }), isDriverError('MIGRATION_FAILED'));
 
         const abort = new AbortController();
@@ -268,6 +271,25 @@ describe('sim driver', () => {
       },
       { migrateMiBPerS: 512 },
     ));
+
+  it('migrates back and forth between two hosts that share one address', async () => {
+    // The demo and a lab box run several agents on one machine: the address alone cannot tell them apart.
+    const a = sim({ hostname: 'sim-a', address: '127.0.0.1' });
+    const b = sim({ hostname: 'sim-b', address: '127.0.0.1' });
+    try {
+      await a.start(vmSpec('v1'));
+      await a.migrate('v1', await b.prepareIncoming(vmSpec('v1')));
+      assert.equal((await b.completeIncoming('v1')).state, 'running');
+      await assert.rejects(a.status('v1'), isDriverError('VM_NOT_FOUND'));
+
+      await b.migrate('v1', await a.prepareIncoming(vmSpec('v1')));
+      assert.equal((await a.completeIncoming('v1')).state, 'running');
+      await assert.rejects(b.status('v1'), isDriverError('VM_NOT_FOUND'));
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
 
   it('refuses a second migration of the same VM while one runs', () =>
     withHosts(

@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { hashToken, newId, newSecret } from '../../../lib/ids.ts';
-import { AppError } from '../../errors.ts';
+import { AppError, notFound } from '../../errors.ts';
 import type { Database } from '../../store/schema.ts';
 import { hashPassword, verifyPassword } from './passwords.ts';
 
@@ -46,7 +46,61 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
     return { token, info: { id, name, kind, expiresAt, createdAt, lastUsedAt: null } satisfies ApiTokenInfo };
   }
 
+  /** Drops cached principals of a user whose tokens were just revoked, so none outlives the revocation here. */
+  function forgetUser(userId: string): void {
+    for (const [hash, entry] of recent) if (entry.principal.userId === userId) recent.delete(hash);
+  }
+
+  async function findUser(idOrName: string) {
+    // An id wins over a user name that happens to look like one.
+    const user =
+      (await db.selectFrom('users').selectAll().where('id', '=', idOrName).executeTakeFirst()) ??
+      (await db.selectFrom('users').selectAll().where('username', '=', idOrName).executeTakeFirst());
+    if (!user) throw notFound('USER_NOT_FOUND', 'user', idOrName);
+    return user;
+  }
+
+  /**
+   * A new password ends every other way in: the user's other sessions and API tokens are revoked (a
+   * password is changed because it may be known to someone else, who may have made tokens with it). The
+   * token that made the change, if any, stays valid so the caller is not logged out by their own request.
+   */
+  async function setPasswordOf(userId: string, password: string, keepTokenId: string | undefined): Promise<{ revokedTokens: number }> {
+    const hash = await hashPassword(password);
+    const revoked = await db.transaction().execute(async (trx) => {
+      await trx.updateTable('users').set({ password_hash: hash }).where('id', '=', userId).execute();
+      let del = trx.deleteFrom('api_tokens').where('user_id', '=', userId);
+      if (keepTokenId) del = del.where('id', '!=', keepTokenId);
+      return Number((await del.executeTakeFirst()).numDeletedRows);
+    });
+    forgetUser(userId);
+    return { revokedTokens: revoked };
+  }
+
   return {
+    /** Whether `password` is the user's password now; for callers that must not show a wrong one. */
+    async checkPassword(username: string, password: string): Promise<boolean> {
+      const user = await db.selectFrom('users').select('password_hash').where('username', '=', username).executeTakeFirst();
+      return user ? verifyPassword(password, user.password_hash) : false;
+    },
+
+    /** An admin sets any user's password; no old password needed. */
+    async setPassword(idOrName: string, password: string, by: Principal | undefined) {
+      const user = await findUser(idOrName);
+      const result = await setPasswordOf(user.id, password, by?.userId === user.id ? by.tokenId : undefined);
+      return { user: { id: user.id, username: user.username }, ...result };
+    },
+
+    /** A user changes their own password and proves they know the current one. */
+    async changeOwnPassword(by: Principal, currentPassword: string, newPassword: string) {
+      const user = await findUser(by.userId);
+      if (!(await verifyPassword(currentPassword, user.password_hash))) {
+        throw new AppError('WRONG_PASSWORD', 'the current password is not right; the password stays as it was');
+      }
+      const result = await setPasswordOf(user.id, newPassword, by.tokenId);
+      return { user: { id: user.id, username: user.username }, ...result };
+    },
+
     /** Makes the first admin when there is no user yet; returns the password when it was generated. */
     async ensureAdmin(password: string | undefined): Promise<{ created: boolean; generatedPassword?: string }> {
       const any = await db.selectFrom('users').select('id').limit(1).executeTakeFirst();
