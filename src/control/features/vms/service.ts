@@ -276,11 +276,17 @@ export function createVmService(deps: VmServiceDeps) {
       const host = deps.registry.get(vm.host_id!);
       if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is not connected`);
       const task = await tasks.create({ kind: 'set-memory', targetKind: 'vm', targetId: vm.id, createdBy: by, params: { targetMiB } });
+      // The host answers once the guest holds the new size (or gives up after its own deadline, well
+      // within this one); the task states the size the host reports, and only the asked one is success.
       host.connection
-        .command<{ memoryActualMiB: number }>({ op: 'setMemory', vmId: vm.id, targetMiB }, { timeoutMs: 60_000 })
-        .then((s) => tasks.succeed(task.id, `memory is ${s?.memoryActualMiB ?? targetMiB} MiB`, { memoryActualMiB: s?.memoryActualMiB ?? targetMiB }))
-        .then(() => controller.enqueue(vm.id))
-        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'SET_MEMORY_FAILED'), err.message));
+        .command<{ memoryActualMiB?: number }>({ op: 'setMemory', vmId: vm.id, targetMiB }, { timeoutMs: 90_000 })
+        .then(async (s) => {
+          const actualMiB = s?.memoryActualMiB;
+          if (actualMiB === targetMiB) await tasks.succeed(task.id, `memory is ${actualMiB} MiB`, { memoryActualMiB: actualMiB });
+          else await tasks.fail(task.id, 'MEMORY_NOT_REACHED', `the guest holds ${actualMiB ?? 'an unknown amount of'} MiB, not the ${targetMiB} MiB asked`);
+        })
+        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'SET_MEMORY_FAILED'), err.message))
+        .finally(() => controller.enqueue(vm.id));
       return { vm: vmFromRow(vm), task };
     },
   };
