@@ -50,10 +50,13 @@ export function createVmService(deps: VmServiceDeps) {
     return row;
   }
 
-  /** One long operation at a time per VM: a second one would race the first. */
-  async function assertNoTask(vm: VmRow): Promise<void> {
-    const [busy] = await tasks.activeFor(vm.id);
-    if (busy) throw new AppError('CONFLICT', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
+  /**
+   * One long operation at a time per VM: a second one would race the first. This check gives the usual
+   * case its clear message; the database's unique index on active tasks decides a race between two.
+   */
+  async function assertNoTask(vm: VmRow, trx: Kysely<Database> = db): Promise<void> {
+    const [busy] = await tasks.activeFor(vm.id, trx);
+    if (busy) throw new AppError('VM_BUSY', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
   }
 
   function assertPhase(vm: VmRow, allowed: VmPhase[], action: string): void {
@@ -64,8 +67,8 @@ export function createVmService(deps: VmServiceDeps) {
   }
 
   /** Writes a desired-state change only if nobody changed the VM since it was read. */
-  async function change(vm: VmRow, patch: VmUpdate): Promise<VmRow> {
-    const row = await db
+  async function change(vm: VmRow, patch: VmUpdate, trx: Kysely<Database> = db): Promise<VmRow> {
+    const row = await trx
       .updateTable('vms')
       .set({ ...patch, generation: vm.generation + 1, updated_at: new Date().toISOString() })
       .where('id', '=', vm.id)
@@ -78,14 +81,11 @@ export function createVmService(deps: VmServiceDeps) {
 
   async function action(vm: VmRow, kind: string, createdBy: string | null, patch: VmUpdate, params?: Record<string, unknown>) {
     await assertNoTask(vm);
-    const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy, params, message: `${kind} requested` });
-    let row: VmRow;
-    try {
-      row = await change(vm, patch);
-    } catch (err) {
-      await tasks.fail(task.id, 'GENERATION_MISMATCH', 'the VM changed before the request was applied');
-      throw err;
-    }
+    // The task and the desired state are one change: a lost race leaves neither behind.
+    const { task, row } = await db.transaction().execute(async (trx) => {
+      const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy, params, message: `${kind} requested` }, trx);
+      return { task, row: await change(vm, patch, trx) };
+    });
     controller.enqueue(vm.id);
     return { vm: vmFromRow(row), task };
   }
@@ -152,19 +152,13 @@ export function createVmService(deps: VmServiceDeps) {
         updated_at: now,
       };
       // The VM, its task and its event are written together or not at all; the unique name is the check.
-      let task: Task;
-      let created: AwanEvent;
-      try {
-        ({ task, created } = await db.transaction().execute(async (trx) => {
-          await trx.insertInto('vms').values(row).execute();
-          const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' }, trx);
-          const created = await events.record({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } }, trx);
-          return { task, created };
-        }));
-      } catch (err) {
-        if (/unique|duplicate/i.test(String(err))) throw new AppError('NAME_TAKEN', `a VM named ${body.name} already exists`, { name: body.name });
-        throw err;
-      }
+      // A name taken meanwhile is the unique index's call, answered as NAME_TAKEN by the error handler.
+      const { task, created } = await db.transaction().execute(async (trx) => {
+        await trx.insertInto('vms').values(row).execute();
+        const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' }, trx);
+        const created = await events.record({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } }, trx);
+        return { task, created };
+      });
       events.notify(created);
       if (!start) await tasks.succeed(task.id, 'created (stopped)');
       controller.enqueue(id);
@@ -231,17 +225,19 @@ export function createVmService(deps: VmServiceDeps) {
       if (vm.phase === 'migrating') throw new AppError('INVALID_STATE', `cannot delete VM ${vm.name} while it migrates`);
       const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
       if (host && !host.connection && host.vms.size > 0) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is unreachable`);
-      // A delete supersedes whatever the VM was doing, once it is recorded.
-      const superseded = (await tasks.activeFor(vm.id)).filter((t) => t.kind !== 'migrate');
-      const task = await tasks.create({ kind: 'delete', targetKind: 'vm', targetId: vm.id, createdBy: by, message: 'delete requested' });
-      let row: VmRow;
-      try {
-        row = await change(vm, { deleting: 1 });
-      } catch (err) {
-        await tasks.fail(task.id, 'GENERATION_MISMATCH', 'the VM changed before the request was applied');
-        throw err;
-      }
-      for (const t of superseded) await tasks.fail(t.id, 'VM_DELETED', 'the VM is being deleted');
+      // A delete supersedes whatever the VM was doing (but a migration, which must settle first), in the
+      // same change that records it.
+      const { task, row, superseded } = await db.transaction().execute(async (trx) => {
+        const active = await tasks.activeFor(vm.id, trx);
+        const migration = active.find((t) => t.kind === 'migrate');
+        if (migration) {
+          throw new AppError('VM_BUSY', `VM ${vm.name} is being migrated (task ${migration.id}); cancel the migration or wait for it, then delete`, { taskId: migration.id });
+        }
+        const superseded = await tasks.failIn(trx, active.map((t) => t.id), 'VM_DELETED', 'the VM is being deleted');
+        const task = await tasks.create({ kind: 'delete', targetKind: 'vm', targetId: vm.id, createdBy: by, message: 'delete requested' }, trx);
+        return { task, row: await change(vm, { deleting: 1 }, trx), superseded };
+      });
+      for (const e of superseded) events.notify(e);
       controller.enqueue(vm.id);
       return { vm: vmFromRow(row), task };
     },
