@@ -22,7 +22,7 @@ function tally(results: { status: number; body: any }[]) {
 describe('concurrent requests', () => {
   let c: Cluster;
   before(async () => {
-    c = await startCluster({ hosts: 2 });
+    c = await startCluster({ hosts: 2, control: { heartbeatIntervalMs: 1000 } });
   });
   after(async () => { await c?.close(); });
 
