@@ -1,7 +1,7 @@
 // VM operations as the API offers them: each checks its input and the VM's state, writes the desired
 // state in one statement, records a task, and leaves the rest to the VM reconciler.
 import type { Kysely } from 'kysely';
-import { macFor, newId } from '../../../lib/ids.ts';
+import { looksLikeId, macFor, newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
 import { CommandError } from '../agents/connection.ts';
@@ -45,7 +45,10 @@ export function createVmService(deps: VmServiceDeps) {
   const { db, tasks, events, capacity, controller } = deps;
 
   async function find(idOrName: string): Promise<VmRow> {
-    const row = await db.selectFrom('vms').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).executeTakeFirst();
+    const rows = await db.selectFrom('vms').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).execute();
+    // An id names one VM for good: it wins over a name that happens to read the same (one made before
+    // such names were refused).
+    const row = rows.find((r) => r.id === idOrName) ?? rows[0];
     if (!row) throw notFound('VM_NOT_FOUND', 'VM', idOrName);
     return row;
   }
@@ -113,14 +116,26 @@ export function createVmService(deps: VmServiceDeps) {
       if (maxMemoryMiB < body.memoryMiB) {
         throw new AppError('VALIDATION_FAILED', `maxMemoryMiB (${maxMemoryMiB}) must not be below memoryMiB (${body.memoryMiB})`);
       }
+      if (looksLikeId(body.name)) {
+        throw new AppError('VALIDATION_FAILED', `name ${body.name} has the form of an id; VMs are found by id or name, so pick another name`, { name: body.name });
+      }
       const largest = capacity.largestHostMiB();
       if (capacity.size > 0 && body.memoryMiB > largest) {
         throw new AppError('NO_CAPACITY', `a VM of ${body.memoryMiB} MiB is larger than any host (the largest can hold ${largest} MiB)`, { largestHostMiB: largest });
+      }
+      const mostCpus = capacity.largestHostCpus();
+      if (capacity.size > 0 && body.cpus > mostCpus) {
+        throw new AppError('NO_CAPACITY', `a VM of ${body.cpus} CPUs is larger than any host (the largest can give ${mostCpus} CPUs)`, { largestHostCpus: mostCpus });
       }
       const imageRef = body.image ?? deps.defaultImage;
       const image = imageRef ? await deps.images.find(imageRef).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });
       }) : undefined;
+      // Only a disk image gives a VM a disk; one booted from a kernel, or with no image, has none to size.
+      const hasDisk = image !== undefined && image.format !== 'kernel';
+      if (!hasDisk && body.diskGiB !== undefined) {
+        throw new AppError('VALIDATION_FAILED', `VM ${body.name} has no disk (${image ? `image ${image.name} boots a kernel` : 'it has no image'}); diskGiB does not apply`, { diskGiB: body.diskGiB });
+      }
 
       const id = newId();
       const now = new Date().toISOString();
@@ -133,7 +148,7 @@ export function createVmService(deps: VmServiceDeps) {
         memory_mib: body.memoryMiB,
         max_memory_mib: maxMemoryMiB,
         image_id: image?.id ?? null,
-        disk_gib: body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024)),
+        disk_gib: hasDisk ? (body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024))) : 0,
         local_disk: body.storage === 'local' ? 1 : 0,
         ha: body.ha ? 1 : 0,
         placement_labels: JSON.stringify(body.placementLabels ?? {}),
@@ -247,8 +262,9 @@ export function createVmService(deps: VmServiceDeps) {
       const vm = await find(idOrName);
       assertPhase(vm, ['stopped', 'failed'], 'resize the disk of');
       await assertNoTask(vm);
+      if (vm.disk_gib === 0) throw new AppError('UNSUPPORTED', `VM ${vm.name} has no disk to resize`);
       if (diskGiB < vm.disk_gib) throw new AppError('VALIDATION_FAILED', `the disk is ${vm.disk_gib} GiB; shrinking it to ${diskGiB} GiB would lose data`);
-      if (!vm.local_disk) await deps.volumes.grow(vm.id, diskGiB);
+      if (!vm.local_disk) await deps.volumes.grow(vm.id, vm.disk_gib, diskGiB);
       else if (vm.host_id) {
         // The disk lives on its host: that host grows it.
         const host = deps.registry.get(vm.host_id);
