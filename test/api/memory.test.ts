@@ -11,7 +11,7 @@ describe('VM memory', () => {
   let c: Cluster;
   before(async () => {
     // The balloon takes its time, as a guest's does: half a second for 512 MiB.
-    c = await startCluster({ hosts: 1, sim: { balloonMiBPerS: 1024 } });
+    c = await startCluster({ hosts: 1, sim: { balloonMiBPerS: 1024 }, control: { heartbeatIntervalMs: 1000 } });
     const r = await c.api('POST', '/api/v1/vms', { name: 'mem-1', cpus: 1, memoryMiB: 1024, maxMemoryMiB: 2048 });
     await c.waitTask(r.body.task.id);
   });
@@ -59,6 +59,7 @@ describe('VM memory on a host that answers before the guest has the new size', (
     // request does before the guest gives anything back.
     c = await startCluster<HypervisorDriver>({
       hosts: 1,
+      control: { heartbeatIntervalMs: 1000 },
       makeDriver: async (name) => {
         const sim = createSimDriver({ hostname: name, address: name, cpus: 8, memoryMiB: 16384, bootDelayMs: 20 });
         return Object.assign(Object.create(sim) as HypervisorDriver, {
