@@ -131,10 +131,10 @@ export function createVmService(deps: VmServiceDeps) {
       const image = imageRef ? await deps.images.find(imageRef).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });
       }) : undefined;
-      // Only a disk image gives a VM a disk; one booted from a kernel, or with no image, has none to size.
-      const hasDisk = image !== undefined && image.format !== 'kernel';
+      // A VM booted from a kernel has no disk to size (one without an image boots from its own disk).
+      const hasDisk = image?.format !== 'kernel';
       if (!hasDisk && body.diskGiB !== undefined) {
-        throw new AppError('VALIDATION_FAILED', `VM ${body.name} has no disk (${image ? `image ${image.name} boots a kernel` : 'it has no image'}); diskGiB does not apply`, { diskGiB: body.diskGiB });
+        throw new AppError('VALIDATION_FAILED', `VM ${body.name} has no disk (image ${image?.name} boots a kernel); diskGiB does not apply`, { diskGiB: body.diskGiB });
       }
 
       const id = newId();
