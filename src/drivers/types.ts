@@ -118,6 +118,7 @@ export class DriverError extends Error {
       | 'VM_EXISTS'
       | 'VM_NOT_RUNNING'
       | 'INSUFFICIENT_MEMORY'
+      | 'MEMORY_NOT_REACHED'
       | 'BOOT_FAILED'
       | 'IMAGE_INVALID'
       | 'MIGRATION_FAILED'

@@ -92,7 +92,7 @@ describe('VM lifecycle through the API', () => {
     const stop = await c.api('POST', '/api/v1/vms/web-4/stop', { force: true });
     const again = await c.api('POST', '/api/v1/vms/web-4/reboot');
     assert.ok([409].includes(again.status), JSON.stringify(again.body));
-    assert.ok(['CONFLICT', 'INVALID_STATE'].includes(again.body.error.code));
+    assert.ok(['VM_BUSY', 'INVALID_STATE'].includes(again.body.error.code));
     await c.waitTask(stop.body.task.id);
   });
 

@@ -8,6 +8,7 @@ import Fastify, { type FastifyError, LogController } from 'fastify';
 import type { Logger } from '../../lib/logger.ts';
 import { newId } from '../../lib/ids.ts';
 import { AppError } from '../errors.ts';
+import { uniqueConflict } from '../store/unique.ts';
 import type { AuthService } from '../features/auth/service.ts';
 import type { Metrics } from '../metrics.ts';
 import type { App } from './types.ts';
@@ -25,6 +26,8 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
 
   app.setErrorHandler((err: FastifyError | AppError | Error, req, reply) => {
     if (err instanceof AppError) return reply.code(err.status).send(err.toBody());
+    const taken = uniqueConflict(err);
+    if (taken) return reply.code(taken.status).send(taken.toBody());
     const fe = err as FastifyError;
     if (fe.validation) {
       const first = fe.validation[0];

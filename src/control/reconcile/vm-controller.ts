@@ -7,7 +7,7 @@ import { CommandError } from '../features/agents/connection.ts';
 import type { EventService } from '../features/events/service.ts';
 import type { HostRegistry } from '../features/hosts/registry.ts';
 import type { Task, TaskService } from '../features/tasks/service.ts';
-import { type VmPhase, canTransition } from '../features/vms/model.ts';
+import { IllegalPhaseChange, type VmPhase, canTransition } from '../features/vms/model.ts';
 import type { CapacityIndex, PlacementPolicy } from '../scheduler/capacity-index.ts';
 import type { Database, VmRow, VmUpdate } from '../store/schema.ts';
 import { type ReconcileResult, WorkQueue } from './queue.ts';
@@ -42,8 +42,12 @@ export function createVmController(deps: VmControllerDeps) {
   async function update(vm: VmRow, patch: VmUpdate, why?: string): Promise<VmRow> {
     const next = patch.phase as VmPhase | undefined;
     if (next && !canTransition(vm.phase as VmPhase, next)) {
-      log.warn({ vmId: vm.id, from: vm.phase, to: next }, 'refused an illegal phase change');
-      return vm;
+      // Going on as if it happened would leave the VM and its task in a state nobody chose: stop here,
+      // say so in the log and on the VM's task, and let the error back the reconcile pass off.
+      const err = new IllegalPhaseChange(vm.id, vm.phase, next);
+      log.error({ vmId: vm.id, from: vm.phase, to: next, why }, 'illegal phase change');
+      for (const t of await tasks.activeFor(vm.id)) await tasks.fail(t.id, 'ILLEGAL_PHASE_CHANGE', `VM ${vm.name}: ${vm.phase} -> ${next} is not a phase change awan makes; this is a bug, please report it`);
+      throw err;
     }
     const row = await db
       .updateTable('vms')
@@ -141,7 +145,9 @@ export function createVmController(deps: VmControllerDeps) {
     if (vm.host_id && observed && ['running', 'starting', 'paused'].includes(observed.state)) {
       const stopTask = active.find((t) => t.kind === 'stop');
       const force = stopTask?.params?.force === true;
-      vm = await update(vm, { phase: 'stopping' });
+      // Clearing up after a failure (a boot that timed out) keeps the VM failed with its reason; a stop
+      // the user asked for is a stop like any other.
+      if (vm.phase !== 'failed' || stopTask) vm = await update(vm, { phase: 'stopping' });
       try {
         await host!.connection!.command({ op: 'stop', vmId: vm.id, force, timeoutMs: 30_000 }, { timeoutMs: 60_000 });
       } catch (err) {
@@ -160,7 +166,7 @@ export function createVmController(deps: VmControllerDeps) {
     if (vm.host_id && observed && !keepHost) await forget(vm.host_id, vm.id);
     const hostId = keepHost ? vm.host_id : null;
     if (vm.phase !== 'stopped' || vm.host_id !== hostId || vm.observed_generation !== vm.generation) {
-      const stayFailed = vm.phase === 'failed';
+      const stayFailed = vm.phase === 'failed' && !active.some((t) => t.kind === 'stop');
       vm = await update(vm, { phase: stayFailed ? 'failed' : 'stopped', host_id: hostId, observed_generation: vm.generation, memory_actual_mib: null });
     }
     capacity.release(vm.id);

@@ -110,6 +110,13 @@ export class CapacityIndex {
   }
 
   /** The largest VM memory any host could hold when empty: requests above it can never be placed. */
+  /** The most CPUs one VM could get on any host: a VM wanting more can never be placed. */
+  largestHostCpus(): number {
+    let max = 0;
+    for (const h of this.hosts.values()) max = Math.max(max, Math.floor(h.cpus * this.cpuOvercommit));
+    return max;
+  }
+
   largestHostMiB(): number {
     let max = 0;
     for (const h of this.hosts.values()) max = Math.max(max, Math.floor(h.memoryMiB * this.memoryOvercommit));

@@ -41,6 +41,8 @@ export interface QemuDriverOptions {
   stopTimeoutMs?: number;
   /** Memory a shrink leaves above what the guest uses. */
   memoryMarginMiB?: number;
+  /** How long a memory change may take to reach the guest before it is reported as not reached. */
+  memorySettleTimeoutMs?: number;
   migrationBandwidthBytes?: number;
   /** The pause QEMU may take to hand a VM over; the default keeps measured downtime under 50 ms. */
   migrationDowntimeLimitMs?: number;
@@ -217,6 +219,7 @@ class QemuDriver implements HypervisorDriver {
     await setGuestMemory(vm.qmp, vm.spec, targetMiB, {
       marginMiB: this.opts.memoryMarginMiB ?? 32,
       statsTimeoutMs: 30_000,
+      settleTimeoutMs: this.opts.memorySettleTimeoutMs ?? 60_000,
       hostAvailableMiB,
     }).catch(internal);
     const status = await vm.status();

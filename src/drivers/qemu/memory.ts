@@ -58,6 +58,8 @@ export interface SetMemoryOptions {
   statsTimeoutMs: number;
   /** Host memory available for growth. */
   hostAvailableMiB: () => Promise<number>;
+  /** How long the guest may take to reach the new size; past it the change is reported as not reached. */
+  settleTimeoutMs: number;
 }
 
 /**
@@ -69,13 +71,18 @@ export async function setGuestMemory(
   spec: DriverVmSpec,
   targetMiB: number,
   opts: SetMemoryOptions,
-): Promise<void> {
+): Promise<MemorySnapshot> {
   if (!Number.isFinite(targetMiB) || targetMiB <= 0) {
     throw new DriverError('UNSUPPORTED', `${spec.id}: ${targetMiB} MiB is not a memory size`);
   }
   const ceilingMiB = spec.memoryMiB + (hasVirtioMem(spec) ? virtioMemSizeMiB(spec) : 0);
   if (targetMiB > ceilingMiB) {
     throw new DriverError('UNSUPPORTED', `${spec.id}: ${targetMiB} MiB is above its maximum of ${ceilingMiB} MiB`);
+  }
+  const blockMiB = VMEM_BLOCK_BYTES / MiB;
+  // virtio-mem plugs whole blocks: any other size above boot memory could never be reached exactly.
+  if (targetMiB > spec.memoryMiB && (targetMiB - spec.memoryMiB) % blockMiB !== 0) {
+    throw new DriverError('UNSUPPORTED', `${spec.id}: above its boot memory of ${spec.memoryMiB} MiB, memory grows in steps of ${blockMiB} MiB`);
   }
   const now = await memorySnapshot(qmp, spec);
   if (targetMiB < now.actualMiB) {
@@ -100,14 +107,33 @@ export async function setGuestMemory(
     }
   }
   const balloonMiB = Math.min(targetMiB, spec.memoryMiB);
-  const blockMiB = VMEM_BLOCK_BYTES / MiB;
-  const vmemMiB = Math.ceil(Math.max(0, targetMiB - spec.memoryMiB) / blockMiB) * blockMiB;
+  const vmemMiB = Math.max(0, targetMiB - spec.memoryMiB);
   // Shrink the hot-plugged part first, so the guest never holds more than either the old or the new size.
   if (hasVirtioMem(spec) && vmemMiB !== now.virtioMemMiB) {
     await qmp.call('qom-set', { path: VMEM_ID, property: 'requested-size', value: vmemMiB * MiB });
   }
   if (balloonMiB !== now.balloonMiB || targetMiB <= spec.memoryMiB) {
     await qmp.call('balloon', { value: balloonMiB * MiB });
+  }
+  return waitForSize(qmp, spec, targetMiB, opts.settleTimeoutMs);
+}
+
+/**
+ * The balloon and virtio-mem only ask: the guest gives pages back or onlines blocks at its own pace. The
+ * change is done when QEMU reports the guest holding the new size, not when the request was sent.
+ */
+async function waitForSize(qmp: QmpClient, spec: DriverVmSpec, targetMiB: number, timeoutMs: number): Promise<MemorySnapshot> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const now = await memorySnapshot(qmp, spec);
+    if (now.actualMiB === targetMiB) return now;
+    if (Date.now() > deadline) {
+      throw new DriverError(
+        'MEMORY_NOT_REACHED',
+        `${spec.id}: the guest holds ${now.actualMiB} MiB, not the ${targetMiB} MiB asked, after ${timeoutMs} ms (balloon ${now.balloonMiB} MiB, virtio-mem ${now.virtioMemMiB} MiB)`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

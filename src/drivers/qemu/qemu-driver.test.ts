@@ -133,11 +133,13 @@ describe('qemu driver', () => {
     assert.ok(used > 0 && used < 256, `guest uses ${used} MiB`);
 
     // With deflate-on-oom the guest keeps ballooned pages in its total (it may take them back), so they show as not free.
-    await driver.setMemory('mem', 192);
+    // setMemory answers once the guest holds the new size, not when the request was sent.
+    assert.equal((await driver.setMemory('mem', 192)).memoryActualMiB, 192);
     await until(async () => ((await guest())?.freeMiB ?? Infinity) <= before.freeMiB - 60, { timeoutMs: 30_000, what: 'the guest to lose 64 MiB' });
-    await driver.setMemory('mem', 448);
+    assert.equal((await driver.setMemory('mem', 448)).memoryActualMiB, 448);
     await until(async () => ((await guest())?.totalMiB ?? 0) >= before.totalMiB + 180, { timeoutMs: 30_000, what: 'the guest to gain 192 MiB' });
     assert.equal((await driver.status('mem')).memoryActualMiB, 448);
+    await assert.rejects(driver.setMemory('mem', 449), { name: 'DriverError', code: 'UNSUPPORTED', message: /steps of 2 MiB/ });
     await assert.rejects(driver.setMemory('mem', 16), { name: 'DriverError', code: 'INSUFFICIENT_MEMORY' });
   });
 

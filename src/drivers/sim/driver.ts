@@ -16,7 +16,7 @@ import {
 import { realClock, TimerSet, type SimClock } from './clock.ts';
 import { appendHistory, bootedLines, earlyBootLines, echo, rebootLines, shutdownLines } from './console.ts';
 import { migrationUri, runMigration, type MigrationContext } from './migration.ts';
-import { checkSpec, createBoot, holdsMemory, interrupt, isUp, toStatus, type SimVm } from './vm.ts';
+import { checkSpec, createBoot, createResize, holdsMemory, interrupt, isUp, reservedMiB, toStatus, type SimVm } from './vm.ts';
 import { DriverListeners } from '../listeners.ts';
 
 export interface SimDriverOptions {
@@ -36,6 +36,8 @@ export interface SimDriverOptions {
   guestUsedMiB?: (spec: DriverVmSpec) => number;
   /** Headroom above guest use that the balloon never takes away (a real guest would panic). */
   balloonMarginMiB?: number;
+  /** How fast the guest gives memory back or takes more: a change of N MiB takes N / this seconds. */
+  balloonMiBPerS?: number;
 }
 
 export interface SimDriver extends HypervisorDriver {
@@ -172,13 +174,29 @@ class SimHypervisor implements SimDriver {
     if (targetMiB < floorMiB) {
       throw new DriverError('INSUFFICIENT_MEMORY', `${vmId} uses ${vm.usedMiB} MiB; refusing to go below ${floorMiB} MiB`);
     }
-    const growMiB = targetMiB - vm.actualMiB;
+    const growMiB = targetMiB - reservedMiB(vm);
     const freeMiB = this.freeMiB();
     if (growMiB > freeMiB) {
       throw new DriverError('INSUFFICIENT_MEMORY', `${vmId} would grow by ${growMiB} MiB, host has ${freeMiB} MiB free`);
     }
-    vm.actualMiB = targetMiB;
-    this.emitState(vm);
+    // A newer request replaces one still under way, as a new balloon target does in QEMU.
+    if (vm.resize) {
+      const old = vm.resize;
+      vm.resize = undefined;
+      old.cancelTimer();
+      old.reject(new DriverError('MEMORY_NOT_REACHED', `${vmId}: the change to ${old.targetMiB} MiB was replaced by one to ${targetMiB} MiB`));
+    }
+    if (targetMiB === vm.actualMiB) return this.status_(vm);
+    const takesMs = (Math.abs(targetMiB - vm.actualMiB) / (this.opts.balloonMiBPerS ?? 2048)) * 1000;
+    const resize = createResize(targetMiB, this.timers.after(takesMs, () => {
+      if (vm.resize !== resize) return;
+      vm.resize = undefined;
+      vm.actualMiB = targetMiB;
+      this.emitState(vm);
+      resize.resolve();
+    }));
+    vm.resize = resize;
+    await resize.promise;
     return this.status_(vm);
   }
 
@@ -320,7 +338,7 @@ class SimHypervisor implements SimDriver {
 
   private freeMiB(): number {
     let usedMiB = 0;
-    for (const vm of this.vms.values()) if (holdsMemory(vm.state)) usedMiB += vm.actualMiB;
+    for (const vm of this.vms.values()) if (holdsMemory(vm.state)) usedMiB += reservedMiB(vm);
     return this.memoryMiB - usedMiB;
   }
 

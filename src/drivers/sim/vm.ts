@@ -20,6 +20,8 @@ export interface SimVm {
   reason?: string;
   console: string;
   boot?: PendingBoot;
+  /** A memory change the guest has not reached yet. */
+  resize?: PendingResize;
   migration?: { cancel(err: DriverError): void };
 }
 
@@ -60,6 +62,31 @@ export function createBoot(cancelTimer: () => void): PendingBoot {
   return { promise, resolve, reject, cancelTimer };
 }
 
+/** A memory change under way: the balloon moves at the guest's pace, and the caller waits for the end. */
+export interface PendingResize {
+  targetMiB: number;
+  promise: Promise<void>;
+  resolve(): void;
+  reject(err: DriverError): void;
+  cancelTimer(): void;
+}
+
+export function createResize(targetMiB: number, cancelTimer: () => void): PendingResize {
+  let resolve!: () => void;
+  let reject!: (err: DriverError) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined);
+  return { targetMiB, promise, resolve, reject, cancelTimer };
+}
+
+/** Memory the host has set aside for a VM: a growing one holds its new size from the moment it asked. */
+export function reservedMiB(vm: SimVm): number {
+  return Math.max(vm.actualMiB, vm.resize?.targetMiB ?? 0);
+}
+
 /** Ends whatever the VM was doing in the background, failing the callers that wait on it. */
 export function interrupt(vm: SimVm, why: string): void {
   if (vm.boot) {
@@ -67,6 +94,12 @@ export function interrupt(vm: SimVm, why: string): void {
     vm.boot = undefined;
     boot.cancelTimer();
     boot.reject(new DriverError('BOOT_FAILED', `${vm.spec.id}: ${why}`));
+  }
+  if (vm.resize) {
+    const resize = vm.resize;
+    vm.resize = undefined;
+    resize.cancelTimer();
+    resize.reject(new DriverError('VM_NOT_RUNNING', `${vm.spec.id}: ${why} before its memory reached ${resize.targetMiB} MiB`));
   }
   if (vm.migration) {
     const migration = vm.migration;

@@ -5,7 +5,7 @@ import { notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
 import type { Database, TaskRow } from '../../store/schema.ts';
 import { newId } from '../../../lib/ids.ts';
-import type { EventService } from '../events/service.ts';
+import type { AwanEvent, EventService } from '../events/service.ts';
 
 export type TaskState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
@@ -53,11 +53,13 @@ export interface TaskService {
   progress(id: string, progress: number, message?: string): Promise<void>;
   succeed(id: string, message: string, result?: Record<string, unknown>): Promise<void>;
   fail(id: string, code: string, message: string): Promise<void>;
+  /** Fails tasks inside the caller's transaction; `events.notify` what it returns once that committed. */
+  failIn(trx: Kysely<Database>, ids: string[], code: string, message: string): Promise<AwanEvent[]>;
   cancelled(id: string, message: string): Promise<void>;
   get(id: string): Promise<Task>;
   list(q: { limit: number; cursor?: string; state?: string; targetId?: string; kind?: string }): Promise<{ items: Task[]; nextCursor: string | null }>;
-  /** Unfinished tasks on one object, oldest first. */
-  activeFor(targetId: string): Promise<Task[]>;
+  /** Unfinished tasks on one object, oldest first. A VM has at most one (the database holds to it). */
+  activeFor(targetId: string, trx?: Kysely<Database>): Promise<Task[]>;
   unfinished(): Promise<Task[]>;
 }
 
@@ -71,9 +73,10 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
     if (!l || isFinished(t.state)) return t;
     return { ...t, progress: l.progress, message: l.message, updatedAt: l.updatedAt };
   };
-  const finish = async (id: string, state: TaskState, message: string, extra: Partial<TaskRow>) => {
+  /** Finishes a task inside `q`; the event it returns is for the caller to notify once `q` committed. */
+  const finishIn = async (q: Kysely<Database>, id: string, state: TaskState, message: string, extra: Partial<TaskRow>): Promise<AwanEvent | undefined> => {
     const now = new Date().toISOString();
-    const updated = await db
+    const updated = await q
       .updateTable('tasks')
       .set({ state, message, progress: state === 'succeeded' ? 100 : undefined, finished_at: now, updated_at: now, ...extra })
       .where('id', '=', id)
@@ -81,14 +84,21 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
       .returningAll()
       .executeTakeFirst();
     live.delete(id);
-    if (!updated) return; // already finished: finishing is idempotent
-    await events.emit({
-      type: `task.${state}`,
-      objectKind: 'task',
-      objectId: id,
-      message: `${updated.kind} of ${updated.target_kind} ${updated.target_id}: ${message}`,
-      data: { kind: updated.kind, targetId: updated.target_id, ...(extra.error_code ? { code: extra.error_code } : {}) },
-    });
+    if (!updated) return undefined; // already finished: finishing is idempotent
+    return events.record(
+      {
+        type: `task.${state}`,
+        objectKind: 'task',
+        objectId: id,
+        message: `${updated.kind} of ${updated.target_kind} ${updated.target_id}: ${message}`,
+        data: { kind: updated.kind, targetId: updated.target_id, ...(extra.error_code ? { code: extra.error_code } : {}) },
+      },
+      q,
+    );
+  };
+  const finish = async (id: string, state: TaskState, message: string, extra: Partial<TaskRow>) => {
+    const event = await finishIn(db, id, state, message, extra);
+    if (event) events.notify(event);
   };
 
   return {
@@ -135,6 +145,14 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
     },
     succeed: (id, message, result) => finish(id, 'succeeded', message, { result: result ? JSON.stringify(result) : null }),
     fail: (id, code, message) => finish(id, 'failed', message, { error_code: code, error_message: message }),
+    async failIn(trx, ids, code, message) {
+      const done: AwanEvent[] = [];
+      for (const id of ids) {
+        const e = await finishIn(trx, id, 'failed', message, { error_code: code, error_message: message });
+        if (e) done.push(e);
+      }
+      return done;
+    },
     cancelled: (id, message) => finish(id, 'cancelled', message, { error_code: 'CANCELLED', error_message: message }),
     async get(id) {
       const row = await db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
@@ -151,8 +169,8 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
       const rows = (await q.execute()).map((r) => withLive(toTask(r)));
       return page(rows, limit, (t) => ({ at: t.createdAt, id: t.id }));
     },
-    async activeFor(targetId) {
-      const rows = await db.selectFrom('tasks').selectAll().where('target_id', '=', targetId).where('state', 'in', ['queued', 'running']).orderBy('created_at').execute();
+    async activeFor(targetId, trx = db) {
+      const rows = await trx.selectFrom('tasks').selectAll().where('target_id', '=', targetId).where('state', 'in', ['queued', 'running']).orderBy('created_at').execute();
       return rows.map(toTask);
     },
     async unfinished() {

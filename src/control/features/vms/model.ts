@@ -5,22 +5,37 @@ import type { VmRow } from '../../store/schema.ts';
 export const vmPhases = ['pending', 'scheduling', 'starting', 'running', 'migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'] as const;
 export type VmPhase = (typeof vmPhases)[number];
 
-/** Which phase may follow which: every phase change goes through `assertTransition`. */
-const transitions: Record<VmPhase, readonly VmPhase[]> = {
-  pending: ['scheduling', 'starting', 'stopped', 'failed', 'deleting'],
-  scheduling: ['starting', 'failed', 'stopped', 'deleting', 'pending'],
-  starting: ['running', 'failed', 'stopping', 'stopped', 'unknown', 'deleting'],
-  running: ['migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting', 'starting'],
-  migrating: ['running', 'failed', 'unknown', 'stopped'],
-  stopping: ['stopped', 'failed', 'unknown', 'running', 'deleting'],
-  stopped: ['pending', 'scheduling', 'deleting', 'running', 'unknown'],
-  failed: ['pending', 'scheduling', 'stopped', 'deleting', 'running'],
-  unknown: ['running', 'stopped', 'failed', 'starting', 'stopping', 'deleting', 'pending'],
+/**
+ * Which phase may follow which: every phase change the reconciler, the migration steps and host-failure
+ * handling make is here (test/api/phase-changes.test.ts walks them), and any other is refused loudly.
+ */
+export const transitions: Record<VmPhase, readonly VmPhase[]> = {
+  // A host can vanish, or report the VM already running (a kept host), before it was ever placed.
+  pending: ['scheduling', 'starting', 'running', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
+  scheduling: ['pending', 'starting', 'running', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
+  starting: ['running', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
+  running: ['starting', 'migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
+  migrating: ['running', 'stopped', 'failed', 'unknown', 'deleting'],
+  // Started again while it was stopping: it boots anew.
+  stopping: ['starting', 'running', 'stopped', 'failed', 'unknown', 'deleting'],
+  // A returning host may still run a copy of a stopped VM: it is stopped there.
+  stopped: ['pending', 'scheduling', 'starting', 'running', 'stopping', 'failed', 'unknown', 'deleting'],
+  // A failed VM the host still runs (a boot that timed out) is stopped there when the user asks.
+  failed: ['pending', 'scheduling', 'starting', 'running', 'stopping', 'stopped', 'deleting'],
+  unknown: ['pending', 'starting', 'running', 'stopping', 'stopped', 'failed', 'deleting'],
   deleting: ['unknown'],
 };
 
 export function canTransition(from: VmPhase, to: VmPhase): boolean {
   return from === to || transitions[from].includes(to);
+}
+
+/** A phase change the table does not allow: a bug in whoever asked for it, never to be skipped quietly. */
+export class IllegalPhaseChange extends Error {
+  constructor(readonly vmId: string, readonly from: string, readonly to: string) {
+    super(`illegal phase change of VM ${vmId}: ${from} -> ${to}`);
+    this.name = 'IllegalPhaseChange';
+  }
 }
 
 const Labels = Type.Record(Type.String({ maxLength: 63 }), Type.String({ maxLength: 63 }));

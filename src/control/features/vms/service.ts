@@ -1,7 +1,7 @@
 // VM operations as the API offers them: each checks its input and the VM's state, writes the desired
 // state in one statement, records a task, and leaves the rest to the VM reconciler.
 import type { Kysely } from 'kysely';
-import { macFor, newId } from '../../../lib/ids.ts';
+import { looksLikeId, macFor, newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
 import { CommandError } from '../agents/connection.ts';
@@ -45,15 +45,21 @@ export function createVmService(deps: VmServiceDeps) {
   const { db, tasks, events, capacity, controller } = deps;
 
   async function find(idOrName: string): Promise<VmRow> {
-    const row = await db.selectFrom('vms').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).executeTakeFirst();
+    const rows = await db.selectFrom('vms').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).execute();
+    // An id names one VM for good: it wins over a name that happens to read the same (one made before
+    // such names were refused).
+    const row = rows.find((r) => r.id === idOrName) ?? rows[0];
     if (!row) throw notFound('VM_NOT_FOUND', 'VM', idOrName);
     return row;
   }
 
-  /** One long operation at a time per VM: a second one would race the first. */
-  async function assertNoTask(vm: VmRow): Promise<void> {
-    const [busy] = await tasks.activeFor(vm.id);
-    if (busy) throw new AppError('CONFLICT', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
+  /**
+   * One long operation at a time per VM: a second one would race the first. This check gives the usual
+   * case its clear message; the database's unique index on active tasks decides a race between two.
+   */
+  async function assertNoTask(vm: VmRow, trx: Kysely<Database> = db): Promise<void> {
+    const [busy] = await tasks.activeFor(vm.id, trx);
+    if (busy) throw new AppError('VM_BUSY', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
   }
 
   function assertPhase(vm: VmRow, allowed: VmPhase[], action: string): void {
@@ -64,8 +70,8 @@ export function createVmService(deps: VmServiceDeps) {
   }
 
   /** Writes a desired-state change only if nobody changed the VM since it was read. */
-  async function change(vm: VmRow, patch: VmUpdate): Promise<VmRow> {
-    const row = await db
+  async function change(vm: VmRow, patch: VmUpdate, trx: Kysely<Database> = db): Promise<VmRow> {
+    const row = await trx
       .updateTable('vms')
       .set({ ...patch, generation: vm.generation + 1, updated_at: new Date().toISOString() })
       .where('id', '=', vm.id)
@@ -78,14 +84,11 @@ export function createVmService(deps: VmServiceDeps) {
 
   async function action(vm: VmRow, kind: string, createdBy: string | null, patch: VmUpdate, params?: Record<string, unknown>) {
     await assertNoTask(vm);
-    const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy, params, message: `${kind} requested` });
-    let row: VmRow;
-    try {
-      row = await change(vm, patch);
-    } catch (err) {
-      await tasks.fail(task.id, 'GENERATION_MISMATCH', 'the VM changed before the request was applied');
-      throw err;
-    }
+    // The task and the desired state are one change: a lost race leaves neither behind.
+    const { task, row } = await db.transaction().execute(async (trx) => {
+      const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy, params, message: `${kind} requested` }, trx);
+      return { task, row: await change(vm, patch, trx) };
+    });
     controller.enqueue(vm.id);
     return { vm: vmFromRow(row), task };
   }
@@ -113,14 +116,26 @@ export function createVmService(deps: VmServiceDeps) {
       if (maxMemoryMiB < body.memoryMiB) {
         throw new AppError('VALIDATION_FAILED', `maxMemoryMiB (${maxMemoryMiB}) must not be below memoryMiB (${body.memoryMiB})`);
       }
+      if (looksLikeId(body.name)) {
+        throw new AppError('VALIDATION_FAILED', `name ${body.name} has the form of an id; VMs are found by id or name, so pick another name`, { name: body.name });
+      }
       const largest = capacity.largestHostMiB();
       if (capacity.size > 0 && body.memoryMiB > largest) {
         throw new AppError('NO_CAPACITY', `a VM of ${body.memoryMiB} MiB is larger than any host (the largest can hold ${largest} MiB)`, { largestHostMiB: largest });
+      }
+      const mostCpus = capacity.largestHostCpus();
+      if (capacity.size > 0 && body.cpus > mostCpus) {
+        throw new AppError('NO_CAPACITY', `a VM of ${body.cpus} CPUs is larger than any host (the largest can give ${mostCpus} CPUs)`, { largestHostCpus: mostCpus });
       }
       const imageRef = body.image ?? deps.defaultImage;
       const image = imageRef ? await deps.images.find(imageRef).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });
       }) : undefined;
+      // A VM booted from a kernel has no disk to size (one without an image boots from its own disk).
+      const hasDisk = image?.format !== 'kernel';
+      if (!hasDisk && body.diskGiB !== undefined) {
+        throw new AppError('VALIDATION_FAILED', `VM ${body.name} has no disk (image ${image?.name} boots a kernel); diskGiB does not apply`, { diskGiB: body.diskGiB });
+      }
 
       const id = newId();
       const now = new Date().toISOString();
@@ -133,7 +148,7 @@ export function createVmService(deps: VmServiceDeps) {
         memory_mib: body.memoryMiB,
         max_memory_mib: maxMemoryMiB,
         image_id: image?.id ?? null,
-        disk_gib: body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024)),
+        disk_gib: hasDisk ? (body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024))) : 0,
         local_disk: body.storage === 'local' ? 1 : 0,
         ha: body.ha ? 1 : 0,
         placement_labels: JSON.stringify(body.placementLabels ?? {}),
@@ -152,19 +167,13 @@ export function createVmService(deps: VmServiceDeps) {
         updated_at: now,
       };
       // The VM, its task and its event are written together or not at all; the unique name is the check.
-      let task: Task;
-      let created: AwanEvent;
-      try {
-        ({ task, created } = await db.transaction().execute(async (trx) => {
-          await trx.insertInto('vms').values(row).execute();
-          const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' }, trx);
-          const created = await events.record({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } }, trx);
-          return { task, created };
-        }));
-      } catch (err) {
-        if (/unique|duplicate/i.test(String(err))) throw new AppError('NAME_TAKEN', `a VM named ${body.name} already exists`, { name: body.name });
-        throw err;
-      }
+      // A name taken meanwhile is the unique index's call, answered as NAME_TAKEN by the error handler.
+      const { task, created } = await db.transaction().execute(async (trx) => {
+        await trx.insertInto('vms').values(row).execute();
+        const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' }, trx);
+        const created = await events.record({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } }, trx);
+        return { task, created };
+      });
       events.notify(created);
       if (!start) await tasks.succeed(task.id, 'created (stopped)');
       controller.enqueue(id);
@@ -231,17 +240,19 @@ export function createVmService(deps: VmServiceDeps) {
       if (vm.phase === 'migrating') throw new AppError('INVALID_STATE', `cannot delete VM ${vm.name} while it migrates`);
       const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
       if (host && !host.connection && host.vms.size > 0) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is unreachable`);
-      // A delete supersedes whatever the VM was doing, once it is recorded.
-      const superseded = (await tasks.activeFor(vm.id)).filter((t) => t.kind !== 'migrate');
-      const task = await tasks.create({ kind: 'delete', targetKind: 'vm', targetId: vm.id, createdBy: by, message: 'delete requested' });
-      let row: VmRow;
-      try {
-        row = await change(vm, { deleting: 1 });
-      } catch (err) {
-        await tasks.fail(task.id, 'GENERATION_MISMATCH', 'the VM changed before the request was applied');
-        throw err;
-      }
-      for (const t of superseded) await tasks.fail(t.id, 'VM_DELETED', 'the VM is being deleted');
+      // A delete supersedes whatever the VM was doing (but a migration, which must settle first), in the
+      // same change that records it.
+      const { task, row, superseded } = await db.transaction().execute(async (trx) => {
+        const active = await tasks.activeFor(vm.id, trx);
+        const migration = active.find((t) => t.kind === 'migrate');
+        if (migration) {
+          throw new AppError('VM_BUSY', `VM ${vm.name} is being migrated (task ${migration.id}); cancel the migration or wait for it, then delete`, { taskId: migration.id });
+        }
+        const superseded = await tasks.failIn(trx, active.map((t) => t.id), 'VM_DELETED', 'the VM is being deleted');
+        const task = await tasks.create({ kind: 'delete', targetKind: 'vm', targetId: vm.id, createdBy: by, message: 'delete requested' }, trx);
+        return { task, row: await change(vm, { deleting: 1 }, trx), superseded };
+      });
+      for (const e of superseded) events.notify(e);
       controller.enqueue(vm.id);
       return { vm: vmFromRow(row), task };
     },
@@ -251,8 +262,9 @@ export function createVmService(deps: VmServiceDeps) {
       const vm = await find(idOrName);
       assertPhase(vm, ['stopped', 'failed'], 'resize the disk of');
       await assertNoTask(vm);
+      if (vm.disk_gib === 0) throw new AppError('UNSUPPORTED', `VM ${vm.name} has no disk to resize`);
       if (diskGiB < vm.disk_gib) throw new AppError('VALIDATION_FAILED', `the disk is ${vm.disk_gib} GiB; shrinking it to ${diskGiB} GiB would lose data`);
-      if (!vm.local_disk) await deps.volumes.grow(vm.id, diskGiB);
+      if (!vm.local_disk) await deps.volumes.grow(vm.id, vm.disk_gib, diskGiB);
       else if (vm.host_id) {
         // The disk lives on its host: that host grows it.
         const host = deps.registry.get(vm.host_id);
@@ -276,11 +288,17 @@ export function createVmService(deps: VmServiceDeps) {
       const host = deps.registry.get(vm.host_id!);
       if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is not connected`);
       const task = await tasks.create({ kind: 'set-memory', targetKind: 'vm', targetId: vm.id, createdBy: by, params: { targetMiB } });
+      // The host answers once the guest holds the new size (or gives up after its own deadline, well
+      // within this one); the task states the size the host reports, and only the asked one is success.
       host.connection
-        .command<{ memoryActualMiB: number }>({ op: 'setMemory', vmId: vm.id, targetMiB }, { timeoutMs: 60_000 })
-        .then((s) => tasks.succeed(task.id, `memory is ${s?.memoryActualMiB ?? targetMiB} MiB`, { memoryActualMiB: s?.memoryActualMiB ?? targetMiB }))
-        .then(() => controller.enqueue(vm.id))
-        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'SET_MEMORY_FAILED'), err.message));
+        .command<{ memoryActualMiB?: number }>({ op: 'setMemory', vmId: vm.id, targetMiB }, { timeoutMs: 90_000 })
+        .then(async (s) => {
+          const actualMiB = s?.memoryActualMiB;
+          if (actualMiB === targetMiB) await tasks.succeed(task.id, `memory is ${actualMiB} MiB`, { memoryActualMiB: actualMiB });
+          else await tasks.fail(task.id, 'MEMORY_NOT_REACHED', `the guest holds ${actualMiB ?? 'an unknown amount of'} MiB, not the ${targetMiB} MiB asked`);
+        })
+        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'SET_MEMORY_FAILED'), err.message))
+        .finally(() => controller.enqueue(vm.id));
       return { vm: vmFromRow(vm), task };
     },
   };
