@@ -31,7 +31,7 @@ export function describeOutcome(o: BootOutcome): string {
 export function bootProbe(binary: string, accel: Accel, guest: ProbeGuest, timeoutMs: number): Promise<BootOutcome> {
   const qemu = [
     binary, '-accel', accel, '-m', '128', '-nodefaults', '-display', 'none', '-no-reboot',
-    '-kernel', guest.kernelPath, '-initrd', guest.initrdPath, '-append', 'console=ttyS0 panic=-1', '-serial', 'stdio',
+    '-kernel', guest.kernelPath, '-initrd', guest.initrdPath, '-append', 'console=ttyS0 panic=-1 quiet', '-serial', 'stdio',
   ];
   const deadlineS = String(Math.ceil(timeoutMs / 1000) + 1);
   const child = spawn('timeout', ['--kill-after', String(KILL_GRACE_S), deadlineS, ...qemu], { stdio: ['ignore', 'pipe', 'pipe'] });
