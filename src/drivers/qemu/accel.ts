@@ -149,6 +149,10 @@ export async function chooseAccel(opts: AccelOptions): Promise<AccelChoice> {
     const round = newRound(r.key, async (n) => ({ accel: cached.accel, how: 'cached', verdict: cached, reason: `cached: ${cached.detail}`, round: n }));
     return settle(r, await round.result);
   }
+  // An inconclusive answer is never written down, but the drivers of one process (a demo's hosts, a test
+  // file's) share it rather than each spending the probe's time again; the next process probes afresh.
+  const fallback = rounds.get(r.key);
+  if (fallback?.settled) return settle(r, fallback.settled);
   return settle(r, await newRound(r.key, (n) => probe(r, n)).result);
 }
 

@@ -147,7 +147,9 @@ class QemuDriver implements HypervisorDriver {
 
   /** Takes up a newer answer another driver of this process may have probed since. */
   private async refreshAccel(): Promise<AccelChoice> {
+    const before = this.choice.accel;
     this.choice = await currentAccel(this.accelOpts, this.choice);
+    if (this.choice.accel !== before) this.emit({ type: 'facts-changed' });
     return this.choice;
   }
 
@@ -159,7 +161,9 @@ class QemuDriver implements HypervisorDriver {
     if (used.how === 'forced') return new DriverError('BOOT_FAILED', `${err.message} under KVM (${used.reason}, so it was not probed again)`);
     this.reprobing ??= reprobeAccel(this.accelOpts, used).finally(() => (this.reprobing = undefined));
     const now = await this.reprobing;
+    const changed = now.accel !== this.choice.accel;
     this.choice = now;
+    if (changed) this.emit({ type: 'facts-changed' });
     this.ctx.log(
       'a guest did not boot under KVM: probed the accelerator again',
       { vmId, before: used.accel, after: now.accel, evidence: now.verdict?.evidence, reason: now.reason },
