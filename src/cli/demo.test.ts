@@ -20,7 +20,7 @@ after(() => {
 });
 
 const startControl: StartControl = async (opts) => {
-  const control = await createControl({ db: opts.db, adminPassword: process.env.AWAN_ADMIN_PASSWORD, poolDir: opts.poolDir, defaultImage: opts.defaultImage, log: createLogger('test', 'silent') });
+  const control = await createControl({ db: opts.db, adminPassword: process.env.AWAN_ADMIN_PASSWORD, poolDir: opts.poolDir, imageDirs: opts.imageDirs, defaultImage: opts.defaultImage, log: createLogger('test', 'silent') });
   const { generatedAdminPassword } = await control.start();
   await control.app.listen({ port: 0, host: '127.0.0.1' });
   const address = control.app.server.address();
@@ -48,6 +48,7 @@ describe('awan demo --driver qemu', () => {
         driver: 'qemu',
         port: 0,
         dataDir: join(root, 'data'),
+        imageDirs: [],
         startControl: async (opts) => {
           const started = await startControl(opts);
           control = started.control;

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createQemuDriver } from '../../src/drivers/qemu/index.ts';
 import { requireGuest, tempDir } from '../../src/drivers/qemu/test-support.ts';
@@ -47,7 +47,7 @@ describe('a stale KVM verdict', { timeout: 300_000 }, () => {
     writeFileSync(kvmDevice, '');
     c = await startCluster<HypervisorDriver>({
       // Beats far apart enough that a busy machine does not make the host flap while QEMU boots.
-      control: { heartbeatIntervalMs: 2000 },
+      control: { heartbeatIntervalMs: 2000, imageDirs: [dirname(guest.kernelPath), dirname(guest.initrdPath)] },
       makeDriver: async (name, dataDir) => {
         hostDir = dataDir;
         mkdirSync(dataDir, { recursive: true });
