@@ -54,7 +54,12 @@ export class Agent {
     if (!this.creds) this.creds = await this.join();
     this.unsubscribe = this.opts.driver.subscribe((e) => {
       if (e.type === 'vm-state') this.send({ type: 'vms', full: false, vms: [toMsg(e.vm)] });
-      else if (this.consoles.has(e.vmId)) this.send({ type: 'console', vmId: e.vmId, data: e.data });
+      else if (e.type === 'console') {
+        if (this.consoles.has(e.vmId)) this.send({ type: 'console', vmId: e.vmId, data: e.data });
+      } else if (this.connected) {
+        // A hello is the one message that carries facts; control takes a repeated one as a fresh report.
+        this.hello().catch((err: unknown) => this.opts.log.warn({ err }, 'could not report new facts to control'));
+      }
     });
     this.connect();
   }

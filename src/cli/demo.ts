@@ -7,7 +7,7 @@ import { AppError } from '../control/errors.ts';
 import type { HypervisorDriver } from '../drivers/types.ts';
 import type { MakeLogger, StartControl, makeDriver as MakeDriver } from './runtime.ts';
 import { demoPassword } from './demo-password.ts';
-import { ensureGuest } from './guest.ts';
+import { ensureGuest, type TestGuest } from './guest.ts';
 
 export interface DemoOptions {
   hosts: number;
@@ -22,14 +22,17 @@ export interface DemoOptions {
   makeLogger: MakeLogger;
   makeDriver: typeof MakeDriver;
   onSignal: (stop: () => Promise<void>) => void;
+  /** Finds or builds the test guest (tests stand in for the real build). */
+  ensureGuest?: () => Promise<TestGuest>;
 }
 
 export async function runDemo(o: DemoOptions): Promise<void> {
   mkdirSync(o.dataDir, { recursive: true });
   const password = demoPassword(o.dataDir);
   const poolDir = join(o.dataDir, 'pool');
-  // The demo's images come from its own directories: the sample files (sim) or the test guest (qemu).
-  const guest = o.driver === 'qemu' ? await ensureGuest() : undefined;
+  // The demo's images come from its own directories: the sample files (sim) or the test guest (qemu). The guest
+  // comes before any agent too: an agent probes KVM with its kernel, and without one the answer proves nothing.
+  const guest = o.driver === 'qemu' ? await (o.ensureGuest ?? ensureGuest)() : undefined;
   const ownDirs = guest ? [...new Set([dirname(guest.kernel), dirname(guest.initrd)])] : [join(o.dataDir, 'images')];
   const logLevel = process.env.AWAN_LOG_LEVEL ?? 'warn';
   const { control, url } = await o.startControl({
@@ -52,9 +55,11 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   for (let i = 1; i <= o.hosts; i++) {
     const name = `${o.driver}-host-${i}`;
     const dataDir = join(o.dataDir, 'hosts', name);
-    const driver = await o.makeDriver(o.driver, { name, address: '127.0.0.1', dataDir, memoryMiB: 16384, cpus: 8 });
+    const log = await o.makeLogger(`agent:${name}`, { level: logLevel, json: o.json });
+    const probeGuest = guest ? { kernelPath: guest.kernel, initrdPath: guest.initrd, bootedMarker: READY_TEXT } : undefined;
+    const driver = await o.makeDriver(o.driver, { name, address: '127.0.0.1', dataDir, memoryMiB: 16384, cpus: 8, log, probeGuest });
     const joinToken = loadCredentials(dataDir) ? undefined : (await control.hosts.createJoinToken(admin.id)).token;
-    const agent = new Agent({ control: url, joinToken, driver, dataDir, name, log: await o.makeLogger(`agent:${name}`, { level: logLevel, json: o.json }) });
+    const agent = new Agent({ control: url, joinToken, driver, dataDir, name, log });
     await agent.start();
     agents.push({ agent, driver });
   }
@@ -81,13 +86,14 @@ Ctrl-C stops everything.`);
   });
 }
 
-type Guest = Awaited<ReturnType<typeof ensureGuest>>;
+/** What the test guest prints once it is up: the probe's proof of a booted kernel and the image's ready text. */
+const READY_TEXT = 'AWAN-BOOTED';
 
-async function addSampleImages(o: DemoOptions, images: import('../control/features/images/service.ts').ImageService, guest: Guest | undefined): Promise<void> {
+async function addSampleImages(o: DemoOptions, images: import('../control/features/images/service.ts').ImageService, guest?: TestGuest): Promise<void> {
   const existing = new Set((await images.list()).map((i) => i.name));
   if (guest) {
     if (existing.has('test-guest')) return;
-    await images.create({ name: 'test-guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, readyText: 'AWAN-BOOTED', os: 'busybox' });
+    await images.create({ name: 'test-guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, readyText: READY_TEXT, os: 'busybox' });
     return;
   }
   // Simulated hosts read no disk; the sample images are sparse placeholder files (no space used) of their

@@ -4,7 +4,9 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Control } from '../control/app.ts';
+import type { ProbeGuest } from '../drivers/qemu/accel-probe.ts';
 import type { HypervisorDriver, MigrationMode } from '../drivers/types.ts';
+import type { Logger } from '../lib/logger.ts';
 
 // The server, agent and drivers load on first use: the client commands share this binary and should not
 // pay for Fastify, Kysely and the drivers on every `awan vm list`. --json asks for JSON log lines even on a
@@ -107,7 +109,9 @@ export function registerRuntimeCommands(program: Command): void {
       const { Agent } = await import('../agent/agent.ts');
       const dataDir = resolve(o.dataDir);
       mkdirSync(dataDir, { recursive: true });
-      const driver = await makeDriver(o.driver, { name: o.name, address: o.address, dataDir, memoryMiB: o.simMemoryMib, cpus: o.simCpus, migrationMode: o.migration });
+      // The QEMU driver probes KVM with the test guest of AWAN_GUEST_DIR (or this checkout's cache) when there is
+      // one; without it the agent runs under TCG for now, caches nothing and says so in its log.
+      const driver = await makeDriver(o.driver, { name: o.name, address: o.address, dataDir, memoryMiB: o.simMemoryMib, cpus: o.simCpus, migrationMode: o.migration, log });
       const agent = new Agent({ control: o.control, joinToken: o.joinToken, driver, dataDir, name: o.name, log });
       await agent.start();
       log.info({ hostId: agent.hostId, driver: o.driver }, 'agent running');
@@ -133,11 +137,19 @@ export function registerRuntimeCommands(program: Command): void {
 
 export async function makeDriver(
   kind: 'sim' | 'qemu',
-  o: { name: string; address: string; dataDir: string; memoryMiB?: number; cpus?: number; migrationMode?: MigrationMode },
+  o: { name: string; address: string; dataDir: string; memoryMiB?: number; cpus?: number; migrationMode?: MigrationMode; log?: Logger; probeGuest?: ProbeGuest },
 ): Promise<HypervisorDriver> {
   const { createDriver } = await import('../drivers/index.ts');
   if (kind === 'sim') return createDriver('sim', { hostname: o.name, address: o.address, memoryMiB: o.memoryMiB, cpus: o.cpus });
-  return createDriver('qemu', { dataDir: join(o.dataDir, 'qemu'), hostname: o.name, address: o.address, migrationMode: o.migrationMode });
+  const logger = o.log;
+  return createDriver('qemu', {
+    dataDir: join(o.dataDir, 'qemu'),
+    hostname: o.name,
+    address: o.address,
+    migrationMode: o.migrationMode,
+    probeGuest: o.probeGuest,
+    log: logger ? (msg: string, fields: Record<string, unknown> = {}, level: 'info' | 'warn' = 'warn') => logger[level](fields, msg) : undefined,
+  });
 }
 
 export type StartControl = typeof startControl;

@@ -101,7 +101,9 @@ export interface MigrationResult {
 
 export type DriverEvent =
   | { type: 'vm-state'; vm: DriverVmStatus }
-  | { type: 'console'; vmId: string; data: string };
+  | { type: 'console'; vmId: string; data: string }
+  /** What facts() returns has changed (the accelerator, after a new probe). */
+  | { type: 'facts-changed' };
 
 export interface StopOptions {
   /** Skip the graceful ACPI powerdown and stop at once. */

@@ -24,11 +24,18 @@ export interface VmControllerDeps {
   /** Deletes a deleted VM's disks from the pool. */
   removeVolumes: (vmId: string) => Promise<void>;
   policy?: PlacementPolicy;
+  /** How long a host may take to answer a start; see START_TIMEOUT_MS. */
   startTimeoutMs?: number;
   onError?: () => void;
 }
 
 export type VmController = ReturnType<typeof createVmController>;
+
+/**
+ * Longer than a QEMU host's own boot wait (120 s) plus the accelerator probe it runs when a guest did not boot
+ * under KVM (up to 2 × 15 s): the host's answer says what went wrong, a timeout here would not.
+ */
+const START_TIMEOUT_MS = 180_000;
 
 export function createVmController(deps: VmControllerDeps) {
   const { db, tasks, events, registry, capacity, log } = deps;
@@ -231,7 +238,7 @@ export function createVmController(deps: VmControllerDeps) {
     for (const t of active) await tasks.progress(t.id, 50, `starting on ${host.row.name}`);
     try {
       const spec = await deps.buildSpec(vm);
-      await host.connection!.command({ op: 'start', spec }, { timeoutMs: deps.startTimeoutMs ?? 120_000 });
+      await host.connection!.command({ op: 'start', spec }, { timeoutMs: deps.startTimeoutMs ?? START_TIMEOUT_MS });
     } catch (err) {
       const code = err instanceof CommandError ? err.code : 'START_FAILED';
       const message = err instanceof Error ? err.message : String(err);

@@ -14,10 +14,10 @@ import {
   type MigrationTarget,
   type StopOptions,
 } from '../types.ts';
-import { chooseAccel, type ProbeGuest } from './accel.ts';
+import { type AccelChoice, type AccelLog, type AccelOptions, chooseAccel, currentAccel, reprobeAccel, type ProbeGuest } from './accel.ts';
 import type { Accel } from './args.ts';
 import { readHistory } from './console.ts';
-import { hostAvailableMiB, launchVm, reattach, stopQemu, type LifecycleContext } from './lifecycle.ts';
+import { BootTimeoutError, hostAvailableMiB, launchVm, reattach, stopQemu, type LifecycleContext } from './lifecycle.ts';
 import { setGuestMemory } from './memory.ts';
 import { exportLocalDisks, hasLocalDisks, mirrorLocalDisks, removeLocalDisks, resolveLocalDisks, stopExports } from './local-disks.ts';
 import { checkMigrationUri, freePort, runMigration } from './migrate.ts';
@@ -51,7 +51,9 @@ export interface QemuDriverOptions {
   probeGuest?: ProbeGuest;
   probeTimeoutMs?: number;
   probeCacheFile?: string;
-  log?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** The KVM device; probing needs read and write access to it. */
+  kvmDevice?: string;
+  log?: AccelLog;
 }
 
 /**
@@ -73,8 +75,8 @@ export function pausesForMigration(mode: MigrationMode, accel: Accel): boolean {
 export async function createQemuDriver(opts: QemuDriverOptions): Promise<HypervisorDriver> {
   const qemuBinary = opts.qemuBinary ?? 'qemu-system-x86_64';
   await mkdir(vmsDir(opts.dataDir), { recursive: true });
-  const accel = await chooseAccel({ ...opts, qemuBinary });
-  const driver = new QemuDriver(opts, qemuBinary, accel);
+  const accelOpts: AccelOptions = { ...opts, qemuBinary };
+  const driver = new QemuDriver(opts, qemuBinary, accelOpts, await chooseAccel(accelOpts));
   await driver.init();
   return driver;
 }
@@ -90,11 +92,14 @@ class QemuDriver implements HypervisorDriver {
   private readonly hostname: string;
   private readonly address: string;
   private closed = false;
+  /** A probe this driver started after a guest did not boot under KVM; later failures wait for it. */
+  private reprobing: Promise<AccelChoice> | undefined;
 
   constructor(
     private readonly opts: QemuDriverOptions,
     binary: string,
-    private readonly accel: Accel,
+    private readonly accelOpts: AccelOptions,
+    private choice: AccelChoice,
   ) {
     this.hostname = opts.hostname ?? osHostname();
     this.address = opts.address ?? '127.0.0.1';
@@ -138,6 +143,40 @@ class QemuDriver implements HypervisorDriver {
     };
   }
 
+  private get accel(): Accel {
+    return this.choice.accel;
+  }
+
+  /** Takes up a newer answer another driver of this process may have probed since. */
+  private async refreshAccel(): Promise<AccelChoice> {
+    const before = this.choice.accel;
+    this.choice = await currentAccel(this.accelOpts, this.choice);
+    if (this.choice.accel !== before) this.emit({ type: 'facts-changed' });
+    return this.choice;
+  }
+
+  /**
+   * A kernel guest did not boot under KVM. A KVM verdict can be stale (a new host kernel or firmware, a verdict
+   * of an earlier version): probe again so later VMs use the new answer, and say what happened in the error.
+   */
+  private async kvmBootTimedOut(vmId: string, err: BootTimeoutError, used: AccelChoice): Promise<DriverError> {
+    if (used.how === 'forced') return new DriverError('BOOT_FAILED', `${err.message} under KVM (${used.reason}, so it was not probed again)`);
+    this.reprobing ??= reprobeAccel(this.accelOpts, used).finally(() => (this.reprobing = undefined));
+    const now = await this.reprobing;
+    const changed = now.accel !== this.choice.accel;
+    this.choice = now;
+    if (changed) this.emit({ type: 'facts-changed' });
+    this.ctx.log(
+      'a guest did not boot under KVM: probed the accelerator again',
+      { vmId, before: used.accel, after: now.accel, evidence: now.verdict?.evidence, reason: now.reason },
+      'warn',
+    );
+    const outcome = now.accel === 'kvm'
+      ? 'a Linux kernel boots under KVM here, so this guest itself did not boot'
+      : `VMs on this host run under TCG from now on; start ${vmId} again`;
+    return new DriverError('BOOT_FAILED', `${err.message} under KVM; the accelerator was probed again (${now.reason}): ${outcome}`);
+  }
+
   async list(): Promise<DriverVmStatus[]> {
     this.checkOpen();
     return Promise.all([...this.vms.values()].map((vm) => vm.status()));
@@ -167,13 +206,15 @@ class QemuDriver implements HypervisorDriver {
       }
       const paths = vmPaths(this.opts.dataDir, spec.id);
       await mkdir(paths.dir, { recursive: true });
-      const vm = new QemuVm({ spec, accel: this.accel, mode: 'run' }, paths, this.ctx.hooks);
+      const used = await this.refreshAccel();
+      const vm = new QemuVm({ spec, accel: used.accel, mode: 'run' }, paths, this.ctx.hooks);
       await vm.saveRecord();
       this.vms.set(spec.id, vm);
       vm.setState('starting');
       try {
-        await launchVm(this.ctx, vm, { accel: this.accel, signal });
-      } catch (err) {
+        await launchVm(this.ctx, vm, { accel: used.accel, signal });
+      } catch (caught) {
+        const err = caught instanceof BootTimeoutError && used.accel === 'kvm' ? await this.kvmBootTimedOut(spec.id, caught, used) : caught;
         await tearDownNics(this.opts.dataDir, spec.id, spec.nics);
         vm.setState('stopped', err instanceof Error ? err.message : String(err));
         throw err instanceof DriverError ? err : new DriverError('BOOT_FAILED', String(err));
@@ -244,6 +285,7 @@ class QemuDriver implements HypervisorDriver {
       }
       const paths = vmPaths(this.opts.dataDir, spec.id);
       await mkdir(paths.dir, { recursive: true });
+      await this.refreshAccel();
       // A local disk left here by an earlier visit is stale: the mirror only sends the source's top layer,
       // so the destination must start from a fresh overlay.
       await removeLocalDisks(spec);
@@ -300,7 +342,8 @@ class QemuDriver implements HypervisorDriver {
         result = await runMigration(qmp, target.uri, {
           maxBandwidthBytes: this.opts.migrationBandwidthBytes ?? 10 * 1024 ** 3,
           downtimeLimitMs: this.opts.migrationDowntimeLimitMs ?? MIGRATION_DOWNTIME_LIMIT_MS,
-          paused: pausesForMigration(this.opts.migrationMode ?? 'auto', this.accel),
+          // The guest's own accelerator: it may have started before this host's verdict changed.
+          paused: pausesForMigration(this.opts.migrationMode ?? 'auto', vm.record.accel),
           pollIntervalMs: 100,
           onProgress,
           signal,

@@ -1,6 +1,7 @@
 // Boots, stops and re-attaches QEMU processes for VMs; the driver decides when, this module knows how.
 import { readFile, stat } from 'node:fs/promises';
 import { DriverError } from '../types.ts';
+import type { AccelLog } from './accel.ts';
 import { qemuArgs, type Accel } from './args.ts';
 import { ensureDisk } from './images.ts';
 import { setUpNics } from './network.ts';
@@ -18,7 +19,14 @@ export interface LifecycleContext {
   hooks: VmHooks;
   bootTimeoutMs: number;
   guestReadyPattern?: RegExp;
-  log: (msg: string, fields?: Record<string, unknown>) => void;
+  log: AccelLog;
+}
+
+/** The guest never printed its sign of life in time: under KVM, a reason to doubt the accelerator verdict. */
+export class BootTimeoutError extends DriverError {
+  constructor(message: string) {
+    super('BOOT_FAILED', message);
+  }
 }
 
 /** Host memory the kernel says is available for new allocations. */
@@ -84,7 +92,7 @@ async function waitForSerial(vm: QemuVm, from: number, pattern: RegExp, timeoutM
     if (vm.state === 'crashed') throw new DriverError('BOOT_FAILED', `${vm.id}: ${vm.reason ?? 'crashed during boot'}`);
     const log = await readFile(vm.paths.serialLog).catch(() => Buffer.alloc(0));
     if (pattern.test(log.subarray(from).toString('utf8'))) return;
-    if (Date.now() > deadline) throw new DriverError('BOOT_FAILED', `${vm.id}: the guest did not boot within ${timeoutMs} ms`);
+    if (Date.now() > deadline) throw new BootTimeoutError(`${vm.id}: the guest did not boot within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

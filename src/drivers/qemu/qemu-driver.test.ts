@@ -40,20 +40,31 @@ describe('qemu driver', () => {
   it('probes the accelerator, caches the answer, and lets AWAN_ACCEL override it', T, async () => {
     const g = requireGuest();
     const probeCacheFile = join(root.path, 'probe-cache.json');
-    const { driver, dataDir } = await newDriver(undefined, { probeCacheFile });
+    // Time enough for the TCG half of the probe on a busy machine: where Linux hangs under KVM, it runs too.
+    const { driver, dataDir } = await newDriver(undefined, { probeCacheFile, probeTimeoutMs: 30_000 });
     const facts = await driver.facts();
     assert.ok(facts.accelerator === 'kvm' || facts.accelerator === 'tcg');
+    // Kept with how it was found: the real kernel booted under KVM, or booted only under TCG, or there is no KVM.
+    const evidence = facts.accelerator === 'kvm' ? ['linux-booted'] : ['linux-failed-under-kvm', 'no-kvm'];
     for (const file of [join(dataDir, 'accel.json'), probeCacheFile]) {
-      const cached: unknown = JSON.parse(readFileSync(file, 'utf8'));
-      assert.equal((cached as { accel: string }).accel, facts.accelerator, file);
+      const cached = JSON.parse(readFileSync(file, 'utf8')) as { accel: string; evidence: string };
+      assert.equal(cached.accel, facts.accelerator, file);
+      assert.ok(evidence.includes(cached.evidence), `${file}: ${cached.evidence}`);
     }
-    // A guest that does not boot under KVM in time (here: its marker never shows) means TCG.
-    const { driver: slow } = await newDriver(undefined, {
-      probeCacheFile: join(root.path, 'probe-cache-2.json'),
+    // A kernel whose marker shows under neither accelerator proves nothing: TCG for now, and nothing is kept.
+    // (A stand-in KVM device: on a machine without KVM the probe would not boot anything at all.)
+    const slowCache = join(root.path, 'probe-cache-2.json');
+    const kvmDevice = join(root.path, 'kvm-device');
+    writeFileSync(kvmDevice, '');
+    const { driver: slow, dataDir: slowDir } = await newDriver(undefined, {
+      probeCacheFile: slowCache,
+      kvmDevice,
       probeGuest: { kernelPath: g.kernelPath, initrdPath: g.initrdPath, bootedMarker: 'NEVER-PRINTED' },
       probeTimeoutMs: 1500,
     });
     assert.equal((await slow.facts()).accelerator, 'tcg');
+    assert.equal(existsSync(slowCache), false);
+    assert.equal(existsSync(join(slowDir, 'accel.json')), false);
     const saved = process.env.AWAN_ACCEL;
     process.env.AWAN_ACCEL = 'tcg';
     try {

@@ -212,7 +212,9 @@ export class HostRegistry {
     host.memoryFreeMiB = facts.memoryFreeMiB;
     const r = host.row;
     const caps = JSON.stringify(facts.capabilities);
-    if (r.cpus === facts.cpus && r.memory_mib === facts.memoryMiB && r.address === facts.address && r.capabilities === caps && r.driver === facts.driver) return;
+    const same = r.cpus === facts.cpus && r.memory_mib === facts.memoryMiB && r.address === facts.address && r.capabilities === caps &&
+      r.driver === facts.driver && r.accelerator === (facts.accelerator ?? null);
+    if (same) return;
     host.row = await this.deps.db
       .updateTable('hosts')
       .set({ cpus: facts.cpus, memory_mib: facts.memoryMiB, memory_free_mib: facts.memoryFreeMiB, address: facts.address, driver: facts.driver, accelerator: facts.accelerator ?? null, capabilities: caps, updated_at: new Date().toISOString() })
