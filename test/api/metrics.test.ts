@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { type Cluster, startCluster } from '../support/cluster.ts';
 import { requireCommand } from '../support/system.ts';
+import { until } from '../until.ts';
 
 describe('/metrics', () => {
   let c: Cluster;
@@ -18,7 +19,15 @@ describe('/metrics', () => {
     for (const name of ['web-1', 'web-2']) await c.waitTask((await c.api('POST', '/api/v1/vms', { name, cpus: 1, memoryMiB: 256 })).body.task.id);
     await c.api('POST', '/api/v1/vms', { name: 'idle', cpus: 1, memoryMiB: 256, start: false });
     // Histograms by migration mode and requests by status (404 and 400 too) get their labelled series.
-    await c.waitTask((await c.api('POST', '/api/v1/vms/web-1/migrate')).body.task.id);
+    // On a busy machine a host can miss heartbeats and a start fail; start again until the VM runs.
+    await until(async () => {
+      const vm = (await c.api('GET', '/api/v1/vms/web-1')).body;
+      if (vm.phase === 'failed' || vm.phase === 'stopped') await c.api('POST', '/api/v1/vms/web-1/start');
+      return vm.phase === 'running';
+    }, { timeoutMs: 30_000, intervalMs: 100, what: 'web-1 running' });
+    const migration = await c.api('POST', '/api/v1/vms/web-1/migrate');
+    assert.equal(migration.status, 202, JSON.stringify(migration.body));
+    await c.waitTask(migration.body.task.id);
     await c.api('GET', '/api/v1/nothing-here');
     await c.api('GET', '/api/v1/hosts?state=bogus');
 
