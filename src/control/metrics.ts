@@ -4,6 +4,11 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 export function createMetrics() {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'awan_' });
+  // These three are gauges named like counters, which Prometheus tooling refuses (`promtool check
+  // metrics`); each is only the sum of its by-type gauge (`sum(awan_nodejs_active_handles)`), kept.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+    registry.removeSingleMetric(`awan_${name}`);
+  }
   return {
     registry,
     httpDuration: new Histogram({

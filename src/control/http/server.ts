@@ -11,7 +11,10 @@ import { AppError } from '../errors.ts';
 import { uniqueConflict } from '../store/unique.ts';
 import type { AuthService } from '../features/auth/service.ts';
 import type { Metrics } from '../metrics.ts';
+import { notFoundHandler } from './not-found.ts';
 import type { App } from './types.ts';
+import { validationError } from './validation-error.ts';
+import { createValidatorCompiler } from './validator.ts';
 
 export async function createHttpServer({ log, auth, metrics }: { log: Logger; auth: AuthService; metrics: Metrics }): Promise<App> {
   const app = Fastify({
@@ -20,9 +23,8 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
     bodyLimit: 1024 * 1024,
     // Event streams and consoles stay open for good: shutting down closes them too.
     forceCloseConnections: true,
-    // Unknown fields are refused, not silently dropped (FACTS.md).
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } },
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
+  app.setValidatorCompiler(createValidatorCompiler());
 
   app.setErrorHandler((err: FastifyError | AppError | Error, req, reply) => {
     if (err instanceof AppError) return reply.code(err.status).send(err.toBody());
@@ -30,13 +32,10 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
     if (taken) return reply.code(taken.status).send(taken.toBody());
     const fe = err as FastifyError;
     if (fe.validation) {
-      const first = fe.validation[0];
-      const where = fe.validationContext ?? 'request';
-      const field = first?.instancePath ? `${where}${first.instancePath.replaceAll('/', '.')}` : where;
-      const extra = first?.params && 'additionalProperty' in first.params ? ` '${String(first.params.additionalProperty)}'` : '';
-      return reply.code(400).send(
-        new AppError('VALIDATION_FAILED', `${field} ${first?.message ?? 'is invalid'}${extra}`, { issues: fe.validation.slice(0, 10) }).toBody(),
-      );
+      const part = fe.validationContext ?? 'request';
+      const schemas = (req.routeOptions.schema ?? {}) as Record<string, unknown>;
+      const values: Record<string, unknown> = { body: req.body, querystring: req.query, params: req.params, headers: req.headers };
+      return reply.code(400).send(validationError(fe.validation, { part, value: values[part], schema: schemas[part] ?? (part === 'querystring' ? schemas.query : undefined) }).toBody());
     }
     switch (fe.code) {
       case 'FST_ERR_CTP_INVALID_JSON_BODY':
@@ -58,9 +57,7 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
   // The API speaks JSON only: a text body is refused with 415 instead of failing validation.
   app.removeContentTypeParser('text/plain');
 
-  app.setNotFoundHandler((req, reply) =>
-    reply.code(404).send(new AppError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`).toBody()),
-  );
+  app.setNotFoundHandler(notFoundHandler(app));
 
   app.addHook('onRequest', async (req) => {
     (req as { startedAt?: bigint }).startedAt = process.hrtime.bigint();

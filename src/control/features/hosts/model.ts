@@ -14,10 +14,13 @@ const transitions: Record<HostState, HostState[]> = {
 
 export const canTransition = (from: HostState, to: HostState) => from === to || transitions[from].includes(to);
 
+/** The states the API shows: a ready host in maintenance reads as `maintenance`. */
+export const hostStates = ['joining', 'ready', 'maintenance', 'unreachable', 'fenced'] as const;
+
 export const HostSchema = Type.Object({
   id: Type.String(),
   name: Type.String(),
-  state: Type.Enum(['joining', 'ready', 'maintenance', 'unreachable', 'fenced'] as const),
+  state: Type.Enum(hostStates),
   maintenance: Type.Boolean(),
   cpus: Type.Integer(),
   memoryMiB: Type.Integer(),

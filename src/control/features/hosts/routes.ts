@@ -2,13 +2,15 @@
 import { Type } from 'typebox';
 import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
 import { TaskSchema } from '../tasks/routes.ts';
-import { HostSchema } from './model.ts';
+import { OneOf } from '../../http/choice.ts';
+import { Labels } from './labels.ts';
+import { HostSchema, hostStates } from './model.ts';
 import type { HostService } from './service.ts';
 
 export function hostRoutes(app: App, hosts: HostService): void {
   const tags = ['hosts'];
   app.get('/api/v1/hosts', {
-    schema: { tags, querystring: Type.Object({ state: Type.Optional(Type.String()) }, { additionalProperties: false }), response: { 200: Type.Object({ items: Type.Array(HostSchema), nextCursor: Type.Null() }), ...errors } },
+    schema: { tags, querystring: Type.Object({ state: Type.Optional(OneOf(hostStates)) }, { additionalProperties: false }), response: { 200: Type.Object({ items: Type.Array(HostSchema), nextCursor: Type.Null() }), ...errors } },
   }, (req) => ({ items: hosts.list().filter((h) => !req.query.state || h.state === req.query.state), nextCursor: null }));
 
   app.get('/api/v1/hosts/:id', { schema: { tags, params: IdParams, response: { 200: HostSchema, ...errors } } }, (req) => hosts.get(req.params.id));
@@ -19,7 +21,7 @@ export function hostRoutes(app: App, hosts: HostService): void {
       params: IdParams,
       body: Type.Object(
         {
-          labels: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 63, pattern: '^[a-zA-Z0-9._/-]+$' }), Type.String({ maxLength: 63 }), { maxProperties: 64 })),
+          labels: Type.Optional(Labels),
           zone: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 63 }), Type.Null()])),
         },
         { additionalProperties: false },

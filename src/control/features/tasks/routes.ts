@@ -3,14 +3,15 @@ import { Type } from 'typebox';
 import { AppError } from '../../errors.ts';
 import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
 import { PageOf, PageQuery } from '../../http/pagination.ts';
-import { type TaskService, isFinished } from './service.ts';
+import { OneOf } from '../../http/choice.ts';
+import { type TaskService, isFinished, taskKinds, taskStates } from './service.ts';
 
 export const TaskSchema = Type.Object({
   id: Type.String(),
   kind: Type.String(),
   targetKind: Type.String(),
   targetId: Type.String(),
-  state: Type.Enum(['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const),
+  state: Type.Enum(taskStates),
   progress: Type.Integer(),
   message: Type.Union([Type.String(), Type.Null()]),
   error: Type.Union([Type.Object({ code: Type.String(), message: Type.String() }), Type.Null()]),
@@ -27,7 +28,7 @@ export function taskRoutes(app: App, tasks: TaskService, cancel: (taskId: string
   app.get('/api/v1/tasks', {
     schema: {
       tags: ['tasks'],
-      querystring: Type.Object({ ...PageQuery, state: Type.Optional(Type.String()), targetId: Type.Optional(Type.String()), kind: Type.Optional(Type.String()) }, { additionalProperties: false }),
+      querystring: Type.Object({ ...PageQuery, state: Type.Optional(OneOf(taskStates)), targetId: Type.Optional(Type.String()), kind: Type.Optional(OneOf(taskKinds)) }, { additionalProperties: false }),
       response: { 200: PageOf(TaskSchema), ...errors },
     },
   }, (req) => tasks.list({ limit: req.query.limit ?? 100, cursor: req.query.cursor, state: req.query.state, targetId: req.query.targetId, kind: req.query.kind }));

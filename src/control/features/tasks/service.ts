@@ -7,7 +7,12 @@ import type { Database, TaskRow } from '../../store/schema.ts';
 import { newId } from '../../../lib/ids.ts';
 import type { AwanEvent, EventService } from '../events/service.ts';
 
-export type TaskState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+export const taskStates = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type TaskState = (typeof taskStates)[number];
+
+/** Every kind of task there is: the list filter accepts these and no other. */
+export const taskKinds = ['create', 'start', 'stop', 'reboot', 'migrate', 'set-memory', 'delete', 'drain'] as const;
+export type TaskKind = (typeof taskKinds)[number];
 
 export interface Task {
   id: string;
@@ -49,7 +54,7 @@ export const toTask = (r: TaskRow): Task => ({
 
 export interface TaskService {
   /** Records a running task; pass a transaction to make it part of a larger change. */
-  create(t: { kind: string; targetKind: string; targetId: string; createdBy?: string | null; params?: Record<string, unknown>; message?: string }, trx?: Kysely<Database>): Promise<Task>;
+  create(t: { kind: TaskKind; targetKind: string; targetId: string; createdBy?: string | null; params?: Record<string, unknown>; message?: string }, trx?: Kysely<Database>): Promise<Task>;
   progress(id: string, progress: number, message?: string): Promise<void>;
   succeed(id: string, message: string, result?: Record<string, unknown>): Promise<void>;
   fail(id: string, code: string, message: string): Promise<void>;

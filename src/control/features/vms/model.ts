@@ -1,6 +1,7 @@
 // The VM phase machine and the VM's JSON shape.
 import { type Static, Type } from 'typebox';
 import type { VmRow } from '../../store/schema.ts';
+import { Labels } from '../hosts/labels.ts';
 
 export const vmPhases = ['pending', 'scheduling', 'starting', 'running', 'migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'] as const;
 export type VmPhase = (typeof vmPhases)[number];
@@ -37,8 +38,6 @@ export class IllegalPhaseChange extends Error {
     this.name = 'IllegalPhaseChange';
   }
 }
-
-const Labels = Type.Record(Type.String({ maxLength: 63 }), Type.String({ maxLength: 63 }));
 
 export const NicSchema = Type.Object({
   mode: Type.Union([Type.Literal('user'), Type.Literal('bridge')]),

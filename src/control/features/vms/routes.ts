@@ -3,7 +3,8 @@ import { Type } from 'typebox';
 import { PageOf, PageQuery } from '../../http/pagination.ts';
 import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
 import { TaskSchema } from '../tasks/routes.ts';
-import { CreateVmBody, VmSchema } from './model.ts';
+import { OneOf } from '../../http/choice.ts';
+import { CreateVmBody, VmSchema, vmPhases } from './model.ts';
 import type { VmService } from './service.ts';
 
 const Accepted = Type.Object({ vm: VmSchema, task: TaskSchema });
@@ -15,7 +16,7 @@ export function vmRoutes(app: App, vms: VmService): void {
     schema: {
       tags,
       querystring: Type.Object(
-        { ...PageQuery, host: Type.Optional(Type.String({ description: 'host id' })), phase: Type.Optional(Type.String()), name: Type.Optional(Type.String({ maxLength: 63 })) },
+        { ...PageQuery, host: Type.Optional(Type.String({ description: 'host id' })), phase: Type.Optional(OneOf(vmPhases)), name: Type.Optional(Type.String({ maxLength: 63 })) },
         { additionalProperties: false },
       ),
       response: { 200: PageOf(VmSchema), ...errors },

@@ -11,7 +11,7 @@ import type { Database, VmRow, VmUpdate } from '../../store/schema.ts';
 import type { AwanEvent, EventService } from '../events/service.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
 import type { ImageService } from '../images/service.ts';
-import type { Task, TaskService } from '../tasks/service.ts';
+import type { Task, TaskKind, TaskService } from '../tasks/service.ts';
 import { type CreateVm, type Vm, type VmPhase, vmFromRow } from './model.ts';
 import type { Volumes } from './volumes.ts';
 
@@ -82,7 +82,7 @@ export function createVmService(deps: VmServiceDeps) {
     return row;
   }
 
-  async function action(vm: VmRow, kind: string, createdBy: string | null, patch: VmUpdate, params?: Record<string, unknown>) {
+  async function action(vm: VmRow, kind: TaskKind, createdBy: string | null, patch: VmUpdate, params?: Record<string, unknown>) {
     await assertNoTask(vm);
     // The task and the desired state are one change: a lost race leaves neither behind.
     const { task, row } = await db.transaction().execute(async (trx) => {
