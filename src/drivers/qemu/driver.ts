@@ -388,7 +388,7 @@ class QemuDriver implements HypervisorDriver {
   }
 
   async consoleHistory(vmId: string): Promise<string> {
-    return readHistory(this.get(vmId).paths.serialLog);
+    return readHistory(this.get(vmId).paths.consoleLog);
   }
 
   async close(): Promise<void> {
