@@ -46,10 +46,10 @@ export const TCG_RAM_PAD_KIB = 8;
  * migration dirty bitmap coherency with TCG memory access"). Any other size takes QEMU's per-page path, which
  * keeps the TLB in step; QEMU rounds RAM to 8 KiB, so 8 KiB is the least that works. It applies on every
  * QEMU version so that hosts on different versions keep one device model and can migrate to each other.
- * Not covered: memory plugged by virtio-mem (its size is whole blocks, so it keeps the fast path), and a
- * guest writing hard on a host whose CPUs are busy, which TCG still lets lose writes; that is why TCG hosts
- * pause guests for their migration (pausesForMigration in driver.ts). KVM tracks dirty pages in the kernel
- * and has neither problem.
+ * Not covered: memory plugged by virtio-mem (its size is whole blocks, so it keeps the fast path); that is
+ * why TCG hosts pause guests for their migration (pausesForMigration in driver.ts). (Losses once seen with
+ * the padding on busy hosts came from doubled characters in the console history the check read, not from
+ * the guest: see console.ts.) KVM tracks dirty pages in the kernel and has neither problem.
  */
 export function ramKiB(spec: DriverVmSpec, accel: Accel): number {
   return spec.memoryMiB * 1024 + (accel === 'tcg' ? TCG_RAM_PAD_KIB : 0);

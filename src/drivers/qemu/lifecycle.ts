@@ -59,9 +59,9 @@ export async function launchVm(
   const args = qemuArgs({ spec, paths: vm.paths, accel: opts.accel, nics: backends, incoming: opts.incoming });
   let logSize = 0;
   try {
-    logSize = (await stat(vm.paths.serialLog)).size;
+    logSize = (await stat(vm.paths.consoleLog)).size;
   } catch {
-    // no serial log yet
+    // no console history yet
   }
   const { launched, qmp } = await launchQemu(ctx.binary, args, vm.paths, { timeoutMs: ctx.bootTimeoutMs, signal: opts.signal });
   vm.attach(qmp, launched.pid, launched);
@@ -83,14 +83,14 @@ export async function launchVm(
   }
 }
 
-/** Waits for the guest to print `pattern` on its serial console (after byte `from` of the log). */
+/** Waits for the guest to print `pattern` on its serial console (after byte `from` of the console history). */
 async function waitForSerial(vm: QemuVm, from: number, pattern: RegExp, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (signal?.aborted) throw new DriverError('BOOT_FAILED', `${vm.id}: start cancelled`);
     if (!vm.qmp) throw new DriverError('BOOT_FAILED', `${vm.id}: QEMU exited during boot (${vm.reason ?? 'no reason'})`);
     if (vm.state === 'crashed') throw new DriverError('BOOT_FAILED', `${vm.id}: ${vm.reason ?? 'crashed during boot'}`);
-    const log = await readFile(vm.paths.serialLog).catch(() => Buffer.alloc(0));
+    const log = await readFile(vm.paths.consoleLog).catch(() => Buffer.alloc(0));
     if (pattern.test(log.subarray(from).toString('utf8'))) return;
     if (Date.now() > deadline) throw new BootTimeoutError(`${vm.id}: the guest did not boot within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));

@@ -7,7 +7,11 @@ export interface VmPaths {
   pidfile: string;
   qmp: string;
   serialSocket: string;
+  /** QEMU's logfile of the serial chardev; doubles characters when the console reader falls behind. */
   serialLog: string;
+  /** The driver's exact record of the serial console (console.ts), and how much of serialLog it holds. */
+  consoleLog: string;
+  consoleOffset: string;
   /** QEMU's own stderr: why it refused to start or died. */
   qemuLog: string;
 }
@@ -25,6 +29,8 @@ export function vmPaths(dataDir: string, vmId: string): VmPaths {
     qmp: join(dir, 'qmp.sock'),
     serialSocket: join(dir, 'serial.sock'),
     serialLog: join(dir, 'serial.log'),
+    consoleLog: join(dir, 'console.log'),
+    consoleOffset: join(dir, 'console.offset'),
     qemuLog: join(dir, 'qemu.log'),
   };
 }

@@ -115,7 +115,8 @@ export class QemuVm {
       this.bootedAtMs = Date.now();
     });
     qmp.on('GUEST_PANICKED', () => this.setState('crashed', 'guest kernel panicked'));
-    this.console = new SerialConsole(this.paths.serialSocket, (text) => this.onConsole(text));
+    const files = { socket: this.paths.serialSocket, qemuLog: this.paths.serialLog, history: this.paths.consoleLog, offset: this.paths.consoleOffset };
+    this.console = new SerialConsole(files, (text) => this.onConsole(text));
     qmp.onClose(() => void this.onQmpClosed(launched));
   }
 
