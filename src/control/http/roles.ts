@@ -4,8 +4,11 @@ import { AppError } from '../errors.ts';
 import type { AuthService, Principal, Role } from '../features/auth/service.ts';
 import type { App } from './types.ts';
 
-/** `public` routes authenticate on their own terms (login, agents' join token, console ticket) or not at all. */
-export type RouteRole = Role | 'public';
+/**
+ * `public` routes need no user (login, the console's ticket, health and the API document); `agent` routes
+ * are for Node Control and check a join token or host credential themselves, never a user's token.
+ */
+export type RouteRole = Role | 'public' | 'agent';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -57,12 +60,12 @@ export function enforceRouteRoles(app: App, auth: AuthService): void {
     // Unmatched URLs reach the not-found handler, which has nothing to protect.
     if (!req.routeOptions.url) return;
     const role = req.routeOptions.config.role;
-    if (role === 'public') return;
+    if (role === 'public' || role === 'agent') return;
     const token = bearerToken(req);
     if (!token) throw new AppError('UNAUTHORIZED', 'send Authorization: Bearer <token>; get one from POST /api/v1/auth/login');
     const principal: Principal = await auth.authenticate(token);
     req.principal = principal;
-    if (!role || !atLeast(principal.role, role)) {
+    if (!role || !atLeast(principal.role, role as Role)) {
       throw new AppError('FORBIDDEN', `this needs the ${role ?? 'admin'} role; you are ${principal.role}`);
     }
   });

@@ -20,12 +20,12 @@ export function agentGateway(app: App, deps: GatewayDeps): void {
   const { hosts, registry, log } = deps;
 
   app.post('/api/v1/agent/join', {
-    config: { role: 'public' },
+    config: { role: 'agent' },
     schema: { tags: ['agent'], security: [], body: JoinRequestSchema, response: { 201: JoinResponseSchema } },
   }, async (req, reply) => reply.code(201).send(await hosts.join(req.body)));
 
   app.get('/api/v1/agent/connect', {
-    config: { role: 'public' },
+    config: { role: 'agent' },
     websocket: true,
     preValidation: async (req) => {
       const credential = bearerToken(req);
