@@ -6,6 +6,8 @@ import type { VmSpecMsg } from '../protocol/messages.ts';
 import { agentGateway } from './features/agents/gateway.ts';
 import { passwordRoutes } from './features/auth/password-routes.ts';
 import { authRoutes } from './features/auth/routes.ts';
+import type { LoginLimits } from './features/auth/login-limit.ts';
+import type { ScryptCost } from './features/auth/passwords.ts';
 import { createAuthService } from './features/auth/service.ts';
 import { eventRoutes } from './features/events/routes.ts';
 import { createEventService } from './features/events/service.ts';
@@ -21,6 +23,7 @@ import { type ImageInspector, createImageService } from './features/images/servi
 import { taskRoutes } from './features/tasks/routes.ts';
 import { createTaskService } from './features/tasks/service.ts';
 import { consoleRoute } from './features/vms/console.ts';
+import { createConsoleTickets } from './features/vms/console-tickets.ts';
 import { vmRoutes } from './features/vms/routes.ts';
 import { createVolumes } from './features/vms/volumes.ts';
 import { createVmService } from './features/vms/service.ts';
@@ -53,6 +56,12 @@ export interface ControlConfig {
   inspectImage?: ImageInspector;
   /** Image for VMs created without one. */
   defaultImage?: string;
+  auth?: {
+    /** scrypt work factors for password hashes (default OWASP's N=2^17, r=8, p=1). */
+    scryptCost?: ScryptCost;
+    /** Failed logins allowed per window (default 10 per address and user, 50 per address, a minute). */
+    loginLimits?: Partial<LoginLimits>;
+  };
 }
 
 export type Control = Awaited<ReturnType<typeof createControl>>;
@@ -65,7 +74,7 @@ export async function createControl(config: ControlConfig) {
   const metrics = createMetrics();
   const events = createEventService({ db });
   const tasks = createTaskService({ db, events });
-  const auth = createAuthService({ db });
+  const auth = createAuthService({ db, scryptCost: config.auth?.scryptCost });
   const capacity = new CapacityIndex({ memoryOvercommit: config.memoryOvercommit ?? 1.0 });
   const registry = new HostRegistry({ db, events, capacity, log, heartbeatIntervalMs });
   const poolDir = config.poolDir ?? join(process.cwd(), 'data', 'pool');
@@ -148,8 +157,8 @@ export async function createControl(config: ControlConfig) {
   });
 
   const app = await createHttpServer({ log, auth, metrics });
-  app.get('/healthz', { schema: { hide: true } }, () => ({ status: 'ok' }));
-  app.get('/readyz', { schema: { hide: true } }, async (_req, reply) => {
+  app.get('/healthz', { config: { role: 'public' }, schema: { hide: true } }, () => ({ status: 'ok' }));
+  app.get('/readyz', { config: { role: 'public' }, schema: { hide: true } }, async (_req, reply) => {
     try {
       await db.selectFrom('awan_migrations' as never).select('version' as never).limit(1).execute();
       return { status: 'ready' };
@@ -157,17 +166,17 @@ export async function createControl(config: ControlConfig) {
       return reply.code(503).send({ error: { code: 'UNAVAILABLE', message: 'the database does not answer' } });
     }
   });
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+  app.get('/metrics', { config: { role: 'public' }, schema: { hide: true } }, async (_req, reply) => {
     vmsByPhase.reset();
     const rows = await db.selectFrom('vms').select(['phase', db.fn.countAll<number>().as('n')]).groupBy('phase').execute();
     for (const r of rows) vmsByPhase.set({ phase: r.phase }, Number(r.n));
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
-  authRoutes(app, auth);
+  authRoutes(app, auth, { loginLimits: config.auth?.loginLimits });
   passwordRoutes(app, auth);
   hostRoutes(app, hosts);
   vmRoutes(app, vms);
-  consoleRoute(app, { vms, registry, auth, events });
+  consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets() });
   imageRoutes(app, images);
   taskRoutes(app, tasks, (id) => controller.cancel(id));
   eventRoutes(app, events);

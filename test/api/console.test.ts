@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { type Cluster, startCluster } from '../support/cluster.ts';
+import { consoleUrl } from '../support/console.ts';
 import { until } from '../until.ts';
 
 describe('VM console', () => {
@@ -14,11 +15,11 @@ describe('VM console', () => {
   });
   after(async () => { await c?.close(); });
 
-  const open = (vm: string, token = c.token) =>
-    new WebSocket(`${c.url.replace('http', 'ws')}/api/v1/vms/${vm}/console`, { headers: { authorization: `Bearer ${token}` } });
+  const open = async (vm: string) => new WebSocket(await consoleUrl(c.url, c.token, vm));
+  const closeOf = (ws: WebSocket) => new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
 
   it('sends the boot history, then echoes what the user types', async () => {
-    const ws = open('con-1');
+    const ws = await open('con-1');
     let text = '';
     ws.on('message', (d) => (text += d.toString()));
     await until(() => text.includes('con-1 login:'), { what: 'history' });
@@ -29,7 +30,7 @@ describe('VM console', () => {
   });
 
   it('follows the VM to its new host after a migration, and back after its agent reconnects', async () => {
-    const ws = open('con-1');
+    const ws = await open('con-1');
     let text = '';
     ws.on('message', (d) => (text += d.toString()));
     await until(() => text.includes('con-1 login:'), { what: 'history' });
@@ -50,12 +51,48 @@ describe('VM console', () => {
     ws.close();
   });
 
-  it('refuses a bad token, an unknown VM and a stopped VM with a close code', async () => {
-    const closeCode = (ws: WebSocket) => new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
-    assert.equal(await closeCode(open('con-1', 'bogus')), 4001);
-    assert.equal(await closeCode(open('no-such-vm')), 4004);
+  it('opens only with a fresh ticket for that VM, once; a token in the URL is refused', async () => {
+    const wsBase = `${c.url.replace('http', 'ws')}/api/v1/vms/con-1/console`;
+    const byToken = await closeOf(new WebSocket(`${wsBase}?token=${encodeURIComponent(c.token)}`));
+    assert.equal(byToken.code, 4001);
+    assert.match(byToken.reason, /tokens in the URL are refused/);
+    assert.equal((await closeOf(new WebSocket(wsBase, { headers: { authorization: `Bearer ${c.token}` } }))).code, 4001);
+    assert.equal((await closeOf(new WebSocket(`${wsBase}?ticket=bogus`))).code, 4001);
+
+    const url = await consoleUrl(c.url, c.token, 'con-1');
+    const first = new WebSocket(url);
+    let text = '';
+    first.on('message', (d) => (text += d.toString()));
+    await until(() => text.includes('con-1 login:'), { what: 'the console opened by the ticket' });
+    assert.equal((await closeOf(new WebSocket(url))).code, 4001, 'a ticket opens one connection only');
+    first.close();
+
+    const issued = await c.api('POST', '/api/v1/vms/con-1/console/tickets');
+    assert.equal(issued.status, 201);
+    const ttlMs = Date.parse(issued.body.expiresAt) - Date.now();
+    assert.ok(ttlMs > 0 && ttlMs <= 30_000, `expires within 30 s, not ${ttlMs} ms`);
+
+    await c.api('POST', '/api/v1/vms', { name: 'con-2', cpus: 1, memoryMiB: 128, start: false });
+    const other = await closeOf(new WebSocket(`${c.url.replace('http', 'ws')}/api/v1/vms/con-2/console?ticket=${encodeURIComponent(issued.body.ticket)}`));
+    assert.equal(other.code, 4001, 'a ticket for con-1 does not open con-2');
+  });
+
+  it('gives tickets to operators only, for VMs that exist', async () => {
+    const created = await c.api('POST', '/api/v1/users', { username: 'watcher', password: 'watcher-password', role: 'viewer' });
+    assert.equal(created.status, 201);
+    const login = await c.api('POST', '/api/v1/auth/login', { username: 'watcher', password: 'watcher-password' }, '');
+    const denied = await c.api('POST', '/api/v1/vms/con-1/console/tickets', undefined, login.body.token);
+    assert.equal(denied.status, 403);
+    assert.equal(denied.body.error.code, 'FORBIDDEN');
+    const unknown = await c.api('POST', '/api/v1/vms/no-such-vm/console/tickets');
+    assert.equal(unknown.status, 404);
+    assert.equal(unknown.body.error.code, 'VM_NOT_FOUND');
+  });
+
+  it('refuses a stopped VM with a close code', async () => {
+    const url = await consoleUrl(c.url, c.token, 'con-1');
     const stop = await c.api('POST', '/api/v1/vms/con-1/stop', { force: true });
     await c.waitTask(stop.body.task.id);
-    assert.equal(await closeCode(open('con-1')), 4009);
+    assert.equal((await closeOf(new WebSocket(url))).code, 4009);
   });
 });

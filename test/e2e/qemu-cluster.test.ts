@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
+import { consoleUrl } from '../support/console.ts';
 import { createTestNetwork, removeTestNetwork, type TestNetwork } from '../support/netns.ts';
 import { requireCommand } from '../support/system.ts';
 import { until } from '../until.ts';
@@ -89,7 +90,7 @@ class ConsoleViewer {
   }
 
   static async open(url: string, token: string, vmId: string): Promise<ConsoleViewer> {
-    const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/api/v1/vms/${vmId}/console`, { headers: { authorization: `Bearer ${token}` } });
+    const ws = new WebSocket(await consoleUrl(url, token, vmId));
     const viewer = new ConsoleViewer(ws);
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());

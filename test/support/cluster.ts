@@ -10,6 +10,8 @@ import type { HypervisorDriver } from '../../src/drivers/types.ts';
 import { createLogger } from '../../src/lib/logger.ts';
 import { until } from '../until.ts';
 
+export const TEST_SCRYPT_COST = { N: 2 ** 10, r: 8, p: 1 };
+
 export interface TestHost<D extends HypervisorDriver = SimDriver> {
   name: string;
   driver: D;
@@ -45,7 +47,8 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
   const log = createLogger('test', process.env.AWAN_TEST_LOG ?? 'silent');
   // Tests make their image files in the cluster's own directory; more image directories come from opts.control.
   const imageDirs = [dir, ...(opts.control?.imageDirs ?? [])];
-  const control = await createControl({ db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control, imageDirs });
+  // Tests that are not about password hashing use a cheap scrypt: the default costs half a second a login.
+  const control = await createControl({ db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control, imageDirs, auth: { scryptCost: TEST_SCRYPT_COST, ...opts.control?.auth } });
   await control.start();
   await control.app.listen({ port: 0, host: '127.0.0.1' });
   const address = control.app.server.address();

@@ -5,7 +5,7 @@ import WebSocket from 'ws';
 import { resolveServer, resolveToken } from './config.ts';
 import { seg } from './client.ts';
 import { printJson } from './output.ts';
-import { type ClientOptions, CliError, jsonOption, run } from './shared.ts';
+import { type ClientOptions, CliError, client, jsonOption, run } from './shared.ts';
 
 const ESCAPE = '\x1d'; // Ctrl-], as in telnet and virsh
 /** After its input ends, the console stays until the guest has been quiet this long: its answer to the last line shows. */
@@ -28,8 +28,8 @@ export function describeClose(name: string, code: number, reason: string, leavin
   return { error: new CliError('UNAVAILABLE', `console of ${name} closed: the connection to control was lost (${code}${reason ? `: ${reason}` : ''})`, details) };
 }
 
-function attach(url: string, token: string, name: string, json: boolean): Promise<End> {
-  const ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` } });
+function attach(url: string, name: string, json: boolean): Promise<End> {
+  const ws = new WebSocket(url);
   const stdin = process.stdin;
   const tty = Boolean(stdin.isTTY);
   let leaving: string | undefined;
@@ -88,9 +88,10 @@ export function registerConsole(vm: Command): void {
     'print the console output as JSON lines ({"output"}), then one {"vm","closed"} line',
   ).action(run(async (name: string, o: ClientOptions) => {
     const server = resolveServer(o.server);
-    const token = resolveToken(server);
-    if (!token) throw new CliError('UNAUTHORIZED', `not logged in to ${server}: run awan login --server ${server}`);
-    const end = await attach(`${server.replace(/^http/, 'ws')}/api/v1/vms/${seg(name)}/console`, token, name, Boolean(o.json));
+    if (!resolveToken(server)) throw new CliError('UNAUTHORIZED', `not logged in to ${server}: run awan login --server ${server}`);
+    // The WebSocket URL carries a single-use ticket, never the token itself.
+    const { ticket } = await client(o).post<{ ticket: string }>(`/api/v1/vms/${seg(name)}/console/tickets`);
+    const end = await attach(`${server.replace(/^http/, 'ws')}/api/v1/vms/${seg(name)}/console?ticket=${encodeURIComponent(ticket)}`, name, Boolean(o.json));
     if ('error' in end) throw end.error;
     if (o.json) printJson({ vm: name, closed: end.reason });
     else process.stderr.write(`console of ${name} closed: ${end.reason}\n`);

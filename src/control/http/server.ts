@@ -1,6 +1,7 @@
 // The HTTP server's shared behaviour: validation settings, the one error body, authentication, metrics
 // and the OpenAPI document.
 import swagger from '@fastify/swagger';
+import rateLimit from '@fastify/rate-limit';
 import swaggerUi from '@fastify/swagger-ui';
 import websocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -12,6 +13,7 @@ import { uniqueConflict } from '../store/unique.ts';
 import type { AuthService } from '../features/auth/service.ts';
 import type { Metrics } from '../metrics.ts';
 import { notFoundHandler } from './not-found.ts';
+import { enforceRouteRoles } from './roles.ts';
 import type { App } from './types.ts';
 import { validationError } from './validation-error.ts';
 import { createValidatorCompiler } from './validator.ts';
@@ -61,13 +63,9 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
 
   app.addHook('onRequest', async (req) => {
     (req as { startedAt?: bigint }).startedAt = process.hrtime.bigint();
-    // Decide by the route that matched, never by the raw URL: the router decodes `%61pi` to `api`.
-    const route = req.routeOptions.url;
-    if (!route?.startsWith('/api/v1/') || (req.routeOptions.config as { public?: boolean } | undefined)?.public) return;
-    const header = req.headers.authorization;
-    if (!header?.startsWith('Bearer ')) throw new AppError('UNAUTHORIZED', 'send Authorization: Bearer <token>; get one from POST /api/v1/auth/login');
-    req.principal = await auth.authenticate(header.slice(7).trim());
   });
+  // Decided by the route that matched, never by the raw URL: the router decodes `%61pi` to `api`.
+  enforceRouteRoles(app, auth);
 
   app.addHook('onResponse', async (req, reply) => {
     const started = (req as { startedAt?: bigint }).startedAt;
@@ -85,7 +83,13 @@ export async function createHttpServer({ log, auth, metrics }: { log: Logger; au
       security: [{ bearer: [] }],
     },
   });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
-  app.get('/api/v1/openapi.json', { config: { public: true }, schema: { hide: true } }, () => app.swagger());
+  // The browsable API page and its assets are public, like the document they show.
+  await app.register(async (docs) => {
+    docs.addHook('onRoute', (route) => void (route.config = { ...route.config, role: 'public' }));
+    await docs.register(swaggerUi, { routePrefix: '/docs' });
+  });
+  // Limits are counted by the routes that use them (login counts failures only), not on every request.
+  await app.register(rateLimit, { global: false });
+  app.get('/api/v1/openapi.json', { config: { role: 'public' }, schema: { hide: true } }, () => app.swagger());
   return app;
 }

@@ -4,7 +4,8 @@ import type {} from '@fastify/swagger';
 import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
-import type { Principal } from '../features/auth/service.ts';
+import type { Principal, Role } from '../features/auth/service.ts';
+import { atLeast } from './roles.ts';
 import { AppError } from '../errors.ts';
 
 export type App = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, TypeBoxTypeProvider>;
@@ -24,11 +25,9 @@ export const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: Err
 
 export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
 
-const rank = { viewer: 0, operator: 1, admin: 2 } as const;
-
-/** Throws unless the caller's role is at least `role`. */
-export function requireRole(principal: Principal | undefined, role: keyof typeof rank): Principal {
+/** The caller, and a second check of the role the route declared (the hook in roles.ts checks it first). */
+export function requireRole(principal: Principal | undefined, role: Role): Principal {
   if (!principal) throw new AppError('UNAUTHORIZED', 'log in first');
-  if (rank[principal.role] < rank[role]) throw new AppError('FORBIDDEN', `this needs the ${role} role; you are ${principal.role}`);
+  if (!atLeast(principal.role, role)) throw new AppError('FORBIDDEN', `this needs the ${role} role; you are ${principal.role}`);
   return principal;
 }

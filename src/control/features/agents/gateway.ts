@@ -2,6 +2,7 @@
 import type { Logger } from '../../../lib/logger.ts';
 import { JoinRequestSchema, JoinResponseSchema, parseAgentMessage } from '../../../protocol/messages.ts';
 import { AppError } from '../../errors.ts';
+import { bearerToken } from '../../http/roles.ts';
 import type { App } from '../../http/types.ts';
 import type { Metrics } from '../../metrics.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
@@ -19,16 +20,15 @@ export function agentGateway(app: App, deps: GatewayDeps): void {
   const { hosts, registry, log } = deps;
 
   app.post('/api/v1/agent/join', {
-    config: { public: true },
+    config: { role: 'agent' },
     schema: { tags: ['agent'], security: [], body: JoinRequestSchema, response: { 201: JoinResponseSchema } },
   }, async (req, reply) => reply.code(201).send(await hosts.join(req.body)));
 
   app.get('/api/v1/agent/connect', {
-    config: { public: true },
+    config: { role: 'agent' },
     websocket: true,
     preValidation: async (req) => {
-      const header = req.headers.authorization ?? '';
-      const credential = header.startsWith('Bearer ') ? header.slice(7) : '';
+      const credential = bearerToken(req);
       const hostId = credential ? await hosts.authenticateAgent(credential) : undefined;
       if (!hostId) throw new AppError('UNAUTHORIZED', 'the host credential is not valid');
       (req as { agentHostId?: string }).agentHostId = hostId;

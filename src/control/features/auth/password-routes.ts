@@ -16,6 +16,7 @@ const revokes = 'Every other session and API token of that user is revoked; the 
 
 export function passwordRoutes(app: App, auth: AuthService): void {
   app.put('/api/v1/users/:id/password', {
+    config: { role: 'admin' },
     schema: {
       tags: ['users'],
       summary: "Set a user's password (admin)",
@@ -30,6 +31,7 @@ export function passwordRoutes(app: App, auth: AuthService): void {
   });
 
   app.post('/api/v1/auth/password', {
+    config: { role: 'viewer' },
     schema: {
       tags: ['auth'],
       summary: 'Change your own password',

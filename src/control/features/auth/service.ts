@@ -4,7 +4,7 @@ import type { Kysely } from 'kysely';
 import { hashToken, newId, newSecret } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import type { Database } from '../../store/schema.ts';
-import { hashPassword, verifyPassword } from './passwords.ts';
+import { DEFAULT_SCRYPT_COST, type ScryptCost, hashPassword, needsRehash, verifyPassword } from './passwords.ts';
 
 export type Role = 'admin' | 'operator' | 'viewer';
 
@@ -25,6 +25,8 @@ export interface ApiTokenInfo {
 }
 
 const SESSION_TTL_MS = 12 * 3600_000;
+/** API tokens are for scripts, so they live longer than a login, but never forever unless asked to be renewed. */
+export const API_TOKEN_DEFAULT_DAYS = 90;
 const LAST_USED_RESOLUTION_MS = 60_000;
 
 /**
@@ -33,12 +35,22 @@ const LAST_USED_RESOLUTION_MS = 60_000;
  */
 const AUTH_CACHE_MS = 5000;
 
-export function createAuthService({ db }: { db: Kysely<Database> }) {
+export interface AuthServiceOptions {
+  db: Kysely<Database>;
+  /** scrypt work factors for new hashes; weaker stored hashes are upgraded at the next good login. */
+  scryptCost?: ScryptCost;
+  now?: () => number;
+}
+
+export function createAuthService({ db, scryptCost = DEFAULT_SCRYPT_COST, now = Date.now }: AuthServiceOptions) {
+  const hash = (password: string) => hashPassword(password, scryptCost);
+  // Verified against when the user does not exist, at the same cost as a real hash, so timing tells nothing.
+  let dummyHash: Promise<string> | undefined;
   const recent = new Map<string, { principal: Principal; until: number; expiresMs: number | null }>();
   async function issueToken(userId: string, kind: 'session' | 'api', name: string, expiresAt: string | null) {
     const token = newSecret(kind === 'session' ? 'aws' : 'awt');
     const id = newId();
-    const createdAt = new Date().toISOString();
+    const createdAt = new Date(now()).toISOString();
     await db
       .insertInto('api_tokens')
       .values({ id, user_id: userId, name, kind, token_hash: hashToken(token), expires_at: expiresAt, created_at: createdAt, last_used_at: null })
@@ -66,9 +78,9 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
    * token that made the change, if any, stays valid so the caller is not logged out by their own request.
    */
   async function setPasswordOf(userId: string, password: string, keepTokenId: string | undefined): Promise<{ revokedTokens: number }> {
-    const hash = await hashPassword(password);
+    const passwordHash = await hash(password);
     const revoked = await db.transaction().execute(async (trx) => {
-      await trx.updateTable('users').set({ password_hash: hash }).where('id', '=', userId).execute();
+      await trx.updateTable('users').set({ password_hash: passwordHash }).where('id', '=', userId).execute();
       let del = trx.deleteFrom('api_tokens').where('user_id', '=', userId);
       if (keepTokenId) del = del.where('id', '!=', keepTokenId);
       return Number((await del.executeTakeFirst()).numDeletedRows);
@@ -108,7 +120,7 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
       const generated = password ? undefined : randomBytes(12).toString('base64url');
       await db
         .insertInto('users')
-        .values({ id: newId(), username: 'admin', password_hash: await hashPassword(password ?? generated!), role: 'admin', created_at: new Date().toISOString() })
+        .values({ id: newId(), username: 'admin', password_hash: await hash(password ?? generated!), role: 'admin', created_at: new Date(now()).toISOString() })
         .execute();
       return { created: true, generatedPassword: generated };
     },
@@ -117,8 +129,8 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
       const taken = await db.selectFrom('users').select('id').where('username', '=', username).executeTakeFirst();
       if (taken) throw new AppError('NAME_TAKEN', `user ${username} already exists`, { username });
       const id = newId();
-      const createdAt = new Date().toISOString();
-      await db.insertInto('users').values({ id, username, password_hash: await hashPassword(password), role, created_at: createdAt }).execute();
+      const createdAt = new Date(now()).toISOString();
+      await db.insertInto('users').values({ id, username, password_hash: await hash(password), role, created_at: createdAt }).execute();
       return { id, username, role, createdAt };
     },
 
@@ -130,37 +142,40 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
     async login(username: string, password: string) {
       const user = await db.selectFrom('users').selectAll().where('username', '=', username).executeTakeFirst();
       // Same work and same answer whether the user exists or not, so names cannot be probed.
-      const ok = await verifyPassword(password, user?.password_hash ?? 'scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=');
+      const ok = await verifyPassword(password, user?.password_hash ?? (await (dummyHash ??= hash(randomBytes(16).toString('hex')))));
       if (!user || !ok) throw new AppError('UNAUTHORIZED', 'wrong username or password');
-      const { token, info } = await issueToken(user.id, 'session', 'login', new Date(Date.now() + SESSION_TTL_MS).toISOString());
+      if (needsRehash(user.password_hash, scryptCost)) {
+        // Compare-and-set: a password changed meanwhile is not overwritten with the old one.
+        await db.updateTable('users').set({ password_hash: await hash(password) }).where('id', '=', user.id).where('password_hash', '=', user.password_hash).execute();
+      }
+      const { token, info } = await issueToken(user.id, 'session', 'login', new Date(now() + SESSION_TTL_MS).toISOString());
       return { token, expiresAt: info.expiresAt!, user: { id: user.id, username: user.username, role: user.role } };
     },
 
     async authenticate(bearer: string): Promise<Principal> {
-      const hash = hashToken(bearer);
-      const hit = recent.get(hash);
-      if (hit && hit.until > Date.now() && (!hit.expiresMs || hit.expiresMs > Date.now())) return hit.principal;
+      const tokenHash = hashToken(bearer);
+      const hit = recent.get(tokenHash);
+      if (hit && hit.until > now() && (!hit.expiresMs || hit.expiresMs > now())) return hit.principal;
       const row = await db
         .selectFrom('api_tokens')
         .innerJoin('users', 'users.id', 'api_tokens.user_id')
         .select(['api_tokens.id as tokenId', 'api_tokens.expires_at', 'api_tokens.last_used_at', 'users.id as userId', 'users.username', 'users.role'])
-        .where('api_tokens.token_hash', '=', hash)
+        .where('api_tokens.token_hash', '=', tokenHash)
         .executeTakeFirst();
       if (!row) throw new AppError('UNAUTHORIZED', 'the token is not valid');
-      const now = Date.now();
-      if (row.expires_at && Date.parse(row.expires_at) <= now) throw new AppError('TOKEN_EXPIRED', 'the token has expired; log in again');
-      if (!row.last_used_at || now - Date.parse(row.last_used_at) > LAST_USED_RESOLUTION_MS) {
-        await db.updateTable('api_tokens').set({ last_used_at: new Date(now).toISOString() }).where('id', '=', row.tokenId).execute();
+      const at = now();
+      if (row.expires_at && Date.parse(row.expires_at) <= at) throw new AppError('TOKEN_EXPIRED', 'the token has expired; log in again or make a new API token');
+      if (!row.last_used_at || at - Date.parse(row.last_used_at) > LAST_USED_RESOLUTION_MS) {
+        await db.updateTable('api_tokens').set({ last_used_at: new Date(at).toISOString() }).where('id', '=', row.tokenId).execute();
       }
       const principal: Principal = { userId: row.userId, username: row.username, role: row.role, tokenId: row.tokenId };
       if (recent.size > 10_000) recent.clear();
-      recent.set(hash, { principal, until: now + AUTH_CACHE_MS, expiresMs: row.expires_at ? Date.parse(row.expires_at) : null });
+      recent.set(tokenHash, { principal, until: at + AUTH_CACHE_MS, expiresMs: row.expires_at ? Date.parse(row.expires_at) : null });
       return principal;
     },
 
-    async createApiToken(userId: string, name: string, expiresInDays?: number) {
-      const expiresAt = expiresInDays ? new Date(Date.now() + expiresInDays * 86400_000).toISOString() : null;
-      return issueToken(userId, 'api', name, expiresAt);
+    async createApiToken(userId: string, name: string, expiresInDays = API_TOKEN_DEFAULT_DAYS) {
+      return issueToken(userId, 'api', name, new Date(now() + expiresInDays * 86400_000).toISOString());
     },
 
     async listTokens(userId: string): Promise<ApiTokenInfo[]> {
@@ -170,7 +185,7 @@ export function createAuthService({ db }: { db: Kysely<Database> }) {
 
     async revokeToken(userId: string, tokenId: string) {
       const res = await db.deleteFrom('api_tokens').where('id', '=', tokenId).where('user_id', '=', userId).executeTakeFirst();
-      for (const [hash, entry] of recent) if (entry.principal.tokenId === tokenId) recent.delete(hash);
+      for (const [key, entry] of recent) if (entry.principal.tokenId === tokenId) recent.delete(key);
       if (Number(res.numDeletedRows) === 0) throw new AppError('TOKEN_NOT_FOUND', `token ${tokenId} not found`, { id: tokenId });
     },
   };

@@ -15,6 +15,7 @@ const EventSchema = Type.Object({
 
 export function eventRoutes(app: App, events: EventService): void {
   app.get('/api/v1/events', {
+    config: { role: 'viewer' },
     schema: {
       tags: ['events'],
       description: 'The event log. With `Accept: text/event-stream` the answer is a live SSE stream; `after` (or Last-Event-ID) replays what was missed.',

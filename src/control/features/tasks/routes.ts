@@ -26,6 +26,7 @@ export const TaskSchema = Type.Object({
 
 export function taskRoutes(app: App, tasks: TaskService, cancel: (taskId: string) => boolean): void {
   app.get('/api/v1/tasks', {
+    config: { role: 'viewer' },
     schema: {
       tags: ['tasks'],
       querystring: Type.Object({ ...PageQuery, state: Type.Optional(OneOf(taskStates)), targetId: Type.Optional(Type.String()), kind: Type.Optional(OneOf(taskKinds)) }, { additionalProperties: false }),
@@ -34,10 +35,12 @@ export function taskRoutes(app: App, tasks: TaskService, cancel: (taskId: string
   }, (req) => tasks.list({ limit: req.query.limit ?? 100, cursor: req.query.cursor, state: req.query.state, targetId: req.query.targetId, kind: req.query.kind }));
 
   app.get('/api/v1/tasks/:id', {
+    config: { role: 'viewer' },
     schema: { tags: ['tasks'], params: IdParams, response: { 200: TaskSchema, ...errors } },
   }, (req) => tasks.get(req.params.id));
 
   app.post('/api/v1/tasks/:id/cancel', {
+    config: { role: 'operator' },
     schema: { tags: ['tasks'], description: 'Cancels a running migration; the VM keeps running where it was.', params: IdParams, response: { 202: TaskSchema, ...errors } },
   }, async (req, reply) => {
     requireRole(req.principal, 'operator');

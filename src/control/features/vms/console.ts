@@ -1,36 +1,50 @@
 // The serial console of a VM over a WebSocket: history first, then live output; what the client types
 // goes to the guest. Control relays; the agent streams only while someone watches.
-import { AppError } from '../../errors.ts';
-import { type App, requireRole } from '../../http/types.ts';
-import type { AuthService } from '../auth/service.ts';
+import { Type } from 'typebox';
+import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
 import type { EventService } from '../events/service.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
+import { CONSOLE_TICKET_TTL_MS, type ConsoleTickets } from './console-tickets.ts';
 import type { VmService } from './service.ts';
 
 /**
+ * The viewer first gets a ticket (bearer auth, operator role), then opens `…/console?ticket=`.
  * Close codes: 1000 the VM stopped (or is being deleted), 4001 unauthorized, 4004 unknown VM, 4009 VM not
  * running or host unreachable, 4010 the VM failed. The close frame's reason says why, once: clients show it.
  */
-export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; auth: AuthService; events: EventService }): void {
+export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; events: EventService; tickets: ConsoleTickets }): void {
   const watchers = new Map<string, number>();
+
+  app.post('/api/v1/vms/:id/console/tickets', {
+    config: { role: 'operator' },
+    schema: {
+      tags: ['vms'],
+      description: `A single-use ticket for the console WebSocket of a VM, valid for ${CONSOLE_TICKET_TTL_MS / 1000} s: open \`/api/v1/vms/{id}/console?ticket=…\`.`,
+      params: IdParams,
+      response: { 201: Type.Object({ ticket: Type.String(), expiresAt: Type.String() }), ...errors },
+    },
+  }, async (req, reply) => {
+    const p = requireRole(req.principal, 'operator');
+    const vm = await deps.vms.find(req.params.id);
+    return reply.code(201).send(deps.tickets.issue(vm.id, p.userId));
+  });
 
   app.get('/api/v1/vms/:id/console', {
     websocket: true,
-    config: { public: true },
+    config: { role: 'public' },
     schema: { hide: true },
   }, async (socket, req) => {
     const fail = (code: number, message: string) => socket.close(code, closeReason(message));
     const { id } = req.params as { id: string };
-    const header = req.headers.authorization;
-    const token = header?.startsWith('Bearer ') ? header.slice(7) : new URL(req.url, 'http://x').searchParams.get('token');
-    try {
-      if (!token) throw new AppError('UNAUTHORIZED', 'send Authorization: Bearer <token> or ?token=');
-      requireRole(await deps.auth.authenticate(token), 'operator');
-    } catch (err) {
-      return fail(4001, err instanceof Error ? err.message : 'unauthorized');
-    }
+    const query = new URL(req.url, 'http://x').searchParams;
+    // A bearer token in a URL outlives the request in proxy logs and shell history: only tickets go there.
+    if (query.has('token')) return fail(4001, 'tokens in the URL are refused; get a ticket from POST /api/v1/vms/{id}/console/tickets');
+    const ticket = query.get('ticket');
+    const granted = ticket ? deps.tickets.redeem(ticket) : undefined;
+    if (!granted) return fail(4001, `needs a valid ?ticket= (single use, ${CONSOLE_TICKET_TTL_MS / 1000} s) from POST /api/v1/vms/{id}/console/tickets`);
     const vm = await deps.vms.find(id).catch(() => undefined);
     if (!vm) return fail(4004, `VM ${id} not found`);
+    if (vm.id !== granted.vmId) return fail(4001, `the ticket is for another VM than ${vm.name}`);
     const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
     if (!host?.connection || vm.phase !== 'running') return fail(4009, `VM ${vm.name} is ${vm.phase}; its console is available while it runs`);
     let conn = host.connection;

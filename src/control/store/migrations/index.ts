@@ -5,6 +5,7 @@ import * as m002 from './002_host_credential_index.ts';
 import * as m003 from './003_image_ready_text.ts';
 import * as m004 from './004_vm_local_disk.ts';
 import * as m005 from './005_unique_names_and_active_tasks.ts';
+import * as m006 from './006_token_expiry.ts';
 import * as m007 from './007_image_imported.ts';
 
 export interface Migration {
@@ -19,5 +20,6 @@ export const migrations: Migration[] = [
   { version: 3, name: 'image_ready_text', up: m003.up },
   { version: 4, name: 'vm_local_disk', up: m004.up },
   { version: 5, name: 'unique_names_and_active_tasks', up: m005.up },
+  { version: 6, name: 'token_expiry', up: m006.up },
   { version: 7, name: 'image_imported', up: m007.up },
 ];
