@@ -3,15 +3,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { until } from '../until.ts';
+import { cliMain as main, repo as root, type Run } from './cli.ts';
 
-export const root = join(import.meta.dirname, '..', '..');
-export const main = join(root, 'src', 'cli', 'main.ts');
-
-export interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+export { main, root, type Run };
 
 /**
  * The environment a child gets: none of the developer's AWAN_* settings (a token or password would leak in),

@@ -50,16 +50,20 @@ export function toStatus(vm: SimVm, nowMs: number): DriverVmStatus {
   return status;
 }
 
-export function createBoot(cancelTimer: () => void): PendingBoot {
+/** A promise with its settlers; it may fail after its only waiter gave up, which must not surface as an unhandled rejection. */
+function pending(): { promise: Promise<void>; resolve(): void; reject(err: DriverError): void } {
   let resolve!: () => void;
   let reject!: (err: DriverError) => void;
   const promise = new Promise<void>((res, rej) => {
     resolve = res;
     reject = rej;
   });
-  // A boot can fail after its only waiter gave up; that must not surface as an unhandled rejection.
   promise.catch(() => undefined);
-  return { promise, resolve, reject, cancelTimer };
+  return { promise, resolve, reject };
+}
+
+export function createBoot(cancelTimer: () => void): PendingBoot {
+  return { ...pending(), cancelTimer };
 }
 
 /** A memory change under way: the balloon moves at the guest's pace, and the caller waits for the end. */
@@ -72,14 +76,7 @@ export interface PendingResize {
 }
 
 export function createResize(targetMiB: number, cancelTimer: () => void): PendingResize {
-  let resolve!: () => void;
-  let reject!: (err: DriverError) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  promise.catch(() => undefined);
-  return { targetMiB, promise, resolve, reject, cancelTimer };
+  return { targetMiB, ...pending(), cancelTimer };
 }
 
 /** Memory the host has set aside for a VM: a growing one holds its new size from the moment it asked. */
