@@ -190,7 +190,7 @@ describe('awan CLI against a cluster: scripts and newcomers', () => {
   it('says what to do in CLI words: the flag that was wrong, objects by name', async () => {
     const memory = await awan(['vm', 'create', 'tiny-vm', '--memory', '8']);
     assert.equal(memory.code, 1);
-    assert.match(memory.stderr, /^error VALIDATION_FAILED: --memory must be >= 16 \(see: awan vm create --help\)$/m);
+    assert.match(memory.stderr, /^error VALIDATION_FAILED: --memory must be at least 16 \(got 8\) \(see: awan vm create --help\)$/m);
     const disk = await awan(['vm', 'create', 'huge-vm', '--disk', '100000']);
     assert.match(disk.stderr, /^error VALIDATION_FAILED: --disk must be <= 65536/m);
     const limit = await awan(['task', 'list', '--limit', '5000']);
