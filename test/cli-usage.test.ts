@@ -192,10 +192,10 @@ describe('awan CLI against a cluster: scripts and newcomers', () => {
     assert.equal(memory.code, 1);
     assert.match(memory.stderr, /^error VALIDATION_FAILED: --memory must be at least 16 \(got 8\) \(see: awan vm create --help\)$/m);
     const disk = await awan(['vm', 'create', 'huge-vm', '--disk', '100000']);
-    assert.match(disk.stderr, /^error VALIDATION_FAILED: --disk must be <= 65536/m);
+    assert.match(disk.stderr, /^error VALIDATION_FAILED: --disk must be at most 65536 \(got 100000\)/m);
     const limit = await awan(['task', 'list', '--limit', '5000']);
     assert.equal(limit.code, 1);
-    assert.match(limit.stderr, /^error VALIDATION_FAILED: --limit must be <= 1000 \(see: awan task list --help\)$/m);
+    assert.match(limit.stderr, /^error VALIDATION_FAILED: --limit must be at most 1000 \(got 5000\) \(see: awan task list --help\)$/m);
     for (const r of [memory, disk, limit]) assert.doesNotMatch(r.stderr, /body|querystring|MiB must|GiB must/);
 
     // A task about a VM names the VM, not its id.
