@@ -29,6 +29,8 @@ import { createVolumes } from './features/vms/volumes.ts';
 import { createVmService } from './features/vms/service.ts';
 import { createHttpServer } from './http/server.ts';
 import { createMetrics } from './metrics.ts';
+import { createLocalChangeFeed } from './reconcile/changes.ts';
+import { createControllerManager } from './reconcile/manager.ts';
 import { createVmController } from './reconcile/vm-controller.ts';
 import { resumeTasks } from './reconcile/resume.ts';
 import { CapacityIndex, type PlacementPolicy } from './scheduler/capacity-index.ts';
@@ -117,23 +119,26 @@ export async function createControl(config: ControlConfig) {
     };
   }
 
+  const changes = createLocalChangeFeed();
+  const manager = createControllerManager({ log, metrics, changes });
   const controller = createVmController({
     db, tasks, events, registry, capacity, log, buildSpec,
     removeVolumes: (vmId) => volumes.remove(vmId),
     policy: config.policy,
-    onError: () => metrics.reconcileErrors.inc({ controller: 'vms' }),
+    resyncMs: config.resyncIntervalMs,
   });
-  const vms = createVmService({ db, tasks, events, images, capacity, registry, controller, volumes, defaultImage: config.defaultImage });
+  const vmController = manager.register(controller.controller);
+  const vms = createVmService({ db, tasks, events, images, capacity, registry, changes, volumes, defaultImage: config.defaultImage });
   const hosts = createHostService({
     db, registry, capacity, events, tasks,
     migrateVm: (id, by) => vms.migrate(id, undefined, by),
     stopVm: (id, by) => vms.stop(id, false, by),
   });
 
-  registry.onVmsReported((_hostId, vmIds) => vmIds.forEach((id) => controller.enqueue(id)));
+  registry.onVmsReported((_hostId, vmIds) => vmIds.forEach((id) => changes.publish({ kind: 'vm', id })));
   registry.onHostState((hostId) => {
     db.selectFrom('vms').select('id').where((eb) => eb.or([eb('host_id', '=', hostId), eb('target_host_id', '=', hostId)])).execute()
-      .then((rows) => rows.forEach((r) => controller.enqueue(r.id)))
+      .then((rows) => rows.forEach((r) => changes.publish({ kind: 'vm', id: r.id })))
       .catch((err: unknown) => log.error({ err, hostId }, 'could not look up the VMs of a host'));
   });
 
@@ -147,7 +152,6 @@ export async function createControl(config: ControlConfig) {
     for (const h of registry.all()) if (h.connection && h.lastHeartbeatMs) lag = Math.max(lag, now - h.lastHeartbeatMs);
     g.set(lag / 1000);
   });
-  metrics.gauge('awan_reconcile_queue_depth', 'Keys waiting in a reconcile queue', ['controller'], (g) => g.set({ controller: 'vms' }, controller.queue.depth));
   const vmsByPhase = metrics.gauge('awan_vms', 'VMs by phase', ['phase'], () => undefined);
   events.subscribe((e) => {
     if (e.type !== 'vm.migrated' || !e.data) return;
@@ -182,10 +186,8 @@ export async function createControl(config: ControlConfig) {
   eventRoutes(app, events);
   agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs });
 
-  let resync: NodeJS.Timeout | null = null;
-
   return {
-    app, store, db, log, auth, events, tasks, images, vms, hosts, registry, capacity, controller, metrics,
+    app, store, db, log, auth, events, tasks, images, vms, hosts, registry, capacity, metrics, changes, manager, vmController,
     /** Loads state, resumes unfinished work and starts the control loops. */
     async start(): Promise<{ generatedAdminPassword?: string }> {
       const admin = await auth.ensureAdmin(config.adminPassword);
@@ -194,19 +196,16 @@ export async function createControl(config: ControlConfig) {
         capacity.assign(vm.id, vm.host_id!, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
       }
       registry.start();
-      await resumeTasks({ db, tasks, controller, log });
-      await controller.resyncAll();
-      resync = setInterval(() => void controller.resyncAll(), config.resyncIntervalMs ?? 30_000);
-      resync.unref();
+      await resumeTasks({ db, tasks, log });
+      await manager.start();
       return { generatedAdminPassword: admin.generatedPassword };
     },
     async close(): Promise<void> {
-      if (resync) clearInterval(resync);
       registry.stop();
-      controller.stop();
+      await manager.stop();
       await app.close();
       // Let passes already running finish their writes before the database goes away.
-      await Promise.race([controller.queue.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
+      await Promise.race([manager.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
       await store.close();
     },
   };

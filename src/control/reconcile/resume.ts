@@ -4,17 +4,16 @@ import type { Kysely } from 'kysely';
 import type { Logger } from '../../lib/logger.ts';
 import type { TaskService } from '../features/tasks/service.ts';
 import type { Database } from '../store/schema.ts';
-import type { VmController } from './vm-controller.ts';
 
 /** Kinds driven by desired state: the reconciler can pick them up where they stopped. */
 const resumable = new Set(['create', 'start', 'stop', 'delete', 'migrate']);
 
-export async function resumeTasks({ db, tasks, controller, log }: { db: Kysely<Database>; tasks: TaskService; controller: VmController; log: Logger }): Promise<void> {
+export async function resumeTasks({ db, tasks, log }: { db: Kysely<Database>; tasks: TaskService; log: Logger }): Promise<void> {
   for (const task of await tasks.unfinished()) {
     if (task.targetKind === 'vm' && resumable.has(task.kind)) {
       const vm = await db.selectFrom('vms').select('id').where('id', '=', task.targetId).executeTakeFirst();
       if (vm) {
-        controller.enqueue(vm.id);
+        // The controllers' first resync looks at every VM, this one included.
         log.info({ taskId: task.id, kind: task.kind, vmId: vm.id }, 'resuming a task');
       } else if (task.kind === 'delete') {
         await tasks.succeed(task.id, 'deleted');

@@ -10,7 +10,8 @@ import type { Task, TaskService } from '../features/tasks/service.ts';
 import { IllegalPhaseChange, type VmPhase, canTransition } from '../features/vms/model.ts';
 import type { CapacityIndex, PlacementPolicy } from '../scheduler/capacity-index.ts';
 import type { Database, VmRow, VmUpdate } from '../store/schema.ts';
-import { type ReconcileResult, WorkQueue } from './queue.ts';
+import type { Controller } from './manager.ts';
+import type { ReconcileResult } from './queue.ts';
 import { migrateVm, recoverMigration } from './vm-migration.ts';
 
 export interface VmControllerDeps {
@@ -26,7 +27,7 @@ export interface VmControllerDeps {
   policy?: PlacementPolicy;
   /** How long a host may take to answer a start; see START_TIMEOUT_MS. */
   startTimeoutMs?: number;
-  onError?: () => void;
+  resyncMs?: number;
 }
 
 export type VmController = ReturnType<typeof createVmController>;
@@ -299,23 +300,23 @@ export function createVmController(deps: VmControllerDeps) {
 
   const ctx = { db, tasks, events, registry, capacity, log, update, buildSpec: deps.buildSpec };
 
-  const queue = new WorkQueue({ name: 'vms', reconcile, log, concurrency: 64, onError: deps.onError });
+  const controller: Controller = {
+    name: 'vms',
+    watches: ['vm'],
+    reconcile,
+    concurrency: 64,
+    resyncMs: deps.resyncMs,
+    listKeys: async () => (await db.selectFrom('vms').select('id').execute()).map((r) => r.id),
+  };
 
   return {
-    queue,
-    enqueue: (vmId: string) => queue.add(vmId),
+    controller,
     /** Cancels a running migration; false when the task is not one this process can cancel. */
     cancel(taskId: string): boolean {
       const abort = cancels.get(taskId);
       abort?.abort();
       return !!abort;
     },
-    /** Level-triggered safety net: look at every VM now and then, whatever events said. */
-    async resyncAll(): Promise<void> {
-      const rows = await db.selectFrom('vms').select('id').execute();
-      for (const r of rows) queue.add(r.id);
-    },
-    stop: () => queue.stop(),
   };
 }
 

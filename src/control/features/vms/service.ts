@@ -5,7 +5,7 @@ import { looksLikeId, macFor, newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
 import { CommandError } from '../agents/connection.ts';
-import type { VmController } from '../../reconcile/vm-controller.ts';
+import type { ChangeFeed } from '../../reconcile/changes.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
 import type { Database, VmRow, VmUpdate } from '../../store/schema.ts';
 import type { AwanEvent, EventService } from '../events/service.ts';
@@ -25,7 +25,7 @@ export interface VmServiceDeps {
   images: ImageService;
   capacity: CapacityIndex;
   registry: HostRegistry;
-  controller: VmController;
+  changes: ChangeFeed;
   volumes: Volumes;
   /** The image of VMs created without one (the test guest in a QEMU demo). */
   defaultImage?: string;
@@ -42,7 +42,8 @@ export interface ListVms {
 export type VmService = ReturnType<typeof createVmService>;
 
 export function createVmService(deps: VmServiceDeps) {
-  const { db, tasks, events, capacity, controller } = deps;
+  const { db, tasks, events, capacity, changes } = deps;
+  const touched = (id: string) => changes.publish({ kind: 'vm', id });
 
   async function find(idOrName: string): Promise<VmRow> {
     const rows = await db.selectFrom('vms').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).execute();
@@ -89,7 +90,7 @@ export function createVmService(deps: VmServiceDeps) {
       const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy, params, message: `${kind} requested` }, trx);
       return { task, row: await change(vm, patch, trx) };
     });
-    controller.enqueue(vm.id);
+    touched(vm.id);
     return { vm: vmFromRow(row), task };
   }
 
@@ -176,7 +177,7 @@ export function createVmService(deps: VmServiceDeps) {
       });
       events.notify(created);
       if (!start) await tasks.succeed(task.id, 'created (stopped)');
-      controller.enqueue(id);
+      touched(id);
       return { vm: vmFromRow(row), task: start ? task : await tasks.get(task.id) };
     },
 
@@ -253,7 +254,7 @@ export function createVmService(deps: VmServiceDeps) {
         return { task, row: await change(vm, { deleting: 1 }, trx), superseded };
       });
       for (const e of superseded) events.notify(e);
-      controller.enqueue(vm.id);
+      touched(vm.id);
       return { vm: vmFromRow(row), task };
     },
 
@@ -298,7 +299,7 @@ export function createVmService(deps: VmServiceDeps) {
           else await tasks.fail(task.id, 'MEMORY_NOT_REACHED', `the guest holds ${actualMiB ?? 'an unknown amount of'} MiB, not the ${targetMiB} MiB asked`);
         })
         .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'SET_MEMORY_FAILED'), err.message))
-        .finally(() => controller.enqueue(vm.id));
+        .finally(() => touched(vm.id));
       return { vm: vmFromRow(vm), task };
     },
   };
