@@ -38,6 +38,8 @@ export class Agent {
   private attempts = 0;
   private seq = 0;
   private readonly inflight = new Map<string, AbortController>();
+  /** Starts in progress, by VM. */
+  private readonly booting = new Map<string, AbortController>();
   private readonly consoles = new Set<string>();
   private unsubscribe: (() => void) | null = null;
   creds: AgentCredentials | undefined;
@@ -145,8 +147,11 @@ export class Agent {
       this.send({ type: 'result', id, ok: true });
       return;
     }
+    // A stop or delete of a VM that boots abandons the boot at once instead of waiting for it.
+    if (command.op === 'stop' || command.op === 'delete') this.booting.get(command.vmId)?.abort();
     const abort = new AbortController();
     this.inflight.set(id, abort);
+    if (command.op === 'start') this.booting.set(command.spec.id, abort);
     try {
       const value = await execute(command, {
         driver: this.opts.driver,
@@ -160,6 +165,7 @@ export class Agent {
       this.send({ type: 'result', id, ok: false, error: errorOf(err) });
     } finally {
       this.inflight.delete(id);
+      if (command.op === 'start' && this.booting.get(command.spec.id) === abort) this.booting.delete(command.spec.id);
     }
   }
 

@@ -27,6 +27,7 @@ import { createConsoleTickets } from './features/vms/console-tickets.ts';
 import { vmRoutes } from './features/vms/routes.ts';
 import { createVolumes } from './features/vms/volumes.ts';
 import { createVmService } from './features/vms/service.ts';
+import { createVmStore } from './features/vms/store.ts';
 import { createHttpServer } from './http/server.ts';
 import { createMetrics } from './metrics.ts';
 import { createLocalChangeFeed } from './reconcile/changes.ts';
@@ -121,14 +122,15 @@ export async function createControl(config: ControlConfig) {
 
   const changes = createLocalChangeFeed();
   const manager = createControllerManager({ log, metrics, changes });
+  const vmStore = createVmStore(db);
   const controller = createVmController({
-    db, tasks, events, registry, capacity, log, buildSpec,
+    db, store: vmStore, tasks, events, registry, capacity, changes, log, buildSpec,
     removeVolumes: (vmId) => volumes.remove(vmId),
     policy: config.policy,
     resyncMs: config.resyncIntervalMs,
   });
   const vmController = manager.register(controller.controller);
-  const vms = createVmService({ db, tasks, events, images, capacity, registry, changes, volumes, defaultImage: config.defaultImage });
+  const vms = createVmService({ db, store: vmStore, tasks, events, images, capacity, registry, changes, volumes, defaultImage: config.defaultImage });
   const hosts = createHostService({
     db, registry, capacity, events, tasks,
     migrateVm: (id, by) => vms.migrate(id, undefined, by),
@@ -137,8 +139,8 @@ export async function createControl(config: ControlConfig) {
 
   registry.onVmsReported((_hostId, vmIds) => vmIds.forEach((id) => changes.publish({ kind: 'vm', id })));
   registry.onHostState((hostId) => {
-    db.selectFrom('vms').select('id').where((eb) => eb.or([eb('host_id', '=', hostId), eb('target_host_id', '=', hostId)])).execute()
-      .then((rows) => rows.forEach((r) => changes.publish({ kind: 'vm', id: r.id })))
+    vmStore.onHost(hostId)
+      .then((ids) => ids.forEach((id) => changes.publish({ kind: 'vm', id })))
       .catch((err: unknown) => log.error({ err, hostId }, 'could not look up the VMs of a host'));
   });
 
@@ -172,7 +174,7 @@ export async function createControl(config: ControlConfig) {
   });
   app.get('/metrics', { config: { role: 'public' }, schema: { hide: true } }, async (_req, reply) => {
     vmsByPhase.reset();
-    const rows = await db.selectFrom('vms').select(['phase', db.fn.countAll<number>().as('n')]).groupBy('phase').execute();
+    const rows = await vmStore.countByPhase();
     for (const r of rows) vmsByPhase.set({ phase: r.phase }, Number(r.n));
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
@@ -182,17 +184,17 @@ export async function createControl(config: ControlConfig) {
   vmRoutes(app, vms);
   consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets() });
   imageRoutes(app, images);
-  taskRoutes(app, tasks, (id) => controller.cancel(id));
+  taskRoutes(app, tasks, (id) => vms.cancelMigration(id));
   eventRoutes(app, events);
   agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs });
 
   return {
-    app, store, db, log, auth, events, tasks, images, vms, hosts, registry, capacity, metrics, changes, manager, vmController,
+    app, store, db, log, auth, events, tasks, images, vms, vmStore, hosts, registry, capacity, metrics, changes, manager, vmController,
     /** Loads state, resumes unfinished work and starts the control loops. */
     async start(): Promise<{ generatedAdminPassword?: string }> {
       const admin = await auth.ensureAdmin(config.adminPassword);
       await registry.load();
-      for (const vm of await db.selectFrom('vms').selectAll().where('host_id', 'is not', null).execute()) {
+      for (const vm of await vmStore.placed()) {
         capacity.assign(vm.id, vm.host_id!, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
       }
       registry.start();

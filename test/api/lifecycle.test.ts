@@ -18,7 +18,10 @@ describe('VM lifecycle through the API', () => {
       assert.equal(r.body.task.kind, 'create');
       tasks.push(r.body.task.id);
     }
-    for (const id of tasks) assert.equal((await c.waitTask(id)).state, 'succeeded');
+    for (const id of tasks) {
+      const t = await c.waitTask(id);
+      assert.equal(t.state, 'succeeded', JSON.stringify(t));
+    }
     const vms = (await c.api('GET', '/api/v1/vms?limit=100')).body.items;
     assert.equal(vms.length, 20);
     assert.ok(vms.every((v: any) => v.phase === 'running' && v.hostId));

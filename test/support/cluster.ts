@@ -30,6 +30,8 @@ export interface Cluster<D extends HypervisorDriver = SimDriver> {
   stopAgent(host: TestHost<D>): Promise<void>;
   startAgent(host: TestHost<D>): Promise<void>;
   waitTask(id: string, timeoutMs?: number): Promise<any>;
+  /** Closes control and opens a new one on the same database and port (the database must be a file). */
+  restartControl(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -48,11 +50,17 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
   // Tests make their image files in the cluster's own directory; more image directories come from opts.control.
   const imageDirs = [dir, ...(opts.control?.imageDirs ?? [])];
   // Tests that are not about password hashing use a cheap scrypt: the default costs half a second a login.
-  const control = await createControl({ db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control, imageDirs, auth: { scryptCost: TEST_SCRYPT_COST, ...opts.control?.auth } });
-  await control.start();
-  await control.app.listen({ port: 0, host: '127.0.0.1' });
+  const config = { db: opts.db ?? 'sqlite::memory:', adminPassword: 'admin-password', heartbeatIntervalMs: 200, log, poolDir: join(dir, 'pool'), ...opts.control, imageDirs, auth: { scryptCost: TEST_SCRYPT_COST, ...opts.control?.auth } };
+  const open = async (port: number) => {
+    const control = await createControl(config);
+    await control.start();
+    await control.app.listen({ port, host: '127.0.0.1' });
+    return control;
+  };
+  const control = await open(0);
   const address = control.app.server.address();
-  const url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+  const port = typeof address === 'object' && address ? address.port : 0;
+  const url = `http://127.0.0.1:${port}`;
 
   async function api<T>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
     const res = await fetch(url + path, {
@@ -93,12 +101,17 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
         return ['succeeded', 'failed', 'cancelled'].includes(t.state) ? t : undefined;
       }, { timeoutMs, what: `task ${id}` });
     },
+    async restartControl() {
+      if (config.db.includes(':memory:')) throw new Error('restartControl needs a database file (opts.db)');
+      await cluster.control.close();
+      cluster.control = await open(port);
+    },
     async close() {
       for (const h of cluster.hosts) {
         await h.agent.stop();
         await h.driver.close();
       }
-      await control.close();
+      await cluster.control.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };

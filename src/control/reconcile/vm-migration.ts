@@ -1,103 +1,181 @@
-// Live migration as the VM reconciler drives it: prepare the destination, send, confirm. Before the
-// source lets go, any failure leaves the VM where it ran; after, the VM belongs to the destination.
+// Live migration as passes of the VM controller, one command each: prepare the destination, send from the
+// source, confirm on the destination. Before the source lets go, any failure or a cancel leaves the VM
+// where it ran; after, the VM belongs to the destination. A request cancelled or superseded (a stop, a
+// delete) while the memory is copied is cancelled on the source at once.
 import type { MigrationResult, MigrationTarget } from '../../drivers/types.ts';
-import { CommandError } from '../features/agents/connection.ts';
 import type { Task } from '../features/tasks/service.ts';
+import { type MigrateRequest, pendingMigration } from '../features/vms/store.ts';
 import type { VmRow } from '../store/schema.ts';
+import type { ReconcileResult } from './queue.ts';
+import type { Outcome } from './vm-commands.ts';
 import type { VmControllerContext } from './vm-controller.ts';
+import { type VmOp, opTimeoutMs } from './vm-op.ts';
 
-export async function migrateVm(ctx: VmControllerContext, vm: VmRow, task: Task, signal: AbortSignal): Promise<void> {
-  const { registry, capacity, tasks, events } = ctx;
-  const src = registry.get(vm.host_id!);
-  const dst = registry.get(vm.target_host_id!);
-  const fail = async (code: string, message: string) => {
-    capacity.release(`${vm.id}:incoming`);
-    const current = await ctx.db.selectFrom('vms').selectAll().where('id', '=', vm.id).executeTakeFirstOrThrow();
-    await ctx.update(current, { target_host_id: null, phase: current.phase === 'migrating' ? 'running' : current.phase, message: code === 'CANCELLED' ? null : `migration failed: ${message}` });
-    if (code === 'CANCELLED') await tasks.cancelled(task.id, message);
-    else await tasks.fail(task.id, code, message);
-  };
-  if (!src?.connection || !dst?.connection) {
-    return fail('HOST_NOT_READY', `${!src?.connection ? 'source' : 'destination'} host is not connected`);
+type MigrateOp = Extract<VmOp, { kind: 'migrate' }>;
+
+const incoming = (vmId: string) => `${vmId}:incoming`;
+
+/** Picks the destination (the user's, or the scheduler's) and asks it to get ready. */
+export async function beginMigration(ctx: VmControllerContext, vm: VmRow, req: MigrateRequest, active: Task[]): Promise<ReconcileResult> {
+  const task = active.find((t) => t.kind === 'migrate');
+  let to = req.targetHostId;
+  if (!to) {
+    const placement = ctx.capacity.place({
+      memoryMiB: vm.memory_mib, cpus: vm.cpus, labels: JSON.parse(vm.placement_labels) as Record<string, string>,
+      antiAffinity: vm.anti_affinity, exclude: vm.host_id ? [vm.host_id] : [],
+    }, ctx.policy ?? 'spread');
+    if (!placement.ok) return refuse(ctx, vm, req, task, 'NO_CAPACITY', placement.reason);
+    to = placement.hostId;
   }
-  capacity.assign(`${vm.id}:incoming`, dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: null });
-  vm = await ctx.update(vm, { phase: 'migrating' }, `to ${dst.row.name}`);
-  await tasks.progress(task.id, 5, `preparing ${dst.row.name}`);
-  let prepared = false;
-  let handedOver = false;
+  const src = ctx.registry.get(vm.host_id!);
+  const dst = ctx.registry.get(to);
+  if (!dst?.connection || !src?.connection) {
+    return refuse(ctx, vm, req, task, 'HOST_NOT_READY', `${!src?.connection ? 'source' : 'destination'} host is not connected`);
+  }
+  if (to === vm.host_id) return refuse(ctx, vm, req, task, 'INVALID_STATE', `VM ${vm.name} already runs on ${dst.row.name}`);
+  const spec = await ctx.buildSpec(vm);
+  ctx.capacity.assign(incoming(vm.id), dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: null });
+  if (task) await ctx.tasks.progress(task.id, 5, `preparing ${dst.row.name}`);
   try {
-    const spec = await ctx.buildSpec(vm);
-    const target = await dst.connection.command<MigrationTarget>({ op: 'prepareIncoming', spec }, { timeoutMs: 60_000 });
-    prepared = true;
-    let lastReported = 0;
-    const result = await src.connection.command<MigrationResult>(
-      { op: 'migrate', vmId: vm.id, uri: target.uri, ...(target.nbd ? { nbd: target.nbd } : {}) },
-      {
-        timeoutMs: 30 * 60_000,
-        signal,
-        onProgress: (fraction) => {
-          const pct = 10 + Math.floor(fraction * 80);
-          if (pct > lastReported) {
-            lastReported = pct;
-            void tasks.progress(task.id, pct, `copying memory to ${dst.row.name}`);
-          }
-        },
-      },
-    );
-    // The source let go of the VM: from here on it lives on the destination, whatever happens next.
-    // Recording anything else would let the reconciler start a second copy on the source.
-    handedOver = true;
-    src.vms.delete(vm.id);
-    capacity.release(`${vm.id}:incoming`);
-    capacity.assign(vm.id, dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
-    vm = await ctx.update(vm, { host_id: dst.row.id, target_host_id: null }, `handed over to ${dst.row.name}`);
-    await tasks.progress(task.id, 92, `waiting for ${dst.row.name} to run the VM`);
-    try {
-      await dst.connection?.command({ op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, { timeoutMs: 45_000 });
-    } catch (err) {
-      const message = `the VM was handed to ${dst.row.name}, which did not confirm it runs: ${err instanceof Error ? err.message : String(err)}`;
-      await ctx.update(vm, { phase: 'unknown', message }, message);
-      await tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', message);
-      return;
-    }
-    await ctx.update(vm, { phase: 'running', message: null }, `migrated from ${src.row.name}`);
-    // The agent's answer has no schema: the mode becomes a metrics label, so only the two known values pass.
-    const mode = result.mode === 'paused' ? 'paused' : 'live';
-    const how = mode === 'paused' ? ', paused for the whole copy' : '';
-    await tasks.succeed(task.id, `migrated to ${dst.row.name} in ${result.totalMs} ms (downtime ${result.downtimeMs} ms${how})`, {
-      from: src.row.id,
-      to: dst.row.id,
-      mode,
-      totalMs: result.totalMs,
-      downtimeMs: result.downtimeMs,
-    });
-    await events.emit({ type: 'vm.migrated', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} migrated from ${src.row.name} to ${dst.row.name}`, data: { mode, totalMs: result.totalMs, downtimeMs: result.downtimeMs } });
+    await ctx.send(vm, dst, { kind: 'migrate', stage: 'preparing', requestId: req.id, from: src.row.id, to: dst.row.id }, { op: 'prepareIncoming', spec }, opTimeoutMs.preparing,
+      { phase: 'migrating', target_host_id: dst.row.id }, { why: `to ${dst.row.name}` });
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    if (handedOver) {
-      // The VM is the destination's now; never pull it back to the source.
-      await tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', `after the handover to ${dst.row.name}: ${message}`);
-      return;
-    }
-    const code = err instanceof CommandError ? err.code : undefined;
-    if (prepared && (code === 'HOST_DISCONNECTED' || code === 'COMMAND_TIMEOUT')) {
-      // Whether the source let go is unknown: leave the target set, so recovery settles the VM where a
-      // host reports it running once both can be heard.
-      capacity.release(`${vm.id}:incoming`);
-      await tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', `${message}; the VM is settled where it is found running`);
-      return;
-    }
-    if (prepared) await dst.connection?.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
-    await fail(signal.aborted ? 'CANCELLED' : 'MIGRATION_FAILED', signal.aborted ? 'cancelled; the VM keeps running on its host' : message);
+    ctx.capacity.release(incoming(vm.id));
+    throw err;
   }
 }
 
+async function refuse(ctx: VmControllerContext, vm: VmRow, req: MigrateRequest, task: Task | undefined, code: string, message: string): Promise<void> {
+  await ctx.write(vm, { migrate_handled: req.id, message: `migration failed: ${message}` });
+  if (task) await ctx.tasks.fail(task.id, code, message);
+}
+
+export async function advanceMigration(
+  ctx: VmControllerContext, vm: VmRow, op: MigrateOp, active: Task[], { outcome, running }: { outcome: Outcome | undefined; running: boolean },
+): Promise<ReconcileResult> {
+  const task = active.find((t) => t.kind === 'migrate');
+  const src = ctx.registry.get(op.from);
+  const dst = ctx.registry.get(op.to);
+  // Still wanted: the same request, for a VM that should run and is not being deleted.
+  const wanted = pendingMigration(vm)?.id === op.requestId && vm.desired_power === 'running' && !vm.deleting;
+
+  /** Ends the migration with the VM running where it was. */
+  const giveUp = async (code: string, message: string) => {
+    if (dst?.connection) dst.connection.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
+    ctx.capacity.release(incoming(vm.id));
+    const cancelled = code === 'CANCELLED';
+    await ctx.write(vm, { op: null, target_host_id: null, phase: 'running', migrate_handled: op.requestId, message: cancelled ? null : `migration failed: ${message}` });
+    if (task && cancelled) await ctx.tasks.cancelled(task.id, message);
+    else if (task) await ctx.tasks.fail(task.id, code, message);
+    return { requeueAfterMs: 0 };
+  };
+  const cancelledWhy = () => (vm.deleting ? 'superseded by a delete' : vm.desired_power !== 'running' ? 'superseded by a stop' : 'cancelled; the VM keeps running on its host');
+
+  switch (op.stage) {
+    case 'preparing': {
+      if (running) return;
+      if (!outcome) {
+        // Asked by an earlier process: start over from a clean destination (the request is still in spec).
+        if (dst?.connection) await dst.connection.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
+        ctx.capacity.release(incoming(vm.id));
+        await ctx.write(vm, { op: null, target_host_id: null, phase: 'running' }, 'the migration starts over');
+        return { requeueAfterMs: 0 };
+      }
+      if (!outcome.ok) return giveUp(outcome.code === 'AGENT_ERROR' ? 'MIGRATION_FAILED' : outcome.code, outcome.message);
+      if (!wanted) return giveUp('CANCELLED', cancelledWhy());
+      if (!src?.connection) return giveUp('HOST_NOT_READY', 'the source host is not connected');
+      const target = outcome.value as MigrationTarget;
+      let lastReported = 0;
+      await ctx.send(vm, src, { ...op, stage: 'sending', uri: target.uri, ...(target.nbd ? { nbd: target.nbd } : {}) },
+        { op: 'migrate', vmId: vm.id, uri: target.uri, ...(target.nbd ? { nbd: target.nbd } : {}) }, opTimeoutMs.sending, {}, {
+          onProgress: (fraction) => {
+            const pct = 10 + Math.floor(fraction * 80);
+            if (task && pct > lastReported) {
+              lastReported = pct;
+              void ctx.tasks.progress(task.id, pct, `copying memory to ${dst?.row.name ?? op.to}`);
+            }
+          },
+        });
+      return;
+    }
+
+    case 'sending': {
+      if (running) {
+        if (!wanted && !op.cancelling) {
+          ctx.commands.cancel(src, op.commandId);
+          await ctx.write(vm, { op: JSON.stringify({ ...op, cancelling: true }) });
+        }
+        return;
+      }
+      if (outcome?.ok) {
+        // The source let go of the VM: from here on it lives on the destination, whatever happens next.
+        // Recording anything else would let the controller start a second copy on the source.
+        const result = outcome.value as MigrationResult;
+        src?.vms.delete(vm.id);
+        ctx.capacity.release(incoming(vm.id));
+        ctx.assign(vm, op.to);
+        if (task) await ctx.tasks.progress(task.id, 92, `waiting for ${dst?.row.name ?? op.to} to run the VM`);
+        const completing = { ...op, stage: 'completing' as const, result };
+        if (!dst?.connection) {
+          await ctx.write(vm, { host_id: op.to, target_host_id: null, op: null, phase: 'unknown', migrate_handled: op.requestId, message: 'handed over to a destination that is not connected' });
+          if (task) await ctx.tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', 'the destination went away during the handover');
+          return;
+        }
+        await ctx.send(vm, dst, completing, { op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, opTimeoutMs.completing,
+          { host_id: op.to, target_host_id: null }, { why: `handed over to ${dst.row.name}` });
+        return;
+      }
+      if (outcome && outcome.code !== 'HOST_DISCONNECTED' && outcome.code !== 'COMMAND_TIMEOUT') {
+        return giveUp(op.cancelling || !wanted ? 'CANCELLED' : outcome.code === 'AGENT_ERROR' ? 'MIGRATION_FAILED' : outcome.code, op.cancelling || !wanted ? cancelledWhy() : outcome.message);
+      }
+      // Whether the source let go is unknown (its connection broke, or an earlier process sent it): keep
+      // the destination recorded, so recovery settles the VM where a host reports it running.
+      ctx.capacity.release(incoming(vm.id));
+      await ctx.write(vm, { op: null });
+      if (task) await ctx.tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', `${outcome?.message ?? 'control changed hands during the copy'}; the VM is settled where it is found running`);
+      return { requeueAfterMs: 0 };
+    }
+
+    case 'completing': {
+      if (running) return;
+      const result = (op as MigrateOp & { result?: MigrationResult }).result;
+      const seen = dst?.vms.get(vm.id);
+      if (outcome?.ok || (!outcome && seen?.state === 'running')) return finished(ctx, vm, op, task, result);
+      if (!outcome && dst?.connection) {
+        await ctx.send(vm, dst, op, { op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, opTimeoutMs.completing);
+        return;
+      }
+      const message = `the VM was handed to ${dst?.row.name ?? op.to}, which did not confirm it runs: ${outcome?.message ?? 'it is not connected'}`;
+      await ctx.write(vm, { op: null, phase: 'unknown', migrate_handled: op.requestId, message }, message);
+      if (task) await ctx.tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', message);
+      return { requeueAfterMs: 0 };
+    }
+  }
+}
+
+async function finished(ctx: VmControllerContext, vm: VmRow, op: MigrateOp, task: Task | undefined, result: MigrationResult | undefined): Promise<ReconcileResult> {
+  const from = ctx.hostName(op.from);
+  const to = ctx.hostName(op.to);
+  // Memory targets are applied again on the destination.
+  await ctx.write(vm, { op: null, phase: 'running', message: null, migrate_handled: op.requestId, memory_applied_mib: null }, `migrated from ${from}`);
+  // The agent's answer has no schema: the mode becomes a metrics label, so only the two known values pass.
+  const mode = result?.mode === 'paused' ? 'paused' : 'live';
+  const how = mode === 'paused' ? ', paused for the whole copy' : '';
+  if (task) {
+    await ctx.tasks.succeed(task.id, `migrated to ${to} in ${result?.totalMs} ms (downtime ${result?.downtimeMs} ms${how})`, {
+      from: op.from, to: op.to, mode, totalMs: result?.totalMs, downtimeMs: result?.downtimeMs,
+    });
+  }
+  await ctx.events.emit({ type: 'vm.migrated', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} migrated from ${from} to ${to}`, data: { mode, totalMs: result?.totalMs, downtimeMs: result?.downtimeMs } });
+  return { requeueAfterMs: 0 };
+}
+
 /**
- * A migration target is set but no task of this process drives it: control restarted mid-migration, or
- * the outcome was lost with a host's connection. Settle the VM where an agent reports it running and fail
- * any leftover migrate task with the reason.
+ * A destination is recorded but no op drives the migration: control restarted mid-migration, or the
+ * outcome was lost with a host's connection. Settle the VM where an agent reports it running and fail any
+ * leftover migrate task with the reason.
  */
-export async function recoverMigration(ctx: VmControllerContext, vm: VmRow, active: Task[]): Promise<{ requeueAfterMs: number } | void> {
+export async function recoverMigration(ctx: VmControllerContext, vm: VmRow, active: Task[]): Promise<ReconcileResult> {
   const src = ctx.registry.get(vm.host_id!);
   const dst = ctx.registry.get(vm.target_host_id!);
   // Decide only once each host has either reported in or been declared unreachable.
@@ -107,6 +185,11 @@ export async function recoverMigration(ctx: VmControllerContext, vm: VmRow, acti
   if (!onDst && dst?.connection && dst.vms.has(vm.id)) {
     await dst.connection.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
   }
-  await ctx.update(vm, { host_id: onDst ? vm.target_host_id : vm.host_id, target_host_id: null, phase: 'running', message: 'settled after an interrupted migration' });
+  const req = pendingMigration(vm);
+  await ctx.write(vm, {
+    host_id: onDst ? vm.target_host_id : vm.host_id, target_host_id: null, phase: 'running', message: 'settled after an interrupted migration',
+    ...(req ? { migrate_handled: req.id } : {}),
+  });
   for (const t of active) if (t.kind === 'migrate') await ctx.tasks.fail(t.id, 'INTERRUPTED', 'the migration was interrupted (control restarted or a host went silent)');
+  return { requeueAfterMs: 0 };
 }

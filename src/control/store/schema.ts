@@ -81,13 +81,27 @@ export interface VmsTable {
   nics: string;
   desired_power: 'running' | 'stopped';
   deleting: number;
+  /** Spec: the memory the guest should hold while it runs (null: its boot memory). */
+  memory_target_mib: number | null;
+  /** Spec: reboots asked for so far; status `reboot_handled` counts those done or refused. */
+  reboot_request: number;
+  /** Spec: JSON {id, targetHostId | null} of the migration asked for; status `migrate_handled` names the last one settled. */
+  migrate_request: string | null;
   host_id: string | null;
+  /** Status: where a migration in progress goes. */
   target_host_id: string | null;
   phase: string;
   message: string | null;
   memory_actual_mib: number | null;
+  /** Status: JSON of the one command in flight (see reconcile/vm-op.ts). */
+  op: string | null;
+  reboot_handled: number;
+  migrate_handled: string | null;
+  /** Status: the memory target last applied to the running guest (cleared when it boots or moves). */
+  memory_applied_mib: number | null;
   generation: number;
   observed_generation: number;
+  resource_version: number;
   created_at: string;
   updated_at: string;
 }

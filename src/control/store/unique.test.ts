@@ -13,12 +13,13 @@ import { type Store, openStore } from './db.ts';
 import { migrations } from './migrations/index.ts';
 import type { TaskRow, VmRow } from './schema.ts';
 import { uniqueConflict } from './unique.ts';
+import { untouched } from '../features/vms/store.ts';
 
 const now = () => new Date().toISOString();
 const vm = (id: string, name: string): VmRow => ({
   id, name, cpus: 1, memory_mib: 256, max_memory_mib: 256, image_id: null, disk_gib: 1, local_disk: 0, ha: 0, placement_labels: '{}', anti_affinity: null,
   nics: '[]', desired_power: 'running', deleting: 0, host_id: null, target_host_id: null, phase: 'pending', message: null,
-  memory_actual_mib: null, generation: 1, observed_generation: 0, created_at: now(), updated_at: now(),
+  memory_actual_mib: null, ...untouched, generation: 1, observed_generation: 0, created_at: now(), updated_at: now(),
 });
 const task = (id: string, targetId: string, over: Partial<TaskRow> = {}): TaskRow => ({
   id, kind: 'start', target_kind: 'vm', target_id: targetId, state: 'running', progress: 0, message: null, error_code: null, error_message: null,

@@ -20,6 +20,8 @@ interface Pending {
 }
 
 export interface SendOptions {
+  /** The command's id, when the caller records it (to cancel it later, or to find its outcome). */
+  id?: string;
   timeoutMs?: number;
   onProgress?: (fraction: number, message?: string) => void;
   signal?: AbortSignal;
@@ -43,7 +45,7 @@ export class AgentConnection {
   /** Sends a command and resolves with the agent's result; rejects on error, timeout or disconnect. */
   command<T = unknown>(command: Command, opts: SendOptions = {}): Promise<T> {
     if (this.closed) return Promise.reject(new CommandError('HOST_DISCONNECTED', `host ${this.hostId} is not connected`));
-    const id = newId();
+    const id = opts.id ?? newId();
     return new Promise<T>((resolve, reject) => {
       const timeoutMs = opts.timeoutMs ?? 60_000;
       const timer = setTimeout(() => {
@@ -51,9 +53,14 @@ export class AgentConnection {
         reject(new CommandError('COMMAND_TIMEOUT', `host ${this.hostId} did not answer ${command.op} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onProgress: opts.onProgress, timer });
-      opts.signal?.addEventListener('abort', () => this.send({ type: 'command', id: newId(), command: { op: 'cancel', commandId: id } }), { once: true });
+      opts.signal?.addEventListener('abort', () => this.cancel(id), { once: true });
       this.send({ type: 'command', id, command });
     });
+  }
+
+  /** Asks the agent to abort a command it runs (it answers that command with an error). */
+  cancel(commandId: string): void {
+    this.send({ type: 'command', id: newId(), command: { op: 'cancel', commandId } });
   }
 
   handleResult(id: string, ok: boolean, value: unknown, error?: { code: string; message: string }): void {

@@ -24,7 +24,7 @@ export const TaskSchema = Type.Object({
   updatedAt: Type.String(),
 });
 
-export function taskRoutes(app: App, tasks: TaskService, cancel: (taskId: string) => boolean): void {
+export function taskRoutes(app: App, tasks: TaskService, cancel: (taskId: string) => Promise<boolean>): void {
   app.get('/api/v1/tasks', {
     config: { role: 'viewer' },
     schema: {
@@ -46,7 +46,7 @@ export function taskRoutes(app: App, tasks: TaskService, cancel: (taskId: string
     requireRole(req.principal, 'operator');
     const task = await tasks.get(req.params.id);
     if (isFinished(task.state)) throw new AppError('INVALID_STATE', `task ${task.id} already ${task.state}`);
-    if (!cancel(task.id)) throw new AppError('UNSUPPORTED', `a ${task.kind} task cannot be cancelled; only migrations can`);
+    if (!(await cancel(task.id))) throw new AppError('UNSUPPORTED', `a ${task.kind} task cannot be cancelled; only migrations can`);
     return reply.code(202).send(await tasks.get(task.id));
   });
 }

@@ -61,6 +61,8 @@ export interface TaskService {
   /** Fails tasks inside the caller's transaction; `events.notify` what it returns once that committed. */
   failIn(trx: Kysely<Database>, ids: string[], code: string, message: string): Promise<AwanEvent[]>;
   cancelled(id: string, message: string): Promise<void>;
+  /** Cancels tasks inside the caller's transaction (a newer request supersedes them); notify what it returns. */
+  cancelIn(trx: Kysely<Database>, ids: string[], message: string): Promise<AwanEvent[]>;
   get(id: string): Promise<Task>;
   list(q: { limit: number; cursor?: string; state?: string; targetId?: string; kind?: string }): Promise<{ items: Task[]; nextCursor: string | null }>;
   /** Unfinished tasks on one object, oldest first. A VM has at most one (the database holds to it). */
@@ -159,6 +161,14 @@ export function createTaskService({ db, events }: { db: Kysely<Database>; events
       return done;
     },
     cancelled: (id, message) => finish(id, 'cancelled', message, { error_code: 'CANCELLED', error_message: message }),
+    async cancelIn(trx, ids, message) {
+      const done: AwanEvent[] = [];
+      for (const id of ids) {
+        const e = await finishIn(trx, id, 'cancelled', message, { error_code: 'CANCELLED', error_message: message });
+        if (e) done.push(e);
+      }
+      return done;
+    },
     async get(id) {
       const row = await db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
       if (!row) throw notFound('TASK_NOT_FOUND', 'task', id);

@@ -1,25 +1,24 @@
-// VM operations as the API offers them: each checks its input and the VM's state, writes the desired
-// state in one statement, records a task, and leaves the rest to the VM reconciler.
+// VM operations as the API offers them: each checks its input and the VM's state, writes the VM's spec
+// (never its status) by compare-and-set together with the request's task, and leaves the rest to the VM
+// controller. Nothing here talks to an agent, so any control replica can serve it.
 import type { Kysely } from 'kysely';
 import { looksLikeId, macFor, newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
-import { CommandError } from '../agents/connection.ts';
 import type { ChangeFeed } from '../../reconcile/changes.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
-import type { Database, VmRow, VmUpdate } from '../../store/schema.ts';
-import type { AwanEvent, EventService } from '../events/service.ts';
+import type { Database, VmRow } from '../../store/schema.ts';
+import type { EventService } from '../events/service.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
 import type { ImageService } from '../images/service.ts';
 import type { Task, TaskKind, TaskService } from '../tasks/service.ts';
 import { type CreateVm, type Vm, type VmPhase, vmFromRow } from './model.ts';
+import { type VmSpecPatch, type VmStore, pendingMigration, untouched } from './store.ts';
 import type { Volumes } from './volumes.ts';
-
-/** The agent's own error code (INSUFFICIENT_MEMORY …) says more than a generic one. */
-const codeOf = (err: Error, fallback: string) => (err instanceof CommandError ? err.code : fallback);
 
 export interface VmServiceDeps {
   db: Kysely<Database>;
+  store: VmStore;
   tasks: TaskService;
   events: EventService;
   images: ImageService;
@@ -41,57 +40,63 @@ export interface ListVms {
 
 export type VmService = ReturnType<typeof createVmService>;
 
+/** How often a request is re-read and re-decided when a controller wrote the VM meanwhile. */
+const ATTEMPTS = 5;
+
 export function createVmService(deps: VmServiceDeps) {
-  const { db, tasks, events, capacity, changes } = deps;
+  const { db, store, tasks, events, capacity, changes } = deps;
   const touched = (id: string) => changes.publish({ kind: 'vm', id });
 
   async function find(idOrName: string): Promise<VmRow> {
-    const rows = await db.selectFrom('vms').selectAll().where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).execute();
-    // An id names one VM for good: it wins over a name that happens to read the same (one made before
-    // such names were refused).
-    const row = rows.find((r) => r.id === idOrName) ?? rows[0];
+    const row = await store.find(idOrName);
     if (!row) throw notFound('VM_NOT_FOUND', 'VM', idOrName);
     return row;
   }
 
-  /**
-   * One long operation at a time per VM: a second one would race the first. This check gives the usual
-   * case its clear message; the database's unique index on active tasks decides a race between two.
-   */
-  async function assertNoTask(vm: VmRow, trx: Kysely<Database> = db): Promise<void> {
-    const [busy] = await tasks.activeFor(vm.id, trx);
-    if (busy) throw new AppError('VM_BUSY', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
+  function assertLive(vm: VmRow): void {
+    if (vm.deleting) throw new AppError('INVALID_STATE', `VM ${vm.name} is being deleted`, { phase: vm.phase });
   }
 
   function assertPhase(vm: VmRow, allowed: VmPhase[], action: string): void {
-    if (vm.deleting) throw new AppError('INVALID_STATE', `VM ${vm.name} is being deleted`, { phase: vm.phase });
+    assertLive(vm);
     if (!allowed.includes(vm.phase as VmPhase)) {
       throw new AppError('INVALID_STATE', `cannot ${action} VM ${vm.name} while it is ${vm.phase}`, { phase: vm.phase });
     }
   }
 
-  /** Writes a desired-state change only if nobody changed the VM since it was read. */
-  async function change(vm: VmRow, patch: VmUpdate, trx: Kysely<Database> = db): Promise<VmRow> {
-    const row = await trx
-      .updateTable('vms')
-      .set({ ...patch, generation: vm.generation + 1, updated_at: new Date().toISOString() })
-      .where('id', '=', vm.id)
-      .where('generation', '=', vm.generation)
-      .returningAll()
-      .executeTakeFirst();
-    if (!row) throw new AppError('GENERATION_MISMATCH', `VM ${vm.name} changed meanwhile; try again`);
-    return row;
-  }
-
-  async function action(vm: VmRow, kind: TaskKind, createdBy: string | null, patch: VmUpdate, params?: Record<string, unknown>) {
-    await assertNoTask(vm);
-    // The task and the desired state are one change: a lost race leaves neither behind.
-    const { task, row } = await db.transaction().execute(async (trx) => {
-      const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy, params, message: `${kind} requested` }, trx);
-      return { task, row: await change(vm, patch, trx) };
-    });
-    touched(vm.id);
-    return { vm: vmFromRow(row), task };
+  /**
+   * One request: `decide` looks at the VM as it is and returns the spec change (or throws why not); the
+   * change, the request's task and the cancellation of tasks it supersedes commit together only if nobody
+   * wrote the VM since it was read. A controller that did is not the user's problem: read again, decide
+   * again. One long operation runs at a time per VM: the unique index on active tasks decides a race.
+   */
+  async function request(
+    idOrName: string,
+    kind: TaskKind,
+    by: string | null,
+    decide: (vm: VmRow, active: Task[]) => { patch: VmSpecPatch; params?: Record<string, unknown>; supersedes?: string[] },
+  ) {
+    for (let attempt = 1; ; attempt++) {
+      const vm = await find(idOrName);
+      const active = await tasks.activeFor(vm.id);
+      const { patch, params, supersedes = [] } = decide(vm, active);
+      const replaced = active.filter((t) => supersedes.includes(t.kind));
+      const busy = active.find((t) => !replaced.includes(t));
+      if (busy) throw new AppError('VM_BUSY', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
+      const done = await db.transaction().execute(async (trx) => {
+        const row = await store.writeSpec(vm, patch, trx);
+        if (!row) return undefined;
+        const ended = await tasks.cancelIn(trx, replaced.map((t) => t.id), `superseded by a ${kind}`);
+        const task = await tasks.create({ kind, targetKind: 'vm', targetId: vm.id, createdBy: by, params, message: `${kind} requested` }, trx);
+        return { row, task, ended };
+      });
+      if (done) {
+        for (const e of done.ended) events.notify(e);
+        touched(vm.id);
+        return { vm: vmFromRow(done.row), task: done.task };
+      }
+      if (attempt >= ATTEMPTS) throw new AppError('GENERATION_MISMATCH', `VM ${vm.name} keeps changing; try again`);
+    }
   }
 
   return {
@@ -103,12 +108,7 @@ export function createVmService(deps: VmServiceDeps) {
 
     async list(q: ListVms): Promise<{ items: Vm[]; nextCursor: string | null }> {
       const c = decodeCursor(q.cursor);
-      let query = db.selectFrom('vms').selectAll().orderBy('created_at').orderBy('id').limit(q.limit + 1);
-      if (c) query = query.where((eb) => eb.or([eb('created_at', '>', c.at), eb.and([eb('created_at', '=', c.at), eb('id', '>', c.id)])]));
-      if (q.hostId) query = query.where('host_id', '=', q.hostId);
-      if (q.phase) query = query.where('phase', '=', q.phase);
-      if (q.name) query = query.where('name', 'like', `%${q.name.replace(/[%_\\]/g, '')}%`);
-      const rows = (await query.execute()).map(vmFromRow);
+      const rows = (await store.list({ ...q, ...(c ? { after: c } : {}) })).map(vmFromRow);
       return page(rows, q.limit, (v) => ({ at: v.createdAt, id: v.id }));
     },
 
@@ -162,6 +162,7 @@ export function createVmService(deps: VmServiceDeps) {
         phase: start ? 'pending' : 'stopped',
         message: null,
         memory_actual_mib: null,
+        ...untouched,
         generation: 1,
         observed_generation: start ? 0 : 1,
         created_at: now,
@@ -170,7 +171,7 @@ export function createVmService(deps: VmServiceDeps) {
       // The VM, its task and its event are written together or not at all; the unique name is the check.
       // A name taken meanwhile is the unique index's call, answered as NAME_TAKEN by the error handler.
       const { task, created } = await db.transaction().execute(async (trx) => {
-        await trx.insertInto('vms').values(row).execute();
+        await store.insert(row, trx);
         const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' }, trx);
         const created = await events.record({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } }, trx);
         return { task, created };
@@ -181,88 +182,92 @@ export function createVmService(deps: VmServiceDeps) {
       return { vm: vmFromRow(row), task: start ? task : await tasks.get(task.id) };
     },
 
-    async start(idOrName: string, by: string | null) {
-      const vm = await find(idOrName);
-      assertPhase(vm, ['stopped', 'failed'], 'start');
-      return action(vm, 'start', by, { desired_power: 'running', phase: 'pending', message: null });
+
+    /** Starts a stopped VM, tries a failed one again, or takes back a stop not finished yet. */
+    start(idOrName: string, by: string | null) {
+      return request(idOrName, 'start', by, (vm) => {
+        assertLive(vm);
+        if (vm.desired_power === 'running' && vm.phase !== 'failed') throw new AppError('INVALID_STATE', `VM ${vm.name} is already ${vm.phase === 'running' ? 'running' : 'starting'}`, { phase: vm.phase });
+        return { patch: { desired_power: 'running' }, supersedes: ['stop'] };
+      });
     },
 
-    async stop(idOrName: string, force: boolean, by: string | null) {
-      const vm = await find(idOrName);
-      assertPhase(vm, ['running', 'starting', 'unknown', 'failed', 'pending', 'scheduling'], 'stop');
-      return action(vm, 'stop', by, { desired_power: 'stopped' }, { force });
+    /** Stops a VM at any moment: while it boots, while it migrates (the migration is cancelled), or after a failure. */
+    stop(idOrName: string, force: boolean, by: string | null) {
+      return request(idOrName, 'stop', by, (vm) => {
+        assertLive(vm);
+        if (vm.desired_power === 'stopped' && (vm.phase === 'stopped' || vm.phase === 'failed') && !vm.op) {
+          throw new AppError('INVALID_STATE', `VM ${vm.name} is already ${vm.phase}`, { phase: vm.phase });
+        }
+        return { patch: { desired_power: 'stopped' }, params: { force }, supersedes: ['start', 'create', 'migrate', 'reboot', 'set-memory'] };
+      });
     },
 
-    async reboot(idOrName: string, by: string | null) {
-      const vm = await find(idOrName);
-      assertPhase(vm, ['running'], 'reboot');
-      await assertNoTask(vm);
-      const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
-      if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is not connected`);
-      const task = await tasks.create({ kind: 'reboot', targetKind: 'vm', targetId: vm.id, createdBy: by });
-      host.connection
-        .command({ op: 'reboot', vmId: vm.id }, { timeoutMs: 60_000 })
-        .then(() => tasks.succeed(task.id, 'rebooted'))
-        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'REBOOT_FAILED'), err.message));
-      return { vm: vmFromRow(vm), task };
+    /** A reboot is a request in spec: a host away when it is asked reboots the VM once it is back. */
+    reboot(idOrName: string, by: string | null) {
+      return request(idOrName, 'reboot', by, (vm) => {
+        assertPhase(vm, ['running', 'unknown'], 'reboot');
+        if (vm.desired_power !== 'running') throw new AppError('INVALID_STATE', `VM ${vm.name} is being stopped`);
+        return { patch: { reboot_request: vm.reboot_request + 1 } };
+      });
     },
 
     async migrate(idOrName: string, targetHost: string | undefined, by: string | null) {
-      const vm = await find(idOrName);
-      assertPhase(vm, ['running'], 'migrate');
-      let targetId: string;
-      if (targetHost) {
-        const target = deps.registry.all().find((h) => h.row.id === targetHost || h.row.name === targetHost);
-        if (!target) throw notFound('HOST_NOT_FOUND', 'host', targetHost);
-        if (target.row.id === vm.host_id) throw new AppError('INVALID_STATE', `VM ${vm.name} already runs on ${target.row.name}`);
-        if (!target.connection || target.row.state !== 'ready') throw new AppError('HOST_NOT_READY', `host ${target.row.name} is not ready`);
-        const usage = capacity.usage(target.row.id);
-        if (usage && usage.freeMiB < vm.memory_mib) {
-          throw new AppError('NO_CAPACITY', `host ${target.row.name} has ${usage.freeMiB} MiB free; VM ${vm.name} needs ${vm.memory_mib} MiB`);
+      const target = targetHost ? await hostRow(targetHost) : undefined;
+      return request(idOrName, 'migrate', by, (vm) => {
+        assertPhase(vm, ['running'], 'migrate');
+        if (vm.desired_power !== 'running') throw new AppError('INVALID_STATE', `VM ${vm.name} is being stopped`);
+        if (target) {
+          if (target.id === vm.host_id) throw new AppError('INVALID_STATE', `VM ${vm.name} already runs on ${target.name}`);
+          if (target.state !== 'ready' || target.maintenance) throw new AppError('HOST_NOT_READY', `host ${target.name} is ${target.maintenance ? 'in maintenance' : target.state}`);
+          const usage = capacity.usage(target.id);
+          if (usage && usage.freeMiB < vm.memory_mib) {
+            throw new AppError('NO_CAPACITY', `host ${target.name} has ${usage.freeMiB} MiB free; VM ${vm.name} needs ${vm.memory_mib} MiB`);
+          }
+        } else if (capacity.size > 0) {
+          // The scheduler places it when the migration begins; say now when nothing could take it.
+          const placement = capacity.place({
+            memoryMiB: vm.memory_mib, cpus: vm.cpus, labels: JSON.parse(vm.placement_labels) as Record<string, string>,
+            antiAffinity: vm.anti_affinity, exclude: vm.host_id ? [vm.host_id] : [],
+          });
+          if (!placement.ok) throw new AppError('NO_CAPACITY', placement.reason);
         }
-        targetId = target.row.id;
-      } else {
-        const placement = capacity.place({
-          memoryMiB: vm.memory_mib,
-          cpus: vm.cpus,
-          labels: JSON.parse(vm.placement_labels) as Record<string, string>,
-          antiAffinity: vm.anti_affinity,
-          exclude: vm.host_id ? [vm.host_id] : [],
-        });
-        if (!placement.ok) throw new AppError('NO_CAPACITY', placement.reason);
-        targetId = placement.hostId;
-      }
-      return action(vm, 'migrate', by, { target_host_id: targetId }, { targetHostId: targetId });
+        const id = newId();
+        return { patch: { migrate_request: JSON.stringify({ id, targetHostId: target?.id ?? null }) }, params: { targetHostId: target?.id ?? null } };
+      });
     },
 
-    async remove(idOrName: string, by: string | null) {
-      const vm = await find(idOrName);
-      if (vm.deleting) throw new AppError('INVALID_STATE', `VM ${vm.name} is already being deleted`);
-      if (vm.phase === 'migrating') throw new AppError('INVALID_STATE', `cannot delete VM ${vm.name} while it migrates`);
-      const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
-      if (host && !host.connection && host.vms.size > 0) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is unreachable`);
-      // A delete supersedes whatever the VM was doing (but a migration, which must settle first), in the
-      // same change that records it.
-      const { task, row, superseded } = await db.transaction().execute(async (trx) => {
-        const active = await tasks.activeFor(vm.id, trx);
-        const migration = active.find((t) => t.kind === 'migrate');
-        if (migration) {
-          throw new AppError('VM_BUSY', `VM ${vm.name} is being migrated (task ${migration.id}); cancel the migration or wait for it, then delete`, { taskId: migration.id });
+    /** Cancels a migration that is asked for or under way; false when the task is not an active migration. */
+    async cancelMigration(taskId: string): Promise<boolean> {
+      const task = await tasks.get(taskId).catch(() => undefined);
+      if (task?.kind !== 'migrate' || task.targetKind !== 'vm') return false;
+      for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+        const vm = await store.get(task.targetId);
+        if (!vm || !pendingMigration(vm)) return false;
+        if (await store.writeSpec(vm, { migrate_request: null })) {
+          touched(vm.id);
+          return true;
         }
-        const superseded = await tasks.failIn(trx, active.map((t) => t.id), 'VM_DELETED', 'the VM is being deleted');
-        const task = await tasks.create({ kind: 'delete', targetKind: 'vm', targetId: vm.id, createdBy: by, message: 'delete requested' }, trx);
-        return { task, row: await change(vm, { deleting: 1 }, trx), superseded };
+      }
+      throw new AppError('GENERATION_MISMATCH', 'the VM keeps changing; try again');
+    },
+
+    /** A delete supersedes whatever the VM was doing: a boot is abandoned, a migration cancelled. */
+    remove(idOrName: string, by: string | null) {
+      return request(idOrName, 'delete', by, (vm) => {
+        if (vm.deleting) throw new AppError('INVALID_STATE', `VM ${vm.name} is already being deleted`);
+        const host = vm.host_id ? deps.registry.get(vm.host_id) : undefined;
+        if (host && !host.connection && host.vms.size > 0 && host.row.state !== 'ready') throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is unreachable`);
+        return { patch: { deleting: 1 }, supersedes: ['create', 'start', 'stop', 'migrate', 'reboot', 'set-memory'] };
       });
-      for (const e of superseded) events.notify(e);
-      touched(vm.id);
-      return { vm: vmFromRow(row), task };
     },
 
     /** Grows a stopped VM's disk; shrinking would lose data and is refused. */
     async resizeDisk(idOrName: string, diskGiB: number): Promise<Vm> {
       const vm = await find(idOrName);
       assertPhase(vm, ['stopped', 'failed'], 'resize the disk of');
-      await assertNoTask(vm);
+      const [busy] = await tasks.activeFor(vm.id);
+      if (busy) throw new AppError('VM_BUSY', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
       if (vm.disk_gib === 0) throw new AppError('UNSUPPORTED', `VM ${vm.name} has no disk to resize`);
       if (diskGiB < vm.disk_gib) throw new AppError('VALIDATION_FAILED', `the disk is ${vm.disk_gib} GiB; shrinking it to ${diskGiB} GiB would lose data`);
       if (!vm.local_disk) await deps.volumes.grow(vm.id, vm.disk_gib, diskGiB);
@@ -274,33 +279,28 @@ export function createVmService(deps: VmServiceDeps) {
           throw new AppError('UNSUPPORTED', `cannot resize the disk: ${err.message}`);
         });
       }
-      const row = await change(vm, { disk_gib: diskGiB });
+      const row = await store.writeSpec(vm, { disk_gib: diskGiB });
+      if (!row) throw new AppError('GENERATION_MISMATCH', `VM ${vm.name} changed meanwhile; try again`);
       await events.emit({ type: 'vm.resized', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} disk is ${diskGiB} GiB`, data: { diskGiB } });
       return vmFromRow(row);
     },
 
-    async setMemory(idOrName: string, targetMiB: number, by: string | null) {
-      const vm = await find(idOrName);
-      assertPhase(vm, ['running'], 'resize the memory of');
-      if (targetMiB > vm.max_memory_mib) {
-        throw new AppError('VALIDATION_FAILED', `targetMiB ${targetMiB} is above the VM's maxMemoryMiB ${vm.max_memory_mib}`);
-      }
-      await assertNoTask(vm);
-      const host = deps.registry.get(vm.host_id!);
-      if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host of VM ${vm.name} is not connected`);
-      const task = await tasks.create({ kind: 'set-memory', targetKind: 'vm', targetId: vm.id, createdBy: by, params: { targetMiB } });
-      // The host answers once the guest holds the new size (or gives up after its own deadline, well
-      // within this one); the task states the size the host reports, and only the asked one is success.
-      host.connection
-        .command<{ memoryActualMiB?: number }>({ op: 'setMemory', vmId: vm.id, targetMiB }, { timeoutMs: 90_000 })
-        .then(async (s) => {
-          const actualMiB = s?.memoryActualMiB;
-          if (actualMiB === targetMiB) await tasks.succeed(task.id, `memory is ${actualMiB} MiB`, { memoryActualMiB: actualMiB });
-          else await tasks.fail(task.id, 'MEMORY_NOT_REACHED', `the guest holds ${actualMiB ?? 'an unknown amount of'} MiB, not the ${targetMiB} MiB asked`);
-        })
-        .catch((err: Error) => tasks.fail(task.id, codeOf(err, 'SET_MEMORY_FAILED'), err.message))
-        .finally(() => touched(vm.id));
-      return { vm: vmFromRow(vm), task };
+    /** The memory target is spec: it is applied again after a migration, a restart of the VM, of its agent or of control. */
+    setMemory(idOrName: string, targetMiB: number, by: string | null) {
+      return request(idOrName, 'set-memory', by, (vm) => {
+        assertPhase(vm, ['running'], 'resize the memory of');
+        if (targetMiB > vm.max_memory_mib) {
+          throw new AppError('VALIDATION_FAILED', `targetMiB ${targetMiB} is above the VM's maxMemoryMiB ${vm.max_memory_mib}`);
+        }
+        return { patch: { memory_target_mib: targetMiB }, params: { targetMiB } };
+      });
     },
   };
+
+  async function hostRow(idOrName: string) {
+    const rows = await db.selectFrom('hosts').select(['id', 'name', 'state', 'maintenance']).where((eb) => eb.or([eb('id', '=', idOrName), eb('name', '=', idOrName)])).execute();
+    const row = rows.find((r) => r.id === idOrName) ?? rows[0];
+    if (!row) throw notFound('HOST_NOT_FOUND', 'host', idOrName);
+    return row;
+  }
 }
