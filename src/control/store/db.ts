@@ -30,7 +30,12 @@ const pgTypes: pg.CustomTypesConfig = {
     oid === pg.types.builtins.INT8 && format !== 'binary' ? int8AsNumber : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
 };
 
-export async function openStore(url: string): Promise<Store> {
+export interface OpenStoreOptions {
+  /** The migrations to bring the schema to: the index (./migrations/index.ts) unless a test gives its own. */
+  migrations?: Record<string, () => Promise<MigrationModule>>;
+}
+
+export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<Store> {
   const dialect: Dialect = /^postgres(ql)?:\/\//.test(url) ? 'postgres' : 'sqlite';
   let db: Kysely<Database>;
   if (dialect === 'postgres') {
@@ -46,7 +51,7 @@ export async function openStore(url: string): Promise<Store> {
     db = new Kysely<Database>({ dialect: new TransactionalDdlSqliteDialect({ database: withStatementCache(sqlite) }) });
   }
   try {
-    await migrate(db, dialect);
+    await migrate(db, dialect, options.migrations ?? migrations);
   } catch (err) {
     await db.destroy();
     throw err;
@@ -91,11 +96,8 @@ function withStatementCache(sqlite: SQLite.Database, max = 500) {
   };
 }
 
-/**
- * Applies every migration not yet recorded in `kysely_migration`, under Kysely's lock and in one
- * transaction. `list` is the migrations index; tests pass their own.
- */
-export async function migrate(db: Kysely<any>, dialect: Dialect, list: Record<string, () => Promise<MigrationModule>> = migrations): Promise<void> {
+/** Applies every migration not yet recorded in `kysely_migration`, under Kysely's lock and in one transaction. */
+async function migrate(db: Kysely<any>, dialect: Dialect, list: Record<string, () => Promise<MigrationModule>>): Promise<void> {
   // Kysely looks for its tables in every schema unless told which; on PostgreSQL that is ours (the first
   // of search_path), so databases that keep several awan schemas side by side each get their own.
   const schema = dialect === 'postgres' ? await currentSchema(db) : undefined;
