@@ -6,7 +6,8 @@ import { schedulerPlacements } from './scheduler.ts';
 
 const benches: { name: string; run: () => Promise<void> }[] = [
   { name: 'scheduler.placements', run: schedulerPlacements },
-  { name: 'api.vm_creates', run: apiVmCreates },
+  { name: 'api.vm_creates', run: () => apiVmCreates('sqlite') },
+  { name: 'api.vm_creates.postgres', run: () => apiVmCreates('postgres') },
   { name: 'agents.heartbeats', run: agentsHeartbeats },
   { name: 'qemu.create_to_running', run: qemuCreateToRunning },
   { name: 'qemu.migration', run: qemuMigration },

@@ -1,4 +1,4 @@
-// A Cloud Control for benchmarks: SQLite in a temporary file (the real default), on 127.0.0.1, with an admin session.
+// A Cloud Control for benchmarks: SQLite in a temporary file (the real default) unless `config.db` names another, on 127.0.0.1, with an admin session.
 import { join } from 'node:path';
 import { type Control, type ControlConfig, createControl } from '../../src/control/app.ts';
 import { createLogger } from '../../src/lib/logger.ts';

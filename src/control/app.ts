@@ -35,7 +35,7 @@ import { createControllerManager } from './reconcile/manager.ts';
 import { createVmController } from './reconcile/vm-controller.ts';
 import { resumeTasks } from './reconcile/resume.ts';
 import { CapacityIndex, type PlacementPolicy } from './scheduler/capacity-index.ts';
-import { openStore } from './store/db.ts';
+import { MIGRATION_TABLE, openStore } from './store/db.ts';
 import type { VmRow } from './store/schema.ts';
 
 export interface ControlConfig {
@@ -166,7 +166,7 @@ export async function createControl(config: ControlConfig) {
   app.get('/healthz', { config: { role: 'public' }, schema: { hide: true } }, () => ({ status: 'ok' }));
   app.get('/readyz', { config: { role: 'public' }, schema: { hide: true } }, async (_req, reply) => {
     try {
-      await db.selectFrom('awan_migrations' as never).select('version' as never).limit(1).execute();
+      await db.selectFrom(MIGRATION_TABLE as never).select('name' as never).limit(1).execute();
       return { status: 'ready' };
     } catch {
       return reply.code(503).send({ error: { code: 'UNAVAILABLE', message: 'the database does not answer' } });

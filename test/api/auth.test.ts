@@ -136,7 +136,7 @@ describe('tokens', () => {
       await before.db.insertInto('users').values({ id: 'u1', username: 'old', password_hash: 'x', role: 'viewer', created_at: new Date().toISOString() }).execute();
       await before.db.insertInto('api_tokens').values({ id: 't1', user_id: 'u1', name: 'forever', kind: 'api', token_hash: 'h1', expires_at: null, created_at: new Date().toISOString(), last_used_at: null }).execute();
       // The store as it was before token lifetimes: their migration not yet applied.
-      await before.db.deleteFrom('awan_migrations' as never).where('version' as never, '=', 6 as never).execute();
+      await before.db.deleteFrom('kysely_migration' as never).where('name' as never, '=', '006_token_expiry' as never).execute();
       await before.close();
       const upgraded = await openStore(url);
       const row = await upgraded.db.selectFrom('api_tokens').select('expires_at').where('id', '=', 't1').executeTakeFirstOrThrow();

@@ -33,8 +33,11 @@ export interface RunningController {
 export type ControllerManager = ReturnType<typeof createControllerManager>;
 
 export function createControllerManager({ log, metrics, changes }: { log: Logger; metrics: Metrics; changes: ChangeFeed }) {
-  const registered: { controller: Controller; queue: WorkQueue | null; timer: NodeJS.Timeout | null }[] = [];
+  type Registered = { controller: Controller; queue: WorkQueue | null; timer: NodeJS.Timeout | null; started: boolean };
+  const registered: Registered[] = [];
   let running = false;
+  /** Bumped by each start and stop, so a start that a stop overtook gives up. */
+  let epochs = 0;
   let unsubscribe: (() => void) | null = null;
 
   const passSeconds = new Histogram({
@@ -90,11 +93,71 @@ export function createControllerManager({ log, metrics, changes }: { log: Logger
     }
   }
 
-  async function resync(r: (typeof registered)[number]): Promise<void> {
+  async function resync(r: Registered): Promise<void> {
     try {
       for (const key of await r.controller.listKeys()) r.queue?.add(key);
     } catch (err) {
       log.warn({ err, controller: r.controller.name }, 'resync failed');
+    }
+  }
+
+  /**
+   * Starts every controller: on a single process at once, on replicas when this one becomes leader. Each
+   * controller's start() runs before its first pass: its queue is made only then, and the resync that
+   * follows queues every key, so changes announced meanwhile are not lost. A stop() while starting wins.
+   * If a controller's start() fails, what was started is stopped again and the error is thrown.
+   */
+  async function start(): Promise<void> {
+    if (running) return;
+    running = true;
+    const epoch = ++epochs;
+    const current = () => running && epoch === epochs;
+    unsubscribe = changes.subscribe((c) => void route(c).catch((err: unknown) => log.warn({ err, change: c }, 'could not route a change')));
+    try {
+      for (const r of registered) {
+        // Passes a previous run left going finish first: a key is never worked on twice at once.
+        await r.queue?.idle();
+        if (!current()) return;
+        await r.controller.start?.();
+        if (!current()) {
+          await stopOne(r.controller); // the stop that overtook us did not know it had started
+          return;
+        }
+        r.started = true;
+        r.queue = queueFor(r.controller);
+        await resync(r);
+        if (!current()) return;
+        r.timer = setInterval(() => void resync(r), r.controller.resyncMs ?? 30_000);
+        r.timer.unref();
+      }
+    } catch (err) {
+      if (current()) await stop();
+      throw err;
+    }
+    log.info({ controllers: registered.map((r) => r.controller.name) }, 'controllers started');
+  }
+
+  /** Stops every controller, also while they start; passes already running may still finish (see idle). */
+  async function stop(): Promise<void> {
+    if (!running) return;
+    running = false;
+    epochs++;
+    unsubscribe?.();
+    unsubscribe = null;
+    for (const r of registered) {
+      if (r.timer) clearInterval(r.timer);
+      r.timer = null;
+      r.queue?.stop();
+      if (r.started) await stopOne(r.controller);
+      r.started = false;
+    }
+  }
+
+  async function stopOne(c: Controller): Promise<void> {
+    try {
+      await c.stop?.();
+    } catch (err) {
+      log.warn({ err, controller: c.name }, 'controller did not stop cleanly');
     }
   }
 
@@ -115,7 +178,7 @@ export function createControllerManager({ log, metrics, changes }: { log: Logger
   return {
     register(controller: Controller): RunningController {
       if (registered.some((r) => r.controller.name === controller.name)) throw new Error(`controller ${controller.name} is registered twice`);
-      registered.push({ controller, queue: null, timer: null });
+      registered.push({ controller, queue: null, timer: null, started: false });
       return handle(controller.name);
     },
     get: handle,
@@ -124,34 +187,8 @@ export function createControllerManager({ log, metrics, changes }: { log: Logger
     },
     names: () => registered.map((r) => r.controller.name),
 
-    /** Starts every controller: on a single process at once, on replicas when this one becomes leader. */
-    async start(): Promise<void> {
-      if (running) return;
-      running = true;
-      for (const r of registered) r.queue = queueFor(r.controller);
-      unsubscribe = changes.subscribe((c) => void route(c).catch((err: unknown) => log.warn({ err, change: c }, 'could not route a change')));
-      for (const r of registered) {
-        await r.controller.start?.();
-        await resync(r);
-        r.timer = setInterval(() => void resync(r), r.controller.resyncMs ?? 30_000);
-        r.timer.unref();
-      }
-      log.info({ controllers: registered.map((r) => r.controller.name) }, 'controllers started');
-    },
-
-    /** Stops every controller; passes already running may still finish (see idle). */
-    async stop(): Promise<void> {
-      if (!running) return;
-      running = false;
-      unsubscribe?.();
-      unsubscribe = null;
-      for (const r of registered) {
-        if (r.timer) clearInterval(r.timer);
-        r.timer = null;
-        r.queue?.stop();
-        await r.controller.stop?.();
-      }
-    },
+    start,
+    stop,
 
     /** Resolves once no controller has a pass queued or running. */
     async idle(): Promise<void> {

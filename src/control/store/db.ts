@@ -1,13 +1,20 @@
-// Opens the database named by a URL (sqlite:PATH or postgres://…) and brings its schema up to date.
+// Opens the database named by a URL (sqlite:PATH or postgres://…) and brings its schema up to date with
+// Kysely's Migrator, which holds a lock while it migrates (an advisory lock on PostgreSQL), so several
+// replicas starting together on one database apply each migration once.
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import SQLite from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import { Kysely, type Migration, type MigrationProvider, Migrator, PostgresDialect, SqliteAdapter, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
-import { migrations } from './migrations/index.ts';
+import { type Dialect, LAST_LEGACY_VERSION, type MigrationModule, migrationVersion, migrations } from './migrations/index.ts';
 import type { Database } from './schema.ts';
 
-export type Dialect = 'sqlite' | 'postgres';
+export type { Dialect } from './migrations/index.ts';
+
+/** Where Kysely records the migrations it applied: the truth about the schema's version. */
+export const MIGRATION_TABLE = 'kysely_migration';
+/** Where the runner of earlier releases recorded them (read once, when adopting such a database). */
+export const LEGACY_MIGRATION_TABLE = 'awan_migrations';
 
 export interface Store {
   db: Kysely<Database>;
@@ -15,14 +22,24 @@ export interface Store {
   close(): Promise<void>;
 }
 
-// int8 (counts, bigserial) arrives as a string by default; our numbers stay far below 2^53.
-pg.types.setTypeParser(20, (v) => Number(v));
+// int8 (counts, bigserial) arrives as a string by default; our numbers stay far below 2^53. Set on our
+// pool only, so other pg clients in the process keep pg's defaults.
+const int8AsNumber = (v: string) => Number(v);
+const pgTypes: pg.CustomTypesConfig = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    oid === pg.types.builtins.INT8 && format !== 'binary' ? int8AsNumber : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+};
 
-export async function openStore(url: string): Promise<Store> {
+export interface OpenStoreOptions {
+  /** The migrations to bring the schema to: the index (./migrations/index.ts) unless a test gives its own. */
+  migrations?: Record<string, () => Promise<MigrationModule>>;
+}
+
+export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<Store> {
   const dialect: Dialect = /^postgres(ql)?:\/\//.test(url) ? 'postgres' : 'sqlite';
   let db: Kysely<Database>;
   if (dialect === 'postgres') {
-    db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 10 }) }) });
+    db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 10, types: pgTypes }) }) });
   } else {
     const path = url.replace(/^sqlite:/, '');
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -31,10 +48,31 @@ export async function openStore(url: string): Promise<Store> {
     sqlite.pragma('synchronous = NORMAL');
     sqlite.pragma('foreign_keys = ON');
     sqlite.pragma('busy_timeout = 5000');
-    db = new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
+    db = new Kysely<Database>({ dialect: new TransactionalDdlSqliteDialect({ database: withStatementCache(sqlite) }) });
   }
-  await migrate(db, dialect);
+  try {
+    await migrate(db, dialect, options.migrations ?? migrations);
+  } catch (err) {
+    await db.destroy();
+    throw err;
+  }
   return { db, dialect, close: () => db.destroy() };
+}
+
+/**
+ * SQLite runs DDL inside transactions; Kysely's adapter says otherwise only to be safe for every build.
+ * Saying so here lets the Migrator apply all pending migrations in one transaction on both engines, so a
+ * failed upgrade leaves the database as it was.
+ */
+class TransactionalDdlSqliteAdapter extends SqliteAdapter {
+  override get supportsTransactionalDdl(): boolean {
+    return true;
+  }
+}
+class TransactionalDdlSqliteDialect extends SqliteDialect {
+  override createAdapter() {
+    return new TransactionalDdlSqliteAdapter();
+  }
 }
 
 /**
@@ -58,26 +96,68 @@ function withStatementCache(sqlite: SQLite.Database, max = 500) {
   };
 }
 
-async function migrate(db: Kysely<Database>, dialect: Dialect): Promise<void> {
-  const raw = db as unknown as Kysely<any>;
-  await raw.schema
-    .createTable('awan_migrations')
-    .ifNotExists()
-    .addColumn('version', 'integer', (c) => c.primaryKey())
-    .addColumn('name', 'text', (c) => c.notNull())
-    .addColumn('applied_at', 'text', (c) => c.notNull())
-    .execute();
-  const applied = new Set(
-    (await raw.selectFrom('awan_migrations').select('version').execute()).map((r: { version: number }) => r.version),
-  );
-  for (const m of migrations) {
-    if (applied.has(m.version)) continue;
-    await raw.transaction().execute(async (trx) => {
-      if (dialect === 'postgres') await sql`select pg_advisory_xact_lock(8211)`.execute(trx);
-      const again = await trx.selectFrom('awan_migrations').select('version').where('version', '=', m.version).executeTakeFirst();
-      if (again) return; // another replica migrated meanwhile
-      await m.up(trx, dialect);
-      await trx.insertInto('awan_migrations').values({ version: m.version, name: m.name, applied_at: new Date().toISOString() }).execute();
-    });
+/** Applies every migration not yet recorded in `kysely_migration`, under Kysely's lock and in one transaction. */
+async function migrate(db: Kysely<any>, dialect: Dialect, list: Record<string, () => Promise<MigrationModule>>): Promise<void> {
+  // Kysely looks for its tables in every schema unless told which; on PostgreSQL that is ours (the first
+  // of search_path), so databases that keep several awan schemas side by side each get their own.
+  const schema = dialect === 'postgres' ? await currentSchema(db) : undefined;
+  const migrator = new Migrator({
+    db,
+    provider: migrationProvider(dialect, list),
+    migrationTableName: MIGRATION_TABLE,
+    migrationTableSchema: schema,
+    allowUnorderedMigrations: true,
+  });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error')?.migrationName;
+    const why = error instanceof Error ? error.message : String(error);
+    throw new Error(failed ? `migration ${failed} failed: ${why}` : `migrating the database failed: ${why}`, { cause: error });
   }
+}
+
+async function currentSchema(db: Kysely<any>): Promise<string> {
+  const { rows } = await sql<{ schema: string | null }>`select current_schema() as schema`.execute(db);
+  const schema = rows[0]?.schema;
+  if (!schema) throw new Error('the PostgreSQL search_path names no schema that exists; create it or fix the URL');
+  return schema;
+}
+
+function migrationProvider(dialect: Dialect, list: Record<string, () => Promise<MigrationModule>>): MigrationProvider {
+  return {
+    async getMigrations() {
+      const byVersion = new Map<number, string>();
+      const out: Record<string, Migration> = {};
+      // What the old runner recorded, read once per run and only while one of its migrations is pending.
+      let legacy: Promise<Set<number>> | undefined;
+      for (const [name, load] of Object.entries(list)) {
+        const version = migrationVersion(name);
+        const clash = byVersion.get(version);
+        if (clash) throw new Error(`migrations ${clash} and ${name} share the number ${version}; give one the next free number`);
+        byVersion.set(version, name);
+        out[name] = {
+          async up(trx) {
+            if (version <= LAST_LEGACY_VERSION && (await (legacy ??= legacyApplied(trx, dialect))).has(version)) return;
+            await (await load()).up(trx, dialect);
+          },
+        };
+      }
+      return out;
+    },
+  };
+}
+
+/**
+ * The one-way bridge from earlier releases: their runner recorded applied migrations by number in
+ * `awan_migrations`. A migration it applied is recorded in `kysely_migration` without running again;
+ * once all of them are recorded this table is never read, and it is left as it was.
+ */
+async function legacyApplied(db: Kysely<any>, dialect: Dialect): Promise<Set<number>> {
+  const exists =
+    dialect === 'postgres'
+      ? (await sql<{ t: string | null }>`select to_regclass(${LEGACY_MIGRATION_TABLE})::text as t`.execute(db)).rows[0]?.t
+      : (await sql<{ name: string }>`select name from sqlite_master where type = 'table' and name = ${LEGACY_MIGRATION_TABLE}`.execute(db)).rows[0];
+  if (!exists) return new Set();
+  const rows = await db.selectFrom(LEGACY_MIGRATION_TABLE).select('version').execute();
+  return new Set(rows.map((r: { version: number | string }) => Number(r.version)));
 }

@@ -5,12 +5,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Kysely, SqliteDialect, PostgresDialect } from 'kysely';
-import SQLite from 'better-sqlite3';
-import pg from 'pg';
+import { legacyDatabase } from '../../../test/support/legacy-store.ts';
 import { freshPostgres } from '../../../test/support/postgres.ts';
 import { type Store, openStore } from './db.ts';
-import { migrations } from './migrations/index.ts';
 import type { TaskRow, VmRow } from './schema.ts';
 import { uniqueConflict } from './unique.ts';
 import { untouched } from '../features/vms/store.ts';
@@ -48,13 +45,8 @@ for (const engine of ['sqlite', 'postgres'] as const) {
     });
 
     it('upgrades a database holding two active tasks on one VM: the later wish stays, the other fails with the reason', async () => {
-      // The schema as version 4 left it, with what a check-then-insert race could leave behind.
-      const db = rawDb(url);
-      await db.schema.createTable('awan_migrations').addColumn('version', 'integer', (c) => c.primaryKey()).addColumn('name', 'text').addColumn('applied_at', 'text').execute();
-      for (const m of migrations.filter((m) => m.version <= 4)) {
-        await m.up(db, engine);
-        await db.insertInto('awan_migrations').values({ version: m.version, name: m.name, applied_at: now() }).execute();
-      }
+      // The schema as version 4 left it (the runner of those releases), with what a check-then-insert race could leave behind.
+      const { db } = await legacyDatabase(url, 4);
       await db.insertInto('vms').values(vm('v1', 'one')).execute();
       await db.insertInto('tasks').values([
         task('t1', 'v1', { kind: 'start', created_at: '2026-01-01T00:00:01.000Z' }),
@@ -110,9 +102,4 @@ for (const engine of ['sqlite', 'postgres'] as const) {
       assert.equal(uniqueConflict(new Error('something else')), undefined);
     });
   });
-}
-
-function rawDb(url: string): Kysely<any> {
-  if (url.startsWith('postgres')) return new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 2 }) }) });
-  return new Kysely<any>({ dialect: new SqliteDialect({ database: new SQLite(url.replace(/^sqlite:/, '')) }) });
 }

@@ -1,27 +1,39 @@
-// The ordered list of schema migrations; they only move forward.
+// The schema migrations, run by Kysely's Migrator (see ../db.ts). They only move forward: a new migration is
+// a new file `NNN_what_it_does.ts` exporting `up(db, dialect)`, and one line below naming it. The key is the
+// migration's name as recorded in `kysely_migration`; it is never renamed once released.
+//
+// Numbers are handed out before the work lands, so migrations may be merged (and run on a database that
+// follows main) out of number order; each runs once whatever the order (allowUnorderedMigrations), so a
+// migration must not depend on one with a higher number.
 import type { Kysely } from 'kysely';
-import * as m001 from './001_initial.ts';
-import * as m002 from './002_host_credential_index.ts';
-import * as m003 from './003_image_ready_text.ts';
-import * as m004 from './004_vm_local_disk.ts';
-import * as m005 from './005_unique_names_and_active_tasks.ts';
-import * as m006 from './006_token_expiry.ts';
-import * as m007 from './007_image_imported.ts';
-import * as m008 from './008_vm_spec_status.ts';
 
-export interface Migration {
-  version: number;
-  name: string;
-  up(db: Kysely<any>, dialect: 'sqlite' | 'postgres'): Promise<void>;
+export type Dialect = 'sqlite' | 'postgres';
+
+export interface MigrationModule {
+  up(db: Kysely<any>, dialect: Dialect): Promise<void>;
 }
 
-export const migrations: Migration[] = [
-  { version: 1, name: 'initial', up: m001.up },
-  { version: 2, name: 'host_credential_index', up: m002.up },
-  { version: 3, name: 'image_ready_text', up: m003.up },
-  { version: 4, name: 'vm_local_disk', up: m004.up },
-  { version: 5, name: 'unique_names_and_active_tasks', up: m005.up },
-  { version: 6, name: 'token_expiry', up: m006.up },
-  { version: 7, name: 'image_imported', up: m007.up },
-  { version: 8, name: 'vm_spec_status', up: m008.up },
-];
+export const migrations: Record<string, () => Promise<MigrationModule>> = {
+  '001_initial': () => import('./001_initial.ts'),
+  '002_host_credential_index': () => import('./002_host_credential_index.ts'),
+  '003_image_ready_text': () => import('./003_image_ready_text.ts'),
+  '004_vm_local_disk': () => import('./004_vm_local_disk.ts'),
+  '005_unique_names_and_active_tasks': () => import('./005_unique_names_and_active_tasks.ts'),
+  '006_token_expiry': () => import('./006_token_expiry.ts'),
+  '007_image_imported': () => import('./007_image_imported.ts'),
+  '008_vm_spec_status': () => import('./008_vm_spec_status.ts'),
+};
+
+/**
+ * The last migration the hand-written runner of earlier releases applied, recording it by number in
+ * `awan_migrations`. Migrations up to this one are adopted from that table once (see ../db.ts); later
+ * ones never look at it.
+ */
+export const LAST_LEGACY_VERSION = 7;
+
+/** A migration's number, from its name (`005_unique_names…` → 5). */
+export function migrationVersion(name: string): number {
+  const m = /^(\d{3})_[a-z0-9_]+$/.exec(name);
+  if (!m) throw new Error(`migration name ${name} is not NNN_lower_case_words`);
+  return Number(m[1]);
+}
