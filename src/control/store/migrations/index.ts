@@ -8,6 +8,7 @@ import * as m005 from './005_unique_names_and_active_tasks.ts';
 import * as m006 from './006_token_expiry.ts';
 import * as m007 from './007_image_imported.ts';
 import * as m008 from './008_vm_spec_status.ts';
+import * as m011 from './011_host_status.ts';
 
 export interface Migration {
   version: number;
@@ -24,4 +25,5 @@ export const migrations: Migration[] = [
   { version: 6, name: 'token_expiry', up: m006.up },
   { version: 7, name: 'image_imported', up: m007.up },
   { version: 8, name: 'vm_spec_status', up: m008.up },
+  { version: 11, name: 'host_status', up: m011.up },
 ];
