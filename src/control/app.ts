@@ -216,7 +216,7 @@ export async function createControl(config: ControlConfig) {
   passwordRoutes(app, auth);
   hostRoutes(app, hosts);
   vmRoutes(app, vms);
-  consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets() });
+  consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets(), relay: { leading: () => registry.leading, leaderUrl: config.leaderUrl ?? (async () => undefined) } });
   imageRoutes(app, images);
   taskRoutes(app, tasks, (id) => vms.cancelMigration(id));
   eventRoutes(app, events);
