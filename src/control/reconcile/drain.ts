@@ -25,6 +25,8 @@ export interface DrainDeps {
   stop: (vmId: string, by: string | null) => Promise<{ task: Task }>;
   /** Moves in flight at once per drain. */
   parallel?: number;
+  /** How long a drain waits for its host to come back when it turns unreachable, before it fails. */
+  hostAwayMs?: number;
   resyncMs?: number;
 }
 
@@ -40,10 +42,13 @@ export function createDrainController(deps: DrainDeps): Controller {
   /** Which drain (host id) waits on a VM or on a move's task: the notes that should wake it. */
   const byVm = new Map<string, string>();
   const byTask = new Map<string, string>();
+  /** Since when a drain's host has not been ready, by drain task id. */
+  const awaySince = new Map<string, number>();
 
   function forget(drainTaskId: string): void {
     const mine = attempts.get(drainTaskId);
     attempts.delete(drainTaskId);
+    awaySince.delete(drainTaskId);
     for (const [vmId, a] of mine ?? []) {
       byVm.delete(vmId);
       if ('taskId' in a) byTask.delete(a.taskId);
@@ -80,7 +85,18 @@ export function createDrainController(deps: DrainDeps): Controller {
     }
     if (row.maintenance === 0) return finish(task, 'cancelled', 'CANCELLED', `host ${row.name} was activated before the drain finished`);
     const live = registry.get(hostId);
-    if (row.state !== 'ready') return finish(task, 'failed', 'HOST_NOT_READY', `host ${row.name} became ${row.state} during the drain`);
+    if (row.state !== 'ready') {
+      // Its VMs cannot move while the host is away; it may be back soon (an agent restarting). Its
+      // return is a host note; the deadline bounds the wait.
+      const since = awaySince.get(task.id) ?? Date.now();
+      awaySince.set(task.id, since);
+      const waitMs = deps.hostAwayMs ?? 60_000;
+      if (row.state === 'fenced' || Date.now() - since >= waitMs) {
+        return finish(task, 'failed', 'HOST_NOT_READY', `host ${row.name} is ${row.state}; its VMs cannot be moved away`);
+      }
+      return { requeueAfterMs: waitMs - (Date.now() - since) };
+    }
+    awaySince.delete(task.id);
     // Just after this process took the lead, agents are still reconnecting: moves now would fail for that.
     if (!live?.connection || registry.settling()) return { requeueAfterMs: 250 };
 
