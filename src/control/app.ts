@@ -12,8 +12,10 @@ import { createAuthService } from './features/auth/service.ts';
 import { eventRoutes } from './features/events/routes.ts';
 import { createEventService } from './features/events/service.ts';
 import { HostRegistry } from './features/hosts/registry.ts';
+import { publicState } from './features/hosts/model.ts';
 import { hostRoutes } from './features/hosts/routes.ts';
 import { createHostService } from './features/hosts/service.ts';
+import { createHostStore } from './features/hosts/store.ts';
 import { imageRoutes } from './features/images/routes.ts';
 import { createImageDirs } from './features/images/image-dirs.ts';
 import { removeImported } from './features/images/import.ts';
@@ -30,12 +32,14 @@ import { createVmService } from './features/vms/service.ts';
 import { createVmStore } from './features/vms/store.ts';
 import { createHttpServer } from './http/server.ts';
 import { createMetrics } from './metrics.ts';
-import { createLocalChangeFeed } from './reconcile/changes.ts';
+import { createLocalChangeFeed, createSharedChangeFeed } from './reconcile/changes.ts';
+import { createDrainController } from './reconcile/drain.ts';
 import { createControllerManager } from './reconcile/manager.ts';
 import { createVmController } from './reconcile/vm-controller.ts';
 import { resumeTasks } from './reconcile/resume.ts';
 import { CapacityIndex, type PlacementPolicy } from './scheduler/capacity-index.ts';
 import { MIGRATION_TABLE, openStore } from './store/db.ts';
+import { connected, createPgNotifyBus } from './store/pg-notify.ts';
 import type { VmRow } from './store/schema.ts';
 
 export interface ControlConfig {
@@ -65,6 +69,17 @@ export interface ControlConfig {
     /** Failed logins allowed per window (default 10 per address and user, 50 per address, a minute). */
     loginLimits?: Partial<LoginLimits>;
   };
+  /**
+   * Whether start() makes this process lead at once (the default: one process alone). With replicas the
+   * leader lease calls lead() and follow() instead.
+   */
+  autoLead?: boolean;
+  /** The leader epoch this process writes host status with (0 alone). */
+  epoch?: () => number;
+  /** The leader's base URL, for a follower that relays a console to it. */
+  leaderUrl?: () => Promise<string | undefined>;
+  /** How often the leader writes changed host status (heartbeat, connection, free memory) to SQL. */
+  hostStatusFlushMs?: number;
 }
 
 export type Control = Awaited<ReturnType<typeof createControl>>;
@@ -75,11 +90,15 @@ export async function createControl(config: ControlConfig) {
   const store = await openStore(config.db);
   const { db } = store;
   const metrics = createMetrics();
-  const events = createEventService({ db });
+  // Replicas on PostgreSQL hear each other's changes and events; SQLite is one process.
+  const bus = store.dialect === 'postgres' ? createPgNotifyBus({ url: config.db, log }) : undefined;
+  const events = createEventService({ db, bus, log });
+  const changes = bus ? createSharedChangeFeed(bus) : createLocalChangeFeed();
+  const hostStore = createHostStore(db);
   const tasks = createTaskService({ db, events });
   const auth = createAuthService({ db, scryptCost: config.auth?.scryptCost });
   const capacity = new CapacityIndex({ memoryOvercommit: config.memoryOvercommit ?? 1.0 });
-  const registry = new HostRegistry({ db, events, capacity, log, heartbeatIntervalMs });
+  const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch: config.epoch, statusFlushMs: config.hostStatusFlushMs });
   const poolDir = config.poolDir ?? join(process.cwd(), 'data', 'pool');
   const volumes = createVolumes(poolDir);
   const imageDirs = createImageDirs((config.imageDirs?.length ? config.imageDirs : [poolDir]).map((d) => resolve(d)));
@@ -120,7 +139,6 @@ export async function createControl(config: ControlConfig) {
     };
   }
 
-  const changes = createLocalChangeFeed();
   const manager = createControllerManager({ log, metrics, changes });
   const vmStore = createVmStore(db);
   const controller = createVmController({
@@ -131,10 +149,26 @@ export async function createControl(config: ControlConfig) {
   });
   const vmController = manager.register(controller.controller);
   const vms = createVmService({ db, store: vmStore, tasks, events, images, capacity, registry, changes, volumes, defaultImage: config.defaultImage });
-  const hosts = createHostService({
-    db, registry, capacity, events, tasks,
-    migrateVm: (id, by) => vms.migrate(id, undefined, by),
-    stopVm: (id, by) => vms.stop(id, false, by),
+  const hosts = createHostService({ db, store: hostStore, registry, capacity, events, tasks, changes });
+  manager.register(createDrainController({
+    store: hostStore, registry, tasks, log,
+    vmsOn: async (hostId) => {
+      const all = [];
+      let cursor: string | undefined;
+      do {
+        const p = await vms.list({ limit: 500, hostId, cursor });
+        all.push(...p.items);
+        cursor = p.nextCursor ?? undefined;
+      } while (cursor);
+      return all;
+    },
+    migrate: (id, by) => vms.migrate(id, undefined, by),
+    stop: (id, by) => vms.stop(id, false, by),
+  }));
+  // A task that ends is a change of that task: controllers waiting on it (a drain) hear it on every
+  // replica, each from the event it sees, so the note itself stays local.
+  events.subscribe((e) => {
+    if (e.objectKind === 'task' && e.seq > 0 && e.type !== 'task.progress') changes.publish({ kind: 'task', id: e.objectId }, { local: true });
   });
 
   registry.onVmsReported((_hostId, vmIds) => vmIds.forEach((id) => changes.publish({ kind: 'vm', id })));
@@ -146,7 +180,7 @@ export async function createControl(config: ControlConfig) {
 
   metrics.gauge('awan_hosts', 'Hosts by state', ['state'], (g) => {
     g.reset();
-    for (const h of hosts.list()) g.inc({ state: h.state });
+    for (const h of registry.all()) g.inc({ state: publicState(h.row.state, h.row.maintenance === 1) });
   });
   metrics.gauge('awan_heartbeat_lag_seconds', 'Longest time since a connected host last beat', [], (g) => {
     const now = Date.now();
@@ -182,24 +216,38 @@ export async function createControl(config: ControlConfig) {
   passwordRoutes(app, auth);
   hostRoutes(app, hosts);
   vmRoutes(app, vms);
-  consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets() });
+  consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets(), relay: { leading: () => registry.leading, leaderUrl: config.leaderUrl ?? (async () => undefined) } });
   imageRoutes(app, images);
   taskRoutes(app, tasks, (id) => vms.cancelMigration(id));
   eventRoutes(app, events);
   agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs });
 
+  if (bus) await connected(bus);
+
+  /** This process leads: it holds agent connections, writes host status and runs the controllers. */
+  async function lead(): Promise<void> {
+    await registry.lead();
+    for (const vm of await vmStore.placed()) {
+      capacity.assign(vm.id, vm.host_id!, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+    }
+    await resumeTasks({ db, tasks, log, hosts: hostStore });
+    await manager.start();
+  }
+
+  /** Another process leads: serve the API from SQL, run no controller. */
+  async function follow(): Promise<void> {
+    await manager.stop();
+    await registry.follow();
+  }
+
   return {
-    app, store, db, log, auth, events, tasks, images, vms, vmStore, hosts, registry, capacity, metrics, changes, manager, vmController,
-    /** Loads state, resumes unfinished work and starts the control loops. */
+    app, store, db, log, auth, events, tasks, images, vms, vmStore, hosts, hostStore, registry, capacity, metrics, changes, manager, vmController,
+    lead, follow,
+    /** Loads state, resumes unfinished work and starts the control loops (when this process leads). */
     async start(): Promise<{ generatedAdminPassword?: string }> {
       const admin = await auth.ensureAdmin(config.adminPassword);
-      await registry.load();
-      for (const vm of await vmStore.placed()) {
-        capacity.assign(vm.id, vm.host_id!, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
-      }
-      registry.start();
-      await resumeTasks({ db, tasks, log });
-      await manager.start();
+      if (config.autoLead === false) await follow();
+      else await lead();
       return { generatedAdminPassword: admin.generatedPassword };
     },
     async close(): Promise<void> {
@@ -208,6 +256,9 @@ export async function createControl(config: ControlConfig) {
       await app.close();
       // Let passes already running finish their writes before the database goes away.
       await Promise.race([manager.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
+      await registry.flushNow().catch(() => undefined);
+      events.close();
+      await bus?.close();
       await store.close();
     },
   };

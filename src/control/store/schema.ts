@@ -48,6 +48,17 @@ export interface HostsTable {
   generation: number;
   created_at: string;
   updated_at: string;
+  /** Spec: the drain the API asked for (its task); the drain controller carries it out. */
+  drain_task_id: string | null;
+  /** Status, written by the leader in batches: an agent holds a connection to it. */
+  connected: number;
+  lease_expires_at: string | null;
+  vm_count: number;
+  memory_allocated_mib: number;
+  /** Bumped by every status write, which checks it (compare-and-set). */
+  status_version: number;
+  /** The leader epoch of the last status write: a lower epoch may not overwrite it. */
+  status_epoch: number;
 }
 
 export interface ImagesTable {

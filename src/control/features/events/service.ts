@@ -1,5 +1,9 @@
-// The event log: every state change is appended to SQL and fanned out to live subscribers (SSE).
+// The event log: every state change is appended to SQL and fanned out to live subscribers (SSE). With
+// replicas on PostgreSQL, each event's seq is announced on `awan_events`; every other replica reads the
+// rows after the last seq it delivered, in order, and fans them out to its own subscribers.
 import type { Kysely } from 'kysely';
+import type { Logger } from '../../../lib/logger.ts';
+import { MAX_PAYLOAD_BYTES, type NotifyBus } from '../../store/pg-notify.ts';
 import type { Database, EventRow } from '../../store/schema.ts';
 
 export interface AwanEvent {
@@ -23,6 +27,9 @@ export interface EventService {
   publish(e: EventInput): void;
   list(q: { after?: number; limit: number; objectId?: string; type?: string }): Promise<AwanEvent[]>;
   subscribe(listener: (e: AwanEvent) => void): () => void;
+  /** Reads and delivers what other replicas wrote (no-op alone); resolves once caught up. */
+  catchUp(): Promise<void>;
+  close(): void;
 }
 
 export const toEvent = (r: EventRow): AwanEvent => ({
@@ -35,8 +42,17 @@ export const toEvent = (r: EventRow): AwanEvent => ({
   ...(r.data ? { data: JSON.parse(r.data) as Record<string, unknown> } : {}),
 });
 
-export function createEventService({ db }: { db: Kysely<Database> }): EventService {
+export const EVENTS_CHANNEL = 'awan_events';
+/** How long a hole in the seqs (a transaction that has not committed yet) holds back the events after it. */
+const GAP_WAIT_MS = 2000;
+/** Reads SQL this often even without a note, for notes lost while the link was down. */
+const POLL_MS = 2000;
+
+export function createEventService({ db, bus, log }: { db: Kysely<Database>; bus?: NotifyBus; log?: Logger }): EventService {
   const listeners = new Set<(e: AwanEvent) => void>();
+  const fanOut = (e: AwanEvent) => {
+    for (const l of listeners) l(e);
+  };
   async function record(e: EventInput, trx: Kysely<Database>): Promise<AwanEvent> {
     const at = new Date().toISOString();
     const row = await trx
@@ -46,8 +62,10 @@ export function createEventService({ db }: { db: Kysely<Database> }): EventServi
       .executeTakeFirstOrThrow();
     return { ...e, seq: row.seq, at };
   }
+  const remote = bus ? createRemoteReader(db, bus, fanOut, log) : undefined;
   function notify(event: AwanEvent): void {
-    for (const l of listeners) l(event);
+    remote?.delivered(event.seq);
+    fanOut(event);
   }
   return {
     async emit(e) {
@@ -59,7 +77,8 @@ export function createEventService({ db }: { db: Kysely<Database> }): EventServi
     notify,
     publish(e) {
       const event: AwanEvent = { ...e, seq: 0, at: new Date().toISOString() };
-      for (const l of listeners) l(event);
+      fanOut(event);
+      remote?.sendEphemeral(event);
     },
     async list({ after, limit, objectId, type }) {
       let q = db.selectFrom('events').selectAll().orderBy('seq', 'asc').limit(limit);
@@ -71,6 +90,98 @@ export function createEventService({ db }: { db: Kysely<Database> }): EventServi
     subscribe(listener) {
       listeners.add(listener);
       return () => listeners.delete(listener);
+    },
+    catchUp: () => remote?.read() ?? Promise.resolve(),
+    close: () => remote?.close(),
+  };
+}
+
+/**
+ * Delivers events other replicas wrote. Notes say `origin s SEQ` (read SQL after the last seq delivered)
+ * or `origin p JSON` (a kept-nowhere event such as task progress, delivered as it is). Rows are delivered
+ * in seq order; a hole waits up to GAP_WAIT_MS for its transaction to commit, then is skipped (a rolled
+ * back insert leaves one for good). Events this process emitted itself were delivered already.
+ */
+function createRemoteReader(db: Kysely<Database>, bus: NotifyBus, fanOut: (e: AwanEvent) => void, log?: Logger) {
+  let watermark: number | undefined;
+  const local = new Set<number>();
+  let gapSince: number | undefined;
+  let reading: Promise<void> | null = null;
+  let again = false;
+  let closed = false;
+  const start = db.selectFrom('events').select((eb) => eb.fn.max('seq').as('m')).executeTakeFirst().then((r) => {
+    watermark ??= Number(r?.m ?? 0);
+  });
+
+  async function readOnce(): Promise<void> {
+    await start;
+    for (;;) {
+      const rows = await db.selectFrom('events').selectAll().where('seq', '>', watermark!).orderBy('seq').limit(500).execute();
+      for (const r of rows) {
+        if (r.seq !== watermark! + 1) {
+          gapSince ??= Date.now();
+          if (Date.now() - gapSince < GAP_WAIT_MS) {
+            setTimeout(() => void read(), 100).unref();
+            return;
+          }
+        }
+        gapSince = undefined;
+        watermark = r.seq;
+        if (local.delete(r.seq)) continue;
+        fanOut(toEvent(r));
+      }
+      for (const s of local) if (s <= watermark!) local.delete(s);
+      if (rows.length < 500 || closed) return;
+    }
+  }
+
+  function read(): Promise<void> {
+    if (closed) return Promise.resolve();
+    if (reading) {
+      again = true;
+      return reading;
+    }
+    reading = (async () => {
+      do {
+        again = false;
+        await readOnce().catch((err: unknown) => log?.warn({ err }, 'could not read events of other replicas'));
+      } while (again && !closed);
+      reading = null;
+    })();
+    return reading;
+  }
+
+  bus.listen(EVENTS_CHANNEL, (payload) => {
+    const [origin, kind, rest] = [payload.slice(0, payload.indexOf(' ')), payload[payload.indexOf(' ') + 1], payload.slice(payload.indexOf(' ') + 3)];
+    if (origin === bus.origin) return;
+    if (kind === 's') void read();
+    else if (kind === 'p') {
+      try {
+        fanOut(JSON.parse(rest) as AwanEvent);
+      } catch {
+        // a note from a newer or broken replica: nothing to deliver
+      }
+    }
+  });
+  bus.onConnect(() => void read());
+  const poll = setInterval(() => void read(), POLL_MS);
+  poll.unref();
+
+  return {
+    /** An event this process emitted: delivered here already, announced to the others. */
+    delivered(seq: number) {
+      if (!seq) return;
+      local.add(seq);
+      bus.notify(EVENTS_CHANNEL, `${bus.origin} s ${seq}`);
+    },
+    sendEphemeral(e: AwanEvent) {
+      const payload = `${bus.origin} p ${JSON.stringify(e)}`;
+      if (Buffer.byteLength(payload) <= MAX_PAYLOAD_BYTES) bus.notify(EVENTS_CHANNEL, payload);
+    },
+    read,
+    close() {
+      closed = true;
+      clearInterval(poll);
     },
   };
 }

@@ -35,6 +35,8 @@ export const HostSchema = Type.Object({
   zone: Type.Union([Type.String(), Type.Null()]),
   connected: Type.Boolean(),
   lastHeartbeatAt: Type.Union([Type.String(), Type.Null()]),
+  /** The task of the last drain asked for (it says whether the drain is under way, done or failed). */
+  drainTaskId: Type.Union([Type.String(), Type.Null()]),
   generation: Type.Integer(),
   createdAt: Type.String(),
 });
@@ -45,10 +47,16 @@ export function publicState(state: string, maintenance: boolean): Host['state'] 
   return (state === 'ready' && maintenance ? 'maintenance' : state) as Host['state'];
 }
 
-export function hostFromRow(
-  r: HostRow,
-  live: { connected: boolean; lastHeartbeatAt: string | null; memoryFreeMiB?: number; allocatedMiB: number; vmCount: number },
-): Host {
+/** Live data the leader holds for a host; without it the row's status columns (SQL) are shown. */
+export interface LiveView {
+  connected: boolean;
+  lastHeartbeatAt: string | null;
+  memoryFreeMiB: number;
+  allocatedMiB: number;
+  vmCount: number;
+}
+
+export function hostFromRow(r: HostRow, live?: LiveView): Host {
   return {
     id: r.id,
     name: r.name,
@@ -56,17 +64,18 @@ export function hostFromRow(
     maintenance: r.maintenance === 1,
     cpus: r.cpus,
     memoryMiB: r.memory_mib,
-    memoryFreeMiB: live.memoryFreeMiB ?? r.memory_free_mib,
-    memoryAllocatedMiB: live.allocatedMiB,
-    vmCount: live.vmCount,
+    memoryFreeMiB: live?.memoryFreeMiB ?? r.memory_free_mib,
+    memoryAllocatedMiB: live?.allocatedMiB ?? r.memory_allocated_mib,
+    vmCount: live?.vmCount ?? r.vm_count,
     address: r.address,
     driver: r.driver,
     accelerator: r.accelerator,
     capabilities: JSON.parse(r.capabilities) as string[],
     labels: JSON.parse(r.labels) as Record<string, string>,
     zone: r.zone,
-    connected: live.connected,
-    lastHeartbeatAt: live.lastHeartbeatAt ?? r.last_heartbeat_at,
+    connected: live ? live.connected : r.connected === 1,
+    lastHeartbeatAt: live ? (live.lastHeartbeatAt ?? r.last_heartbeat_at) : r.last_heartbeat_at,
+    drainTaskId: r.drain_task_id,
     generation: r.generation,
     createdAt: r.created_at,
   };

@@ -1,64 +1,132 @@
 // The live table of hosts: who is connected, when each last beat, what VMs each reports. Heartbeats touch
-// only memory; SQL sees state transitions.
-import type { Kysely } from 'kysely';
+// only memory. On the leader this table is the source of host status: state transitions and facts are
+// written at once, the rest (heartbeat, connection, free memory, lease) in one batch a second, only for
+// hosts whose status changed. On a follower the table mirrors SQL (refreshed each second and on a host's
+// change note) and never writes.
 import type { WebSocket } from 'ws';
 import type { Logger } from '../../../lib/logger.ts';
 import type { AgentMessage, HostFactsMsg, VmStatusMsg } from '../../../protocol/messages.ts';
+import type { ChangeFeed } from '../../reconcile/changes.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
-import type { Database, HostRow } from '../../store/schema.ts';
+import type { HostRow } from '../../store/schema.ts';
 import { AgentConnection } from '../agents/connection.ts';
 import type { EventService } from '../events/service.ts';
 import { type HostState, canTransition } from './model.ts';
+import { type HostStatus, type HostStore, specColumns } from './store.ts';
 
 export interface LiveHost {
   row: HostRow;
   connection: AgentConnection | null;
+  /** The liveness clock: the last beat, or when this process began to wait for the host. */
   lastHeartbeatMs: number | null;
+  /** When the agent was last heard from (a real beat, not a grace period). */
+  heardAtMs: number | null;
   memoryFreeMiB: number;
   vms: Map<string, VmStatusMsg>;
 }
 
 export interface HostRegistryDeps {
-  db: Kysely<Database>;
+  store: HostStore;
   events: EventService;
   capacity: CapacityIndex;
+  changes: ChangeFeed;
   log: Logger;
   heartbeatIntervalMs: number;
   /** Missed intervals before a host is unreachable. */
   missedHeartbeats?: number;
+  /** The leader epoch status writes carry; a write never overwrites one of a higher epoch. 0 alone. */
+  epoch?: () => number;
+  /** How often the leader writes changed host status to SQL. */
+  statusFlushMs?: number;
+  /** How often a follower re-reads hosts from SQL. */
+  followRefreshMs?: number;
 }
+
+type Mode = 'idle' | 'leading' | 'following';
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 export class HostRegistry {
   private readonly hosts = new Map<string, LiveHost>();
   private readonly vmListeners = new Set<(hostId: string, vmIds: string[]) => void>();
   private readonly hostListeners = new Set<(hostId: string, state: HostState) => void>();
   private readonly consoleListeners = new Map<string, Set<(data: string) => void>>();
-  private monitor: NodeJS.Timeout | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private mode: Mode = 'idle';
+  /** Status writes of this process go one at a time, so its own writes never race each other. */
+  private writes: Promise<unknown> = Promise.resolve();
+  private deposedWarned = false;
   /** Once control shuts down, connections closing are not host failures. */
   private stopped = false;
+  private readonly unsubscribe: () => void;
 
-  constructor(private readonly deps: HostRegistryDeps) {}
+  constructor(private readonly deps: HostRegistryDeps) {
+    // A host's spec changed (here or on another replica), or it joined elsewhere: take the new row.
+    this.unsubscribe = deps.changes.subscribe((c) => {
+      if (c.kind !== 'host' || this.mode === 'idle') return;
+      deps.store.get(c.id).then((row) => row && this.applyRow(row), (err: unknown) => deps.log.warn({ err, hostId: c.id }, 'could not reload a host'));
+    });
+  }
 
-  async load(): Promise<void> {
-    const rows = await this.deps.db.selectFrom('hosts').selectAll().execute();
+  get leading(): boolean {
+    return this.mode === 'leading';
+  }
+
+  private get limitMs(): number {
+    return this.deps.heartbeatIntervalMs * (this.deps.missedHeartbeats ?? 2.5);
+  }
+
+  /** This process leads: load every host, give agents the usual grace to (re)connect, watch their beats. */
+  async lead(): Promise<void> {
+    this.clearTimers();
+    const rows = await this.deps.store.all();
     const now = Date.now();
+    this.hosts.clear();
     for (const row of rows) {
-      // Nobody is connected to a fresh process: give every agent the usual grace to reconnect.
-      this.hosts.set(row.id, { row, connection: null, lastHeartbeatMs: now, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
+      const heard = row.last_heartbeat_at ? Date.parse(row.last_heartbeat_at) : null;
+      this.hosts.set(row.id, { row, connection: null, lastHeartbeatMs: now, heardAtMs: heard, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
       this.index(row.id);
     }
+    this.mode = 'leading';
+    this.deposedWarned = false;
+    const period = Math.max(10, Math.floor(this.deps.heartbeatIntervalMs / 4));
+    this.every(period, () => this.checkHeartbeats());
+    this.every(this.deps.statusFlushMs ?? 1000, () => this.flush());
+  }
+
+  /** Another process leads: drop agent connections, mirror SQL. */
+  async follow(): Promise<void> {
+    this.clearTimers();
+    this.mode = 'following';
+    for (const h of this.hosts.values()) {
+      h.connection?.close('this control replica no longer leads');
+      h.connection = null;
+      h.vms = new Map();
+    }
+    await this.refresh();
+    this.every(this.deps.followRefreshMs ?? 1000, () => this.refresh());
+  }
+
+  /** Kept for callers of the single-process API: load and lead. */
+  async load(): Promise<void> {
+    await this.lead();
   }
 
   start(): void {
-    const period = Math.max(10, Math.floor(this.deps.heartbeatIntervalMs / 4));
-    this.monitor = setInterval(() => void this.checkHeartbeats(), period);
-    this.monitor.unref();
+    // lead() already watches heartbeats.
   }
 
   stop(): void {
     this.stopped = true;
-    if (this.monitor) clearInterval(this.monitor);
+    this.clearTimers();
+    this.unsubscribe();
     for (const h of this.hosts.values()) h.connection?.close('control is shutting down');
+  }
+
+  /** Waits for status writes under way (and, when leading, writes what changed). */
+  async flushNow(): Promise<void> {
+    if (this.leading) await this.flush();
+    await this.writes;
   }
 
   get(id: string): LiveHost | undefined {
@@ -67,6 +135,16 @@ export class HostRegistry {
 
   all(): LiveHost[] {
     return [...this.hosts.values()];
+  }
+
+  /** True while a host that SQL calls ready has not reconnected within its grace (just after taking the lead). */
+  settling(): boolean {
+    const now = Date.now();
+    for (const h of this.hosts.values()) {
+      if (h.connection || (h.row.state !== 'ready' && h.row.state !== 'joining')) continue;
+      if (h.lastHeartbeatMs !== null && now - h.lastHeartbeatMs <= this.limitMs) return true;
+    }
+    return false;
   }
 
   onVmsReported(listener: (hostId: string, vmIds: string[]) => void): void {
@@ -90,7 +168,25 @@ export class HostRegistry {
 
   /** A host that just joined (its row was written by the join call). */
   add(row: HostRow): void {
-    this.hosts.set(row.id, { row, connection: null, lastHeartbeatMs: Date.now(), memoryFreeMiB: row.memory_free_mib, vms: new Map() });
+    this.hosts.set(row.id, { row, connection: null, lastHeartbeatMs: Date.now(), heardAtMs: null, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
+    this.index(row.id);
+  }
+
+  /**
+   * A row read from SQL. A follower takes it whole; the leader takes only its spec (maintenance, labels,
+   * zone, drain), since the status in SQL is what this process wrote, or older.
+   */
+  applyRow(row: HostRow): void {
+    const host = this.hosts.get(row.id);
+    if (!host) return this.add(row);
+    if (!this.leading) {
+      host.row = row;
+      host.memoryFreeMiB = row.memory_free_mib;
+    } else if (row.generation > host.row.generation) {
+      const spec: Record<string, unknown> = {};
+      for (const k of specColumns) spec[k] = row[k];
+      host.row = { ...host.row, ...(spec as Partial<HostRow>) };
+    } else return;
     this.index(row.id);
   }
 
@@ -117,12 +213,12 @@ export class HostRegistry {
     if (!host || host.connection !== conn) return;
     switch (msg.type) {
       case 'heartbeat':
-        host.lastHeartbeatMs = Date.now();
+        host.lastHeartbeatMs = host.heardAtMs = Date.now();
         host.memoryFreeMiB = msg.memoryFreeMiB;
         if (host.row.state !== 'ready' && host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'heartbeats resumed');
         return;
       case 'hello':
-        host.lastHeartbeatMs = Date.now();
+        host.lastHeartbeatMs = host.heardAtMs = Date.now();
         await this.updateFacts(host, msg.facts);
         this.replaceVms(host, msg.vms, true);
         if (host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'agent connected');
@@ -146,55 +242,116 @@ export class HostRegistry {
     }
   }
 
-  async setLabels(hostId: string, labels: Record<string, string>, zone: string | null | undefined): Promise<void> {
-    const host = this.hosts.get(hostId);
-    if (!host) return;
-    host.row = await this.deps.db
-      .updateTable('hosts')
-      .set({ labels: JSON.stringify(labels), ...(zone !== undefined ? { zone } : {}), generation: host.row.generation + 1, updated_at: new Date().toISOString() })
-      .where('id', '=', hostId)
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    this.index(hostId);
-  }
-
-  async setMaintenance(hostId: string, on: boolean): Promise<void> {
-    const host = this.hosts.get(hostId);
-    if (!host) return;
-    host.row = await this.deps.db
-      .updateTable('hosts')
-      .set({ maintenance: on ? 1 : 0, generation: host.row.generation + 1, updated_at: new Date().toISOString() })
-      .where('id', '=', hostId)
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    this.index(hostId);
-  }
-
   async transition(hostId: string, to: HostState, why: string): Promise<void> {
     const host = this.hosts.get(hostId);
-    if (!host || this.stopped) return;
+    if (!host || this.stopped || !this.leading) return;
     const from = host.row.state as HostState;
     if (from === to || !canTransition(from, to)) return;
-    const now = new Date().toISOString();
-    host.row = await this.deps.db
-      .updateTable('hosts')
-      .set({
-        state: to,
-        generation: host.row.generation + 1,
-        updated_at: now,
-        last_heartbeat_at: host.lastHeartbeatMs ? new Date(host.lastHeartbeatMs).toISOString() : null,
-      })
-      .where('id', '=', hostId)
-      .returningAll()
-      .executeTakeFirstOrThrow();
+    const row = await this.writeStatus(host, { ...this.liveStatus(host), state: to });
+    if (!row) return;
     this.index(hostId);
-    this.deps.log.info({ hostId, host: host.row.name, from, to, why }, 'host state changed');
-    await this.deps.events.emit({ type: `host.${to}`, objectKind: 'host', objectId: hostId, message: `host ${host.row.name} is ${to}: ${why}`, data: { from, to } });
+    this.deps.log.info({ hostId, host: row.name, from, to, why }, 'host state changed');
+    await this.deps.events.emit({ type: `host.${to}`, objectKind: 'host', objectId: hostId, message: `host ${row.name} is ${to}: ${why}`, data: { from, to } });
     for (const l of this.hostListeners) l(hostId, to);
+    this.deps.changes.publish({ kind: 'host', id: hostId });
+  }
+
+  /** The status fields that follow from live data (not the state, which transitions decide). */
+  private liveStatus(h: LiveHost): Partial<HostStatus> {
+    return {
+      connected: h.connection ? 1 : 0,
+      last_heartbeat_at: iso(h.heardAtMs),
+      lease_expires_at: h.connection && h.lastHeartbeatMs !== null ? iso(h.lastHeartbeatMs + this.limitMs) : null,
+      memory_free_mib: h.memoryFreeMiB,
+      vm_count: [...h.vms.values()].filter((v) => v.state !== 'incoming').length,
+      memory_allocated_mib: this.deps.capacity.usage(h.row.id)?.usedMiB ?? 0,
+    };
+  }
+
+  /**
+   * One status write, compare-and-set on the status version this process last saw. A lost write means
+   * another process wrote: if that was a newer leader (higher epoch) this one stops writing that host;
+   * otherwise (an older epoch, e.g. this process's predecessor) it takes the version and writes again.
+   */
+  private writeStatus(host: LiveHost, patch: Partial<HostStatus>): Promise<HostRow | undefined> {
+    const run = async (): Promise<HostRow | undefined> => {
+      const epoch = this.deps.epoch?.() ?? 0;
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const row = await this.deps.store.updateStatus({ id: host.row.id, statusVersion: host.row.status_version, patch }, epoch);
+        if (row) {
+          host.row = row;
+          return row;
+        }
+        if (!(await this.adopt(host, epoch))) return undefined;
+      }
+      return undefined;
+    };
+    const next = this.writes.then(run, run);
+    this.writes = next.catch(() => undefined);
+    return next;
+  }
+
+  /** After a lost status write: takes SQL's version unless a newer leader wrote it. */
+  private async adopt(host: LiveHost, epoch: number): Promise<boolean> {
+    const fresh = await this.deps.store.get(host.row.id);
+    if (!fresh) return false;
+    if (fresh.status_epoch > epoch) {
+      if (!this.deposedWarned) this.deps.log.warn({ hostId: fresh.id, epoch, theirs: fresh.status_epoch }, 'a newer leader writes host status; this process no longer does');
+      this.deposedWarned = true;
+      return false;
+    }
+    const spec: Record<string, unknown> = {};
+    for (const k of specColumns) spec[k] = fresh[k];
+    host.row = { ...host.row, ...(spec as Partial<HostRow>), status_version: fresh.status_version, status_epoch: fresh.status_epoch };
+    return true;
+  }
+
+  /** Writes, in one batch, the status of every host whose live status differs from what SQL holds. */
+  private async flush(): Promise<void> {
+    if (!this.leading || this.stopped) return;
+    const run = async () => {
+      const epoch = this.deps.epoch?.() ?? 0;
+      const writes = [];
+      for (const h of this.hosts.values()) {
+        const live = this.liveStatus(h);
+        const patch: Record<string, unknown> = {};
+        for (const [k, v] of Object.entries(live)) if (h.row[k as keyof HostRow] !== v) patch[k] = v;
+        if (Object.keys(patch).length) writes.push({ id: h.row.id, statusVersion: h.row.status_version, patch: patch as Partial<HostStatus> });
+      }
+      const { written, lost } = await this.deps.store.updateStatusBatch(writes, epoch);
+      for (const row of written) {
+        const h = this.hosts.get(row.id);
+        if (h) h.row = row;
+      }
+      for (const id of lost) {
+        const h = this.hosts.get(id);
+        if (h) await this.adopt(h, epoch);
+      }
+    };
+    const next = this.writes.then(run, run);
+    this.writes = next.catch((err: unknown) => this.deps.log.warn({ err }, 'could not write host status'));
+    await this.writes;
+  }
+
+  /** A follower's mirror of SQL. */
+  private async refresh(): Promise<void> {
+    if (this.mode !== 'following') return;
+    for (const row of await this.deps.store.all()) this.applyRow(row);
+  }
+
+  private every(ms: number, fn: () => Promise<void>): void {
+    const t = setInterval(() => void fn().catch((err: unknown) => this.deps.log.warn({ err }, 'host registry timer failed')), ms);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  private clearTimers(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
   }
 
   private async checkHeartbeats(): Promise<void> {
-    const limit = this.deps.heartbeatIntervalMs * (this.deps.missedHeartbeats ?? 2.5);
+    const limit = this.limitMs;
     const now = Date.now();
     for (const host of this.hosts.values()) {
       if (host.row.state !== 'ready' && host.row.state !== 'joining') continue;
@@ -215,12 +372,7 @@ export class HostRegistry {
     const same = r.cpus === facts.cpus && r.memory_mib === facts.memoryMiB && r.address === facts.address && r.capabilities === caps &&
       r.driver === facts.driver && r.accelerator === (facts.accelerator ?? null);
     if (same) return;
-    host.row = await this.deps.db
-      .updateTable('hosts')
-      .set({ cpus: facts.cpus, memory_mib: facts.memoryMiB, memory_free_mib: facts.memoryFreeMiB, address: facts.address, driver: facts.driver, accelerator: facts.accelerator ?? null, capabilities: caps, updated_at: new Date().toISOString() })
-      .where('id', '=', r.id)
-      .returningAll()
-      .executeTakeFirstOrThrow();
+    await this.writeStatus(host, { cpus: facts.cpus, memory_mib: facts.memoryMiB, memory_free_mib: facts.memoryFreeMiB, address: facts.address, driver: facts.driver, accelerator: facts.accelerator ?? null, capabilities: caps });
     this.index(r.id);
   }
 

@@ -12,7 +12,7 @@ export function hostRoutes(app: App, hosts: HostService): void {
   app.get('/api/v1/hosts', {
     config: { role: 'viewer' },
     schema: { tags, querystring: Type.Object({ state: Type.Optional(OneOf(hostStates)) }, { additionalProperties: false }), response: { 200: Type.Object({ items: Type.Array(HostSchema), nextCursor: Type.Null() }), ...errors } },
-  }, (req) => ({ items: hosts.list().filter((h) => !req.query.state || h.state === req.query.state), nextCursor: null }));
+  }, async (req) => ({ items: (await hosts.list()).filter((h) => !req.query.state || h.state === req.query.state), nextCursor: null }));
 
   app.get('/api/v1/hosts/:id', { config: { role: 'viewer' }, schema: { tags, params: IdParams, response: { 200: HostSchema, ...errors } } }, (req) => hosts.get(req.params.id));
 

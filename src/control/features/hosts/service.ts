@@ -1,86 +1,101 @@
-// Hosts: joining with a single-use token, per-host credentials, the live view, drain and activate.
-import type { Kysely } from 'kysely';
+// Hosts: joining with a single-use token, per-host credentials, the fleet view, and the spec the user
+// sets (labels, zone, maintenance, a drain request). Any replica serves it: the leader shows its live
+// table, a follower what SQL holds (the leader writes host status there within a second or so).
 import { hashToken, newId, newSecret } from '../../../lib/ids.ts';
 import type { JoinRequest, JoinResponse } from '../../../protocol/messages.ts';
 import { AppError, notFound } from '../../errors.ts';
+import type { ChangeFeed } from '../../reconcile/changes.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
 import type { Database, HostRow } from '../../store/schema.ts';
+import type { Kysely } from 'kysely';
 import type { EventService } from '../events/service.ts';
 import type { Task, TaskService } from '../tasks/service.ts';
 import { isFinished } from '../tasks/service.ts';
 import { type Host, hostFromRow } from './model.ts';
 import type { HostRegistry } from './registry.ts';
+import type { HostSpec, HostStore } from './store.ts';
 
 export interface HostServiceDeps {
   db: Kysely<Database>;
+  store: HostStore;
   registry: HostRegistry;
   capacity: CapacityIndex;
   events: EventService;
   tasks: TaskService;
-  /** Moves one VM off a host (the VM service's migrate), for drains. */
-  migrateVm: (vmId: string, by: string | null) => Promise<{ task: Task }>;
-  stopVm: (vmId: string, by: string | null) => Promise<{ task: Task }>;
+  changes: ChangeFeed;
 }
 
 const JOIN_TOKEN_TTL_MS = 3600_000;
+/** A spec write that lost its compare-and-set is read again and retried this many times, then a 409. */
+const SPEC_ATTEMPTS = 5;
 
 export type HostService = ReturnType<typeof createHostService>;
 
 export function createHostService(deps: HostServiceDeps) {
-  const { db, registry, capacity, events, tasks } = deps;
+  const { db, store, registry, capacity, events, tasks, changes } = deps;
 
   function view(row: HostRow): Host {
-    const live = registry.get(row.id);
-    const usage = capacity.usage(row.id);
-    return hostFromRow(live?.row ?? row, {
-      connected: !!live?.connection,
-      lastHeartbeatAt: live?.lastHeartbeatMs ? new Date(live.lastHeartbeatMs).toISOString() : null,
-      memoryFreeMiB: live?.memoryFreeMiB,
-      allocatedMiB: usage?.usedMiB ?? 0,
-      vmCount: live ? [...live.vms.values()].filter((v) => v.state !== 'incoming').length : 0,
+    const live = registry.leading ? registry.get(row.id) : undefined;
+    if (!live) return hostFromRow(row);
+    return hostFromRow(live.row.generation >= row.generation ? live.row : { ...live.row, ...pickSpec(row) }, {
+      connected: !!live.connection,
+      lastHeartbeatAt: live.heardAtMs ? new Date(live.heardAtMs).toISOString() : null,
+      memoryFreeMiB: live.memoryFreeMiB,
+      allocatedMiB: capacity.usage(row.id)?.usedMiB ?? 0,
+      vmCount: [...live.vms.values()].filter((v) => v.state !== 'incoming').length,
     });
   }
 
-  function find(idOrName: string) {
-    const live = registry.all().find((h) => h.row.id === idOrName || h.row.name === idOrName);
-    if (!live) throw notFound('HOST_NOT_FOUND', 'host', idOrName);
-    return live;
+  async function find(idOrName: string): Promise<HostRow> {
+    const row = await store.find(idOrName);
+    if (!row) throw notFound('HOST_NOT_FOUND', 'host', idOrName);
+    return row;
   }
 
-  async function waitForTask(id: string): Promise<Task> {
-    for (;;) {
-      const t = await tasks.get(id);
-      if (isFinished(t.state)) return t;
-      await new Promise((r) => setTimeout(r, 200).unref());
-    }
-  }
-
-  /** Migrates running VMs off a host (stopped ones are just unassigned), one by one, onto the task. */
-  async function moveAway(hostName: string, vms: { id: string; desired_power: string }[], taskId: string, by: string | null): Promise<void> {
-    const failures: string[] = [];
-    let done = 0;
-    for (const vm of vms) {
-      try {
-        const child = vm.desired_power === 'running' ? await deps.migrateVm(vm.id, by) : await deps.stopVm(vm.id, by);
-        const finished = await waitForTask(child.task.id);
-        if (finished.state !== 'succeeded') failures.push(`${vm.id}: ${finished.error?.message ?? finished.state}`);
-      } catch (err) {
-        failures.push(`${vm.id}: ${err instanceof Error ? err.message : String(err)}`);
+  /**
+   * Reads the host, lets `decide` compute the spec change from what it read (or refuse) inside a
+   * transaction (so it can add rows of its own, a task), and writes it by compare-and-set on generation;
+   * a lost race rolls back and reads again.
+   */
+  async function changeSpec(idOrName: string, decide: (row: HostRow, trx: Kysely<Database>) => Promise<Partial<HostSpec> | undefined>): Promise<HostRow> {
+    for (let attempt = 0; attempt < SPEC_ATTEMPTS; attempt++) {
+      const row = await find(idOrName);
+      const next = await db.transaction().execute(async (trx) => {
+        const patch = await decide(row, trx);
+        if (!patch) return row;
+        const written = await store.updateSpec(row, patch, trx);
+        if (!written) throw new LostRace();
+        return written;
+      }).catch((err: unknown) => {
+        if (err instanceof LostRace) return undefined;
+        throw err;
+      });
+      if (!next) continue;
+      if (next !== row) {
+        registry.applyRow(next);
+        changes.publish({ kind: 'host', id: next.id });
       }
-      await tasks.progress(taskId, (++done / Math.max(1, vms.length)) * 100, `${done} of ${vms.length} VMs handled`);
+      return next;
     }
-    if (failures.length) await tasks.fail(taskId, 'DRAIN_INCOMPLETE', `${failures.length} VMs could not be moved: ${failures.join('; ')}`);
-    else await tasks.succeed(taskId, `host ${hostName} is empty and in maintenance`);
+    throw new AppError('GENERATION_MISMATCH', `host ${idOrName} kept changing meanwhile; try again`);
   }
+
+  const connected = (row: HostRow) => (registry.leading ? !!registry.get(row.id)?.connection : row.connected === 1);
 
   return {
-    list: (): Host[] => registry.all().map((h) => view(h.row)).sort((a, b) => a.name.localeCompare(b.name)),
-    get: (idOrName: string): Host => view(find(idOrName).row),
+    async list(): Promise<Host[]> {
+      if (registry.leading) return registry.all().map((h) => view(h.row)).sort((a, b) => a.name.localeCompare(b.name));
+      return (await store.all()).map(view);
+    },
+    get: async (idOrName: string): Promise<Host> => {
+      const live = registry.leading ? registry.all().find((h) => h.row.id === idOrName || h.row.name === idOrName) : undefined;
+      return view(live?.row ?? (await find(idOrName)));
+    },
 
     async createJoinToken(userId: string): Promise<{ token: string; expiresAt: string }> {
       const token = newSecret('awj');
       const expiresAt = new Date(Date.now() + JOIN_TOKEN_TTL_MS).toISOString();
-      await db.insertInto('join_tokens').values({ id: newId(), token_hash: hashToken(token), created_by: userId, expires_at: expiresAt, used_at: null, host_id: null }).execute();
+      await store.createJoinToken({ id: newId(), token_hash: hashToken(token), created_by: userId, expires_at: expiresAt, used_at: null, host_id: null });
       return { token, expiresAt };
     },
 
@@ -107,55 +122,71 @@ export function createHostService(deps: HostServiceDeps) {
         generation: 1,
         created_at: now,
         updated_at: now,
+        drain_task_id: null,
+        connected: 0,
+        lease_expires_at: null,
+        vm_count: 0,
+        memory_allocated_mib: 0,
+        status_version: 1,
+        status_epoch: 0,
       };
-      await db.transaction().execute(async (trx) => {
-        const used = await trx
-          .updateTable('join_tokens')
-          .set({ used_at: now, host_id: id })
-          .where('token_hash', '=', hashToken(req.joinToken))
-          .where('used_at', 'is', null)
-          .where('expires_at', '>', now)
-          .executeTakeFirst();
-        if (Number(used.numUpdatedRows) !== 1) throw new AppError('UNAUTHORIZED', 'the join token is unknown, used or expired');
-        const taken = await trx.selectFrom('hosts').select('id').where('name', '=', req.name).executeTakeFirst();
-        if (taken) throw new AppError('NAME_TAKEN', `a host named ${req.name} already exists`, { name: req.name });
-        await trx.insertInto('hosts').values(row).execute();
-      });
+      await store.join(req.joinToken, row);
       registry.add(row);
+      changes.publish({ kind: 'host', id });
       await events.emit({ type: 'host.joined', objectKind: 'host', objectId: id, message: `host ${req.name} joined`, data: { cpus: req.facts.cpus, memoryMiB: req.facts.memoryMiB } });
       return { hostId: id, credential };
     },
 
     /** The host a credential belongs to, or undefined. */
-    async authenticateAgent(credential: string): Promise<string | undefined> {
-      const row = await db.selectFrom('hosts').select('id').where('credential_hash', '=', hashToken(credential)).executeTakeFirst();
-      return row?.id;
-    },
+    authenticateAgent: (credential: string): Promise<string | undefined> => store.byCredential(credential),
 
+    /**
+     * Records a drain in the host's spec (maintenance on, the drain's task) and returns the task; the drain
+     * controller moves the VMs. A drain already under way is returned as it is.
+     */
     async drain(idOrName: string, by: string | null): Promise<{ host: Host; task: Task }> {
-      const host = find(idOrName);
-      if (host.row.state !== 'ready' || !host.connection) throw new AppError('HOST_NOT_READY', `host ${host.row.name} is ${host.row.state}; only a ready host can be drained`);
-      const running = await db.selectFrom('vms').select(['id', 'desired_power']).where('host_id', '=', host.row.id).execute();
-      await registry.setMaintenance(host.row.id, true);
-      const task = await tasks.create({ kind: 'drain', targetKind: 'host', targetId: host.row.id, createdBy: by, message: `moving ${running.length} VMs` });
-      // Shutdown mid-drain leaves the task unfinished; the next start fails it with the reason.
-      moveAway(host.row.name, running, task.id, by).catch(() => undefined);
-      return { host: view(host.row), task };
+      let task: Task | undefined;
+      let fresh = false;
+      // Read the drain under way before the transaction: on SQLite a query outside it would wait for it.
+      const before = await find(idOrName);
+      const current = before.drain_task_id ? await tasks.get(before.drain_task_id).catch(() => undefined) : undefined;
+      const running = current && !isFinished(current.state) ? current : undefined;
+      const row = await changeSpec(before.id, async (r, trx) => {
+        if (r.drain_task_id !== before.drain_task_id) throw new AppError('CONFLICT', `another drain of host ${r.name} was asked for meanwhile`);
+        if (running) {
+          task = running;
+          return r.maintenance ? undefined : { maintenance: 1 };
+        }
+        if (r.state !== 'ready' || !connected(r)) throw new AppError('HOST_NOT_READY', `host ${r.name} is ${r.state}; only a ready host can be drained`);
+        const vmCount = view(r).vmCount;
+        task = await tasks.create({ kind: 'drain', targetKind: 'host', targetId: r.id, createdBy: by, params: { vmCount }, message: `moving ${vmCount} VMs` }, trx);
+        fresh = true;
+        return { maintenance: 1, drain_task_id: task.id };
+      });
+      if (fresh) await events.emit({ type: 'host.draining', objectKind: 'host', objectId: row.id, message: `host ${row.name} is being drained`, data: { taskId: task!.id } });
+      return { host: view(row), task: task! };
     },
 
     async update(idOrName: string, patch: { labels?: Record<string, string>; zone?: string | null }): Promise<Host> {
-      const host = find(idOrName);
-      const labels = patch.labels ?? (JSON.parse(host.row.labels) as Record<string, string>);
-      await registry.setLabels(host.row.id, labels, patch.zone);
-      await events.emit({ type: 'host.updated', objectKind: 'host', objectId: host.row.id, message: `host ${host.row.name} updated`, data: { labels, zone: patch.zone } });
-      return view(registry.get(host.row.id)!.row);
+      const row = await changeSpec(idOrName, async () => ({
+        ...(patch.labels ? { labels: JSON.stringify(patch.labels) } : {}),
+        ...(patch.zone !== undefined ? { zone: patch.zone } : {}),
+      }));
+      await events.emit({ type: 'host.updated', objectKind: 'host', objectId: row.id, message: `host ${row.name} updated`, data: { labels: JSON.parse(row.labels), zone: patch.zone } });
+      return view(row);
     },
 
+    /** Leaves maintenance; a drain under way is cancelled by the drain controller, which sees this. */
     async activate(idOrName: string): Promise<Host> {
-      const host = find(idOrName);
-      await registry.setMaintenance(host.row.id, false);
-      await events.emit({ type: 'host.activated', objectKind: 'host', objectId: host.row.id, message: `host ${host.row.name} leaves maintenance` });
-      return view(registry.get(host.row.id)!.row);
+      const row = await changeSpec(idOrName, async () => ({ maintenance: 0 }));
+      await events.emit({ type: 'host.activated', objectKind: 'host', objectId: row.id, message: `host ${row.name} leaves maintenance` });
+      return view(row);
     },
   };
+}
+
+class LostRace extends Error {}
+
+function pickSpec(row: HostRow): Partial<HostRow> {
+  return { maintenance: row.maintenance, labels: row.labels, zone: row.zone, drain_task_id: row.drain_task_id, generation: row.generation, updated_at: row.updated_at };
 }

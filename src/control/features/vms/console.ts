@@ -5,6 +5,7 @@ import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
 import type { EventService } from '../events/service.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
 import { CONSOLE_TICKET_TTL_MS, type ConsoleTickets } from './console-tickets.ts';
+import { type ConsoleRelay, leaderOrFail, relayConsole, ticketFromLeader } from './console-relay.ts';
 import type { VmService } from './service.ts';
 
 /**
@@ -12,7 +13,7 @@ import type { VmService } from './service.ts';
  * Close codes: 1000 the VM stopped (or is being deleted), 4001 unauthorized, 4004 unknown VM, 4009 VM not
  * running or host unreachable, 4010 the VM failed. The close frame's reason says why, once: clients show it.
  */
-export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; events: EventService; tickets: ConsoleTickets }): void {
+export function consoleRoute(app: App, deps: { vms: VmService; registry: HostRegistry; events: EventService; tickets: ConsoleTickets; relay?: ConsoleRelay }): void {
   const watchers = new Map<string, number>();
 
   app.post('/api/v1/vms/:id/console/tickets', {
@@ -25,6 +26,11 @@ export function consoleRoute(app: App, deps: { vms: VmService; registry: HostReg
     },
   }, async (req, reply) => {
     const p = requireRole(req.principal, 'operator');
+    // Not the leader: the leader issues the ticket, since the console WebSocket is relayed to it.
+    if (deps.relay && !deps.relay.leading()) {
+      const r = await ticketFromLeader(deps.relay, req.url, req.headers.authorization);
+      return reply.code(r.status).send(r.body as never);
+    }
     const vm = await deps.vms.find(req.params.id);
     return reply.code(201).send(deps.tickets.issue(vm.id, p.userId));
   });
@@ -35,6 +41,11 @@ export function consoleRoute(app: App, deps: { vms: VmService; registry: HostReg
     schema: { hide: true },
   }, async (socket, req) => {
     const fail = (code: number, message: string) => socket.close(code, closeReason(message));
+    if (deps.relay && !deps.relay.leading()) {
+      const leader = await leaderOrFail(deps.relay).catch((err: Error) => fail(4009, err.message));
+      if (leader) relayConsole(socket, leader, req.url);
+      return;
+    }
     const { id } = req.params as { id: string };
     const query = new URL(req.url, 'http://x').searchParams;
     // A bearer token in a URL outlives the request in proxy logs and shell history: only tickets go there.
