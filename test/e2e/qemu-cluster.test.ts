@@ -380,4 +380,24 @@ describe('a two-host cluster with real QEMU', { timeout: 15 * 60_000 }, () => {
     await until(() => pidsWith('qemu-system', vmId).length === 0, { timeoutMs: 30_000, what: 'no QEMU for the VM on any host' });
     assert.ok(gone(pid), `QEMU ${pid} has exited`);
   });
+
+  step('stops a VM while it boots: the boot is abandoned at once, no QEMU stays', async () => {
+    // The guest never prints this, so its boot would last the host's whole boot wait (120 s).
+    const img = await api('POST', '/api/v1/images', { name: 'slow-guest', format: 'kernel', kernelPath: guest.kernelPath, initrdPath: guest.initrdPath, cmdline: guest.cmdline, readyText: 'NEVER-PRINTED-BY-THE-GUEST' });
+    assert.equal(img.status, 201, JSON.stringify(img.body));
+    const res = await api('POST', '/api/v1/vms', { name: 'e2e-sleepy', cpus: 1, memoryMiB: 128, image: 'slow-guest' });
+    assert.equal(res.status, 202, JSON.stringify(res.body));
+    const id = res.body.vm.id;
+    await until(() => pidsWith('qemu-system', id).length === 1, { timeoutMs: 60_000, what: 'QEMU started for the booting VM' });
+    assert.equal((await api('GET', `/api/v1/vms/${id}`)).body.phase, 'starting');
+    const stop = await api('POST', `/api/v1/vms/${id}/stop`, {});
+    assert.equal(stop.status, 202, JSON.stringify(stop.body));
+    // Well inside the 120 s the boot would have waited.
+    const task = await waitTask(stop.body.task.id, 60_000);
+    assert.equal(task.state, 'succeeded', JSON.stringify(task));
+    assert.equal((await api('GET', `/api/v1/vms/${id}`)).body.phase, 'stopped');
+    assert.equal((await api('GET', `/api/v1/tasks/${res.body.task.id}`)).body.state, 'cancelled');
+    await until(() => pidsWith('qemu-system', id).length === 0, { timeoutMs: 30_000, what: 'no QEMU left for the stopped VM' });
+    assert.equal((await waitTask((await api('DELETE', `/api/v1/vms/${id}`)).body.task.id)).state, 'succeeded');
+  });
 });
