@@ -237,10 +237,10 @@ export function createVmController(deps: VmControllerDeps) {
     }
   }
 
-  async function recordRunning(vm: VmRow, observed: VmStatusMsg, active: Task[]): Promise<VmRow> {
+  async function recordRunning(vm: VmRow, observed: VmStatusMsg, active: Task[], also: VmStatusPatch = {}): Promise<VmRow> {
     const hostId = vm.host_id!;
-    if (vm.phase !== 'running' || vm.observed_generation !== vm.generation || vm.memory_actual_mib !== observed.memoryActualMiB || vm.message !== null) {
-      vm = await write(vm, { phase: 'running', message: null, observed_generation: vm.generation, memory_actual_mib: observed.memoryActualMiB });
+    if (vm.phase !== 'running' || vm.observed_generation !== vm.generation || vm.memory_actual_mib !== observed.memoryActualMiB || vm.message !== null || 'op' in also) {
+      vm = await write(vm, { ...also, phase: 'running', message: null, observed_generation: vm.generation, memory_actual_mib: observed.memoryActualMiB });
     }
     assign(vm, hostId);
     await finishTasks(active, ['create', 'start'], `running on ${hostName(hostId)}`, { hostId });
@@ -304,9 +304,8 @@ export function createVmController(deps: VmControllerDeps) {
           return { requeueAfterMs: 0 };
         }
         if (seen?.state === 'running' || (outcome?.ok && host?.connection)) {
-          vm = await clear();
           const observed = seen?.state === 'running' ? seen : (outcome as { value: VmStatusMsg }).value;
-          if (observed) await recordRunning(vm, observed, active);
+          await recordRunning(vm, observed, active, { op: null });
           return { requeueAfterMs: 0 };
         }
         if (lost) {
