@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from '../../src/agent/agent.ts';
-import { type MemoryStorage, createMemoryStorage } from '../../src/agent/storage/index.ts';
+import { type MemoryStorage, createFileStorage, createMemoryStorage } from '../../src/agent/storage/index.ts';
 import { type Control, type ControlConfig, createControl } from '../../src/control/app.ts';
 import { createSimDriver, type SimDriver, type SimDriverOptions } from '../../src/drivers/sim/index.ts';
 import type { HypervisorDriver } from '../../src/drivers/types.ts';
@@ -45,6 +45,8 @@ export interface ClusterOptions<D extends HypervisorDriver> {
   db?: string;
   /** Another driver than the simulator (QEMU): made per host with its own data directory. */
   makeDriver?: (name: string, dataDir: string) => Promise<D>;
+  /** Simulated hosts keep their pools in real directories (as QEMU hosts do) instead of in memory. */
+  fileStorage?: boolean;
 }
 
 export async function startCluster<D extends HypervisorDriver = SimDriver>(opts: ClusterOptions<D> = {}): Promise<Cluster<D>> {
@@ -76,7 +78,7 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
   }
 
   const memory = createMemoryStorage();
-  const storageFor = (dataDir: string) => (opts.makeDriver ? {} : { storage: memory.forHost(dataDir) });
+  const storageFor = (dataDir: string) => (opts.makeDriver ? {} : { storage: opts.fileStorage ? createFileStorage(dataDir) : memory.forHost(dataDir) });
   const login = await api<{ token: string }>('POST', '/api/v1/auth/login', { username: 'admin', password: 'admin-password' }, '');
   const cluster: Cluster<D> = {
     control, url, token: login.body.token, hosts: [], dir, api, memory,
