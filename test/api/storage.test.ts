@@ -165,7 +165,7 @@ describe('pools and volumes', () => {
     const huge = await c.api('POST', '/api/v1/vms/disky/resize', { diskGiB: 65536 });
     assert.equal(huge.status, 422, JSON.stringify(huge.body));
     assert.equal(huge.body.error.code, 'NO_CAPACITY');
-    assert.match(huge.body.error.message, /pool shared has \d+ GiB free/);
+    assert.match(huge.body.error.message, /the pool has \d+ GiB free \(pool shared\)/);
     assert.equal((await volumesOf(vm.id))[0].sizeMiB, 3072, 'nothing recorded');
   });
 

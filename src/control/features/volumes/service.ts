@@ -98,15 +98,17 @@ export function createVolumes({ db, pools, changes }: { db: Kysely<Database>; po
      */
     async grow(vm: VmRow, sizeGiB: number): Promise<void> {
       const volume = await diskOf(vm.id);
-      if (!volume) return;
       const sizeMiB = sizeGiB * 1024;
-      if (sizeMiB <= volume.size_mib) return;
-      const pool = await pools.find(volume.pool_id);
-      const growMiB = sizeMiB - volume.size_mib;
-      if (pool.free_mib !== null && growMiB > pool.free_mib) {
+      const fromMiB = volume?.size_mib ?? vm.disk_gib * 1024;
+      if (sizeMiB <= fromMiB) return;
+      // A disk not made yet is made later at the VM's size, in the pool it will live in: check that one.
+      const pool = volume ? await pools.find(volume.pool_id) : vm.local_disk && !vm.host_id ? undefined : await poolFor(vm);
+      const growMiB = sizeMiB - fromMiB;
+      if (pool && pool.free_mib !== null && growMiB > pool.free_mib) {
         const freeGiB = Math.floor(pool.free_mib / 1024);
-        throw new AppError('NO_CAPACITY', `growing the disk by ${growMiB / 1024} GiB does not fit: pool ${pool.name} has ${freeGiB} GiB free`, { freeGiB, growGiB: growMiB / 1024, pool: pool.name });
+        throw new AppError('NO_CAPACITY', `growing the disk by ${growMiB / 1024} GiB does not fit: the pool has ${freeGiB} GiB free (pool ${pool.name})`, { freeGiB, growGiB: growMiB / 1024, pool: pool.name });
       }
+      if (!volume) return;
       const row = await db.updateTable('volumes')
         .set({ size_mib: sizeMiB, generation: volume.generation + 1, updated_at: new Date().toISOString() })
         .where('id', '=', volume.id).where('generation', '=', volume.generation)
