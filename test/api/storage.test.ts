@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { AgentConnection, type SendOptions } from '../../src/control/features/agents/connection.ts';
 import type { Command } from '../../src/protocol/messages.ts';
 import { type Cluster, startCluster } from '../support/cluster.ts';
 import { until } from '../until.ts';
@@ -11,19 +12,20 @@ describe('pools and volumes', () => {
   let c: Cluster;
   /** Every volume command control sends to an agent, as sent. */
   const sent: { hostId: string; command: Command }[] = [];
+  const command = AgentConnection.prototype.command;
   before(async () => {
     c = await startCluster({ hosts: 2, control: { inspectImage: async (img) => ({ sizeMiB: 1024, path: img.path }) } });
-    for (const h of c.control.registry.all()) {
-      const conn = h.connection!;
-      const command = conn.command.bind(conn);
-      conn.command = ((cmd: Command, opts) => {
-        if (cmd.op.startsWith('volume')) sent.push({ hostId: h.row.id, command: cmd });
-        return command(cmd, opts);
-      }) as typeof conn.command;
-    }
+    // On the class, so a connection made by a reconnect is watched too.
+    AgentConnection.prototype.command = function (this: AgentConnection, cmd: Command, opts?: SendOptions) {
+      if (cmd.op.startsWith('volume')) sent.push({ hostId: this.hostId, command: cmd });
+      return command.call(this, cmd, opts);
+    } as typeof command;
     assert.equal((await c.api('POST', '/api/v1/images', { name: 'tmpl', format: 'qcow2', path: join(c.dir, 'tmpl.qcow2') })).status, 201);
   });
-  after(async () => { await c?.close(); });
+  after(async () => {
+    AgentConnection.prototype.command = command;
+    await c?.close();
+  });
 
   const pool = (name: string) => c.api('GET', `/api/v1/pools/${name}`);
   const volumesOf = async (vmId: string) => (await c.api('GET', `/api/v1/volumes?vm=${vmId}`)).body.items;
@@ -194,6 +196,18 @@ describe('pools and volumes', () => {
     const pool = c.memory.pool(join(host.dataDir, 'local-pool'))!;
     assert.ok(pool.names().includes(v.name));
     assert.ok(sent.some((s) => s.command.op === 'volumeCreate' && s.command.name === v.name && s.hostId === host.agent.hostId), 'made by its own host');
+    // Export: what replication and memory loans build on, over the agent protocol.
+    const conn = c.control.registry.get(host.agent.hostId!)!.connection!;
+    const ref = { type: 'local' as const, path: local.path };
+    const e = await conn.command<{ nbd: string; exportName: string }>({ op: 'volumeExport', pool: ref, name: v.name });
+    assert.match(e.nbd, new RegExp(`^${host.name}:\\d+$`), 'served at the host\'s address');
+    await conn.command({ op: 'volumeUnexport', pool: ref, name: v.name });
+    const other = c.hosts.find((h) => h !== host)!;
+    await assert.rejects(
+      c.control.registry.get(other.agent.hostId!)!.connection!.command({ op: 'volumeExport', pool: ref, name: v.name }),
+      (err: any) => err.code === 'POOL_NOT_FOUND',
+      'another host does not have this host\'s local pool',
+    );
     await c.waitTask((await c.api('DELETE', '/api/v1/vms/loc')).body.task.id);
     await until(async () => !pool.names().includes(v.name), { what: 'the local volume gone' });
     await until(async () => (await c.api('GET', `/api/v1/volumes/${v.id}`)).status === 404);
