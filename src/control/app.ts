@@ -154,6 +154,13 @@ export async function createControl(config: ControlConfig) {
   registry.onPools((hostId, reports) => pools.report(hostId, reports));
   // A local disk moved with its VM: its volume row follows.
   events.subscribe((e) => {
+    // A host-local disk first made at boot on a host chosen in the same pass is recorded once the VM runs there.
+    if (e.type === 'vm.running') {
+      db.selectFrom('vms').selectAll().where('id', '=', e.objectId).executeTakeFirst()
+        .then(async (vm) => (vm?.local_disk && vm.host_id && vm.image_id ? volumes.diskSpecs(vm, await images.find(vm.image_id)) : undefined))
+        .catch((err: unknown) => log.warn({ err, vmId: e.objectId }, 'could not record the volume of a VM'));
+      return;
+    }
     if (e.type !== 'vm.migrated') return;
     db.selectFrom('volumes').select('id').where('vm_id', '=', e.objectId).execute()
       .then((rows) => rows.forEach((r) => changes.publish({ kind: 'volume', id: r.id })))

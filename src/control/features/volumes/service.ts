@@ -70,7 +70,10 @@ export function createVolumes({ db, pools, changes }: { db: Kysely<Database>; po
       let volume = await diskOf(vm.id);
       let pool: PoolRow;
       if (volume) pool = await pools.find(volume.pool_id);
-      else {
+      else if (vm.local_disk && !vm.host_id) {
+        // Placed in this very pass, not yet written: the host makes it at boot; it is recorded once the VM runs.
+        return [{ path: vmDiskName(vm.id), local: true, format: 'qcow2', ...(image.path ? { backingPath: image.path } : {}), backingFormat: image.format, sizeMiB }];
+      } else {
         pool = await poolFor(vm);
         const now = new Date().toISOString();
         volume = {
