@@ -153,6 +153,12 @@ describe('awan CLI against a cluster: scripts and newcomers', () => {
     writeFileSync(file, Buffer.alloc(1024 * 1024));
     await ok('image', 'create', 'tiny', '--format', 'raw', '--path', file);
     assert.equal((await json<{ deleted: { name: string } }>('image', 'delete', 'tiny')).deleted.name, 'tiny');
+    const pools = await json<{ items: { name: string; type: string }[] }>('pool', 'list');
+    assert.ok(pools.items.some((p) => p.name === 'shared' && p.type === 'shared'));
+    assert.equal((await json<{ name: string }>('pool', 'show', 'shared')).name, 'shared');
+    assert.deepEqual((await json<{ items: unknown[] }>('volume', 'list', '--pool', 'shared')).items, []);
+    const noVolume = await awan(['volume', 'show', 'nope', '--json']);
+    assert.equal((JSON.parse(noVolume.stderr) as { error: { code: string } }).error.code, 'VOLUME_NOT_FOUND');
 
     const missing = await awan(['vm', 'show', 'no-such-vm', '--json']);
     assert.equal(missing.code, 1);

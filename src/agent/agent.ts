@@ -14,6 +14,8 @@ import {
 import { Compile } from 'typebox/compile';
 import { type AgentCredentials, loadCredentials, saveCredentials } from './credentials.ts';
 import { errorOf, execute } from './executor.ts';
+import { type HostStorage, createFileStorage, createMemoryStorage } from './storage/index.ts';
+import type { PoolRefMsg } from '../protocol/messages.ts';
 
 export interface AgentOptions {
   control: string;
@@ -25,6 +27,8 @@ export interface AgentOptions {
   /** Full VM list every this many heartbeats, so a lost delta heals itself. */
   fullReportEvery?: number;
   maxBackoffMs?: number;
+  /** Where this host's volumes live; by default files for QEMU, memory for the simulator. */
+  storage?: HostStorage;
 }
 
 const checkJoin = Compile(JoinResponseSchema);
@@ -42,10 +46,15 @@ export class Agent {
   private readonly booting = new Map<string, AbortController>();
   private readonly consoles = new Set<string>();
   private unsubscribe: (() => void) | null = null;
+  /** The shared pools control named in its welcome: reported with the local pool. */
+  private sharedPools: PoolRefMsg[] = [];
+  readonly storage: HostStorage;
   creds: AgentCredentials | undefined;
   connected = false;
 
-  constructor(private readonly opts: AgentOptions) {}
+  constructor(private readonly opts: AgentOptions) {
+    this.storage = opts.storage ?? (opts.driver.kind === 'qemu' ? createFileStorage(opts.dataDir) : createMemoryStorage().forHost(opts.dataDir));
+  }
 
   get hostId(): string | undefined {
     return this.creds?.hostId;
@@ -139,6 +148,8 @@ export class Agent {
     if (msg.type === 'welcome') {
       if (this.heartbeat) clearInterval(this.heartbeat);
       this.heartbeat = setInterval(() => void this.beat(), msg.heartbeatIntervalMs);
+      this.sharedPools = msg.pools ?? [];
+      void this.reportPools();
       return;
     }
     const { id, command } = msg;
@@ -158,6 +169,8 @@ export class Agent {
         consoles: this.consoles,
         signal: abort.signal,
         progress: (fraction, message) => this.send({ type: 'progress', id, fraction, ...(message ? { message } : {}) }),
+        storage: this.storage,
+        address: async () => (await this.opts.driver.facts()).address,
       });
       this.send({ type: 'result', id, ok: true, ...(value === undefined ? {} : { value }) });
     } catch (err) {
@@ -175,9 +188,19 @@ export class Agent {
       this.send({ type: 'heartbeat', seq: this.seq++, memoryFreeMiB: facts.memoryFreeMiB });
       if (this.seq % (this.opts.fullReportEvery ?? 10) === 0) {
         this.send({ type: 'vms', full: true, vms: (await this.opts.driver.list()).map(toMsg) });
+        await this.reportPools();
       }
     } catch (err) {
       this.opts.log.warn({ err }, 'heartbeat failed');
+    }
+  }
+
+  /** Free space changes with every guest write: reported on connect and with each full VM report. */
+  private async reportPools(): Promise<void> {
+    try {
+      this.send({ type: 'pools', pools: await this.storage.report(this.sharedPools) });
+    } catch (err) {
+      this.opts.log.warn({ err }, 'could not report the storage pools');
     }
   }
 
@@ -192,6 +215,8 @@ export class Agent {
     if (this.heartbeat) clearInterval(this.heartbeat);
     if (this.reconnect) clearTimeout(this.reconnect);
     for (const a of this.inflight.values()) a.abort();
+    // Exports of storage this agent made end with it; storage handed in belongs to the caller.
+    if (!this.opts.storage) await this.storage.close();
     const socket = this.socket;
     this.socket = null;
     if (socket && socket.readyState !== WebSocket.CLOSED) {

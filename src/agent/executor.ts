@@ -1,6 +1,8 @@
 // Runs one command from control against the driver and turns the outcome into a result message.
 import { DriverError, type HypervisorDriver } from '../drivers/types.ts';
 import type { Command } from '../protocol/messages.ts';
+import type { HostStorage } from './storage/index.ts';
+import { PoolError } from './storage/pool.ts';
 
 export interface ExecuteContext {
   driver: HypervisorDriver;
@@ -8,9 +10,12 @@ export interface ExecuteContext {
   consoles: Set<string>;
   signal: AbortSignal;
   progress: (fraction: number, message?: string) => void;
+  storage: HostStorage;
+  /** The host's address, where its NBD exports listen unless a command says otherwise. */
+  address: () => Promise<string>;
 }
 
-export async function execute(cmd: Command, { driver, consoles, signal, progress }: ExecuteContext): Promise<unknown> {
+export async function execute(cmd: Command, { driver, consoles, signal, progress, storage, address }: ExecuteContext): Promise<unknown> {
   switch (cmd.op) {
     case 'start':
       return driver.start(cmd.spec, signal);
@@ -43,12 +48,30 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
     case 'consoleDetach':
       consoles.delete(cmd.vmId);
       return;
+    case 'volumeCreate': {
+      const pool = storage.open(cmd.pool);
+      const volume = await pool.create({ name: cmd.name, format: cmd.format, sizeMiB: cmd.sizeMiB, ...(cmd.backing ? { backing: cmd.backing } : {}) });
+      return { volume, pool: await pool.stats() };
+    }
+    case 'volumeGrow': {
+      const pool = storage.open(cmd.pool);
+      return { volume: await pool.grow(cmd.name, cmd.sizeMiB), pool: await pool.stats() };
+    }
+    case 'volumeDelete': {
+      const pool = storage.open(cmd.pool);
+      await pool.delete(cmd.name);
+      return { pool: await pool.stats() };
+    }
+    case 'volumeExport':
+      return storage.open(cmd.pool).export(cmd.name, cmd.address ?? (await address()));
+    case 'volumeUnexport':
+      return storage.open(cmd.pool).unexport(cmd.name);
     case 'cancel':
       throw new DriverError('INTERNAL', 'cancel is handled by the agent, not the driver');
   }
 }
 
 export function errorOf(err: unknown): { code: string; message: string } {
-  if (err instanceof DriverError) return { code: err.code, message: err.message };
+  if (err instanceof DriverError || err instanceof PoolError) return { code: err.code, message: err.message };
   return { code: 'AGENT_ERROR', message: err instanceof Error ? err.message : String(err) };
 }

@@ -5,6 +5,7 @@ import { Agent } from '../agent/agent.ts';
 import { loadCredentials } from '../agent/credentials.ts';
 import { AppError } from '../control/errors.ts';
 import type { HypervisorDriver } from '../drivers/types.ts';
+import { createMemoryStorage } from '../agent/storage/index.ts';
 import type { MakeLogger, StartControl, makeDriver as MakeDriver } from './runtime.ts';
 import { demoPassword } from './demo-password.ts';
 import { ensureGuest, type TestGuest } from './guest.ts';
@@ -52,6 +53,8 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const admin = await control.db.selectFrom('users').select('id').where('username', '=', 'admin').executeTakeFirstOrThrow();
 
   const agents: { agent: Agent; driver: HypervisorDriver }[] = [];
+  // Simulated hosts share one in-memory shared pool, as real ones share a mounted directory.
+  const memory = o.driver === 'sim' ? createMemoryStorage() : undefined;
   for (let i = 1; i <= o.hosts; i++) {
     const name = `${o.driver}-host-${i}`;
     const dataDir = join(o.dataDir, 'hosts', name);
@@ -59,7 +62,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     const probeGuest = guest ? { kernelPath: guest.kernel, initrdPath: guest.initrd, bootedMarker: READY_TEXT } : undefined;
     const driver = await o.makeDriver(o.driver, { name, address: '127.0.0.1', dataDir, memoryMiB: 16384, cpus: 8, log, probeGuest });
     const joinToken = loadCredentials(dataDir) ? undefined : (await control.hosts.createJoinToken(admin.id)).token;
-    const agent = new Agent({ control: url, joinToken, driver, dataDir, name, log });
+    const agent = new Agent({ control: url, joinToken, driver, dataDir, name, log, ...(memory ? { storage: memory.forHost(dataDir) } : {}) });
     await agent.start();
     agents.push({ agent, driver });
   }

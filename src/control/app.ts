@@ -18,7 +18,6 @@ import { createHostService } from './features/hosts/service.ts';
 import { createHostStore } from './features/hosts/store.ts';
 import { imageRoutes } from './features/images/routes.ts';
 import { createImageDirs } from './features/images/image-dirs.ts';
-import { removeImported } from './features/images/import.ts';
 import { createImageInspector } from './features/images/inspect.ts';
 import type { QemuImgOptions } from './features/images/qemu-img.ts';
 import { type ImageInspector, createImageService } from './features/images/service.ts';
@@ -27,9 +26,13 @@ import { createTaskService } from './features/tasks/service.ts';
 import { consoleRoute } from './features/vms/console.ts';
 import { createConsoleTickets } from './features/vms/console-tickets.ts';
 import { vmRoutes } from './features/vms/routes.ts';
-import { createVolumes } from './features/vms/volumes.ts';
 import { createVmService } from './features/vms/service.ts';
 import { createVmStore } from './features/vms/store.ts';
+import { poolRoutes } from './features/pools/routes.ts';
+import { createPoolService } from './features/pools/service.ts';
+import { volumeRoutes } from './features/volumes/routes.ts';
+import { createVolumes } from './features/volumes/service.ts';
+import { createVolumeController } from './reconcile/volume-controller.ts';
 import { createHttpServer } from './http/server.ts';
 import { createMetrics } from './metrics.ts';
 import { createLocalChangeFeed, createSharedChangeFeed } from './reconcile/changes.ts';
@@ -49,7 +52,7 @@ export interface ControlConfig {
   heartbeatIntervalMs?: number;
   memoryOvercommit?: number;
   policy?: PlacementPolicy;
-  /** Where VM disks are created: a path every host sees (the shared pool). */
+  /** The default shared pool: a path every host sees, where VM disks are made. Control never writes to it. */
   poolDir?: string;
   /**
    * The only directories image files (disks, their backing files, kernels, initrds) may come from, compared
@@ -99,14 +102,15 @@ export async function createControl(config: ControlConfig) {
   const auth = createAuthService({ db, scryptCost: config.auth?.scryptCost });
   const capacity = new CapacityIndex({ memoryOvercommit: config.memoryOvercommit ?? 1.0 });
   const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch: config.epoch, statusFlushMs: config.hostStatusFlushMs });
-  const poolDir = config.poolDir ?? join(process.cwd(), 'data', 'pool');
-  const volumes = createVolumes(poolDir);
+  const poolDir = resolve(config.poolDir ?? join(process.cwd(), 'data', 'pool'));
+  const pools = createPoolService({ db, events, registry });
+  const volumes = createVolumes({ db, pools, changes });
   const imageDirs = createImageDirs((config.imageDirs?.length ? config.imageDirs : [poolDir]).map((d) => resolve(d)));
   const images = createImageService({
     db, events,
-    inspect: config.inspectImage ?? createImageInspector({ imageDirs, poolDir, qemuImg: config.qemuImg }),
-    // The image is gone from the catalogue either way; a copy that cannot be deleted is only logged.
-    discard: (path) => removeImported(poolDir, path).catch((err: unknown) => log.warn({ err, path }, 'could not delete an imported image file')),
+    inspect: config.inspectImage ?? createImageInspector({ imageDirs, qemuImg: config.qemuImg }),
+    // The image is gone from the catalogue either way; a host deletes the copy in the pool.
+    discard: (path) => volumes.discardFile(path).catch((err: unknown) => log.warn({ err, path }, 'could not have an imported image file deleted')),
   });
 
   async function buildSpec(vm: VmRow): Promise<VmSpecMsg> {
@@ -123,10 +127,7 @@ export async function createControl(config: ControlConfig) {
         : image
           ? { kind: 'disk' }
           : { kind: 'none' };
-    const disks: VmSpecMsg['disks'] =
-      image && image.format !== 'kernel'
-        ? [{ ...(vm.local_disk ? { path: `vms/${vm.id}/disk0.qcow2`, local: true } : { path: volumes.diskPath(vm.id) }), format: 'qcow2', backingPath: image.path!, backingFormat: image.format, sizeMiB: vm.disk_gib * 1024 }]
-        : [];
+    const disks = await volumes.diskSpecs(vm, image);
     return {
       id: vm.id,
       name: vm.name,
@@ -143,11 +144,28 @@ export async function createControl(config: ControlConfig) {
   const vmStore = createVmStore(db);
   const controller = createVmController({
     db, store: vmStore, tasks, events, registry, capacity, changes, log, buildSpec,
-    removeVolumes: (vmId) => volumes.remove(vmId),
+    removeVolumes: (vmId) => volumes.removeFor(vmId),
     policy: config.policy,
     resyncMs: config.resyncIntervalMs,
   });
   const vmController = manager.register(controller.controller);
+  const volumeController = createVolumeController({ db, registry, pools, log, resyncMs: config.resyncIntervalMs });
+  volumeController.attach(manager.register(volumeController.controller));
+  registry.onPools((hostId, reports) => pools.report(hostId, reports));
+  // A local disk moved with its VM: its volume row follows.
+  events.subscribe((e) => {
+    // A host-local disk first made at boot on a host chosen in the same pass is recorded once the VM runs there.
+    if (e.type === 'vm.running') {
+      db.selectFrom('vms').selectAll().where('id', '=', e.objectId).executeTakeFirst()
+        .then(async (vm) => (vm?.local_disk && vm.host_id && vm.image_id ? volumes.diskSpecs(vm, await images.find(vm.image_id)) : undefined))
+        .catch((err: unknown) => log.warn({ err, vmId: e.objectId }, 'could not record the volume of a VM'));
+      return;
+    }
+    if (e.type !== 'vm.migrated') return;
+    db.selectFrom('volumes').select('id').where('vm_id', '=', e.objectId).execute()
+      .then((rows) => rows.forEach((r) => changes.publish({ kind: 'volume', id: r.id })))
+      .catch((err: unknown) => log.warn({ err, vmId: e.objectId }, 'could not look up the volumes of a VM'));
+  });
   const vms = createVmService({ db, store: vmStore, tasks, events, images, capacity, registry, changes, volumes, defaultImage: config.defaultImage });
   const hosts = createHostService({ db, store: hostStore, registry, capacity, events, tasks, changes });
   manager.register(createDrainController({
@@ -218,9 +236,11 @@ export async function createControl(config: ControlConfig) {
   vmRoutes(app, vms);
   consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets(), relay: { leading: () => registry.leading, leaderUrl: config.leaderUrl ?? (async () => undefined) } });
   imageRoutes(app, images);
+  poolRoutes(app, pools);
+  volumeRoutes(app, volumes, pools);
   taskRoutes(app, tasks, (id) => vms.cancelMigration(id));
   eventRoutes(app, events);
-  agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs });
+  agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs, sharedPools: pools.sharedRefs });
 
   if (bus) await connected(bus);
 
@@ -241,11 +261,12 @@ export async function createControl(config: ControlConfig) {
   }
 
   return {
-    app, store, db, log, auth, events, tasks, images, vms, vmStore, hosts, hostStore, registry, capacity, metrics, changes, manager, vmController,
+    app, store, db, log, auth, events, tasks, images, vms, vmStore, pools, volumes, hosts, hostStore, registry, capacity, metrics, changes, manager, vmController,
     lead, follow,
     /** Loads state, resumes unfinished work and starts the control loops (when this process leads). */
     async start(): Promise<{ generatedAdminPassword?: string }> {
       const admin = await auth.ensureAdmin(config.adminPassword);
+      await pools.ensureDefault(poolDir);
       if (config.autoLead === false) await follow();
       else await lead();
       return { generatedAdminPassword: admin.generatedPassword };

@@ -83,6 +83,25 @@ export const VmSpecSchema = Type.Object(
   Strict,
 );
 
+/** A storage pool as commands name it: its type and where it is; the agent opens it there. */
+const PoolRefSchema = Type.Object(
+  { type: Type.Union([Type.Literal('local'), Type.Literal('shared')]), path: Type.String({ minLength: 1, maxLength: 4096, pattern: '^/' }) },
+  Strict,
+);
+const VolumeName = Type.String({ minLength: 1, maxLength: 512, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$' });
+const Format = Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]);
+
+export const PoolReportSchema = Type.Object(
+  {
+    type: Type.Union([Type.Literal('local'), Type.Literal('shared')]),
+    path: Type.String({ minLength: 1, maxLength: 4096 }),
+    capacityMiB: Type.Optional(MiB),
+    freeMiB: Type.Optional(MiB),
+    error: Type.Optional(Type.String({ maxLength: 1024 })),
+  },
+  Strict,
+);
+
 export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('start'), spec: VmSpecSchema }, Strict),
   Type.Object(
@@ -100,6 +119,19 @@ export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('consoleWrite'), vmId: Id, data: Type.String({ maxLength: 4096 }) }, Strict),
   Type.Object({ op: Type.Literal('consoleHistory'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('growDisk'), vmId: Id, index: Type.Integer({ minimum: 0, maximum: 15 }), sizeMiB: Type.Integer({ minimum: 1 }) }, Strict),
+  /** Volume operations run where the pool is: the answer carries the volume and the pool's free space. */
+  Type.Object(
+    {
+      op: Type.Literal('volumeCreate'), pool: PoolRefSchema, name: VolumeName, format: Format, sizeMiB: Type.Integer({ minimum: 1 }),
+      backing: Type.Optional(Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096, pattern: '^/' }), format: Format }, Strict)),
+    },
+    Strict,
+  ),
+  Type.Object({ op: Type.Literal('volumeGrow'), pool: PoolRefSchema, name: VolumeName, sizeMiB: Type.Integer({ minimum: 1 }) }, Strict),
+  Type.Object({ op: Type.Literal('volumeDelete'), pool: PoolRefSchema, name: VolumeName }, Strict),
+  /** Serve a volume over NBD for another host (replication, memory loans); `address` defaults to the host's. */
+  Type.Object({ op: Type.Literal('volumeExport'), pool: PoolRefSchema, name: VolumeName, address: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }, Strict),
+  Type.Object({ op: Type.Literal('volumeUnexport'), pool: PoolRefSchema, name: VolumeName }, Strict),
   /** Start or stop streaming a VM's console output to control (only while someone watches it). */
   Type.Object({ op: Type.Literal('consoleAttach'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('consoleDetach'), vmId: Id }, Strict),
@@ -121,10 +153,19 @@ export const AgentMessageSchema = Type.Union([
   ),
   Type.Object({ type: Type.Literal('progress'), id: Id, fraction: Type.Number({ minimum: 0, maximum: 1 }), message: Type.Optional(Type.String()) }, Strict),
   Type.Object({ type: Type.Literal('console'), vmId: Id, data: Type.String() }, Strict),
+  /** The pools this host reaches (its local one and the shared ones control named), with their free space. */
+  Type.Object({ type: Type.Literal('pools'), pools: Type.Array(PoolReportSchema, { maxItems: 64 }) }, Strict),
 ]);
 
 export const ControlMessageSchema = Type.Union([
-  Type.Object({ type: Type.Literal('welcome'), hostId: Id, heartbeatIntervalMs: Type.Integer({ minimum: 10 }) }, Strict),
+  Type.Object(
+    {
+      type: Type.Literal('welcome'), hostId: Id, heartbeatIntervalMs: Type.Integer({ minimum: 10 }),
+      /** The shared pools every host should reach; the agent reports on them. */
+      pools: Type.Optional(Type.Array(PoolRefSchema, { maxItems: 64 })),
+    },
+    Strict,
+  ),
   Type.Object({ type: Type.Literal('command'), id: Id, command: CommandSchema }, Strict),
 ]);
 
@@ -132,6 +173,8 @@ export type VmStatusMsg = Static<typeof VmStatusSchema>;
 export type HostFactsMsg = Static<typeof HostFactsSchema>;
 export type VmSpecMsg = Static<typeof VmSpecSchema>;
 export type Command = Static<typeof CommandSchema>;
+export type PoolRefMsg = Static<typeof PoolRefSchema>;
+export type PoolReportMsg = Static<typeof PoolReportSchema>;
 export type AgentMessage = Static<typeof AgentMessageSchema>;
 export type ControlMessage = Static<typeof ControlMessageSchema>;
 

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from '../../src/agent/agent.ts';
+import { type MemoryStorage, createFileStorage, createMemoryStorage } from '../../src/agent/storage/index.ts';
 import { type Control, type ControlConfig, createControl } from '../../src/control/app.ts';
 import { createSimDriver, type SimDriver, type SimDriverOptions } from '../../src/drivers/sim/index.ts';
 import type { HypervisorDriver } from '../../src/drivers/types.ts';
@@ -25,6 +26,8 @@ export interface Cluster<D extends HypervisorDriver = SimDriver> {
   token: string;
   hosts: TestHost<D>[];
   dir: string;
+  /** The simulated hosts' pools (one shared pool seen by all, a local one each). */
+  memory: MemoryStorage;
   api<T = any>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }>;
   addHost(name: string, sim?: Partial<SimDriverOptions>): Promise<TestHost<D>>;
   stopAgent(host: TestHost<D>): Promise<void>;
@@ -42,6 +45,8 @@ export interface ClusterOptions<D extends HypervisorDriver> {
   db?: string;
   /** Another driver than the simulator (QEMU): made per host with its own data directory. */
   makeDriver?: (name: string, dataDir: string) => Promise<D>;
+  /** Simulated hosts keep their pools in real directories (as QEMU hosts do) instead of in memory. */
+  fileStorage?: boolean;
 }
 
 export async function startCluster<D extends HypervisorDriver = SimDriver>(opts: ClusterOptions<D> = {}): Promise<Cluster<D>> {
@@ -72,16 +77,18 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
     return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
   }
 
+  const memory = createMemoryStorage();
+  const storageFor = (dataDir: string) => (opts.makeDriver ? {} : { storage: opts.fileStorage ? createFileStorage(dataDir) : memory.forHost(dataDir) });
   const login = await api<{ token: string }>('POST', '/api/v1/auth/login', { username: 'admin', password: 'admin-password' }, '');
   const cluster: Cluster<D> = {
-    control, url, token: login.body.token, hosts: [], dir, api,
+    control, url, token: login.body.token, hosts: [], dir, api, memory,
     async addHost(name, sim) {
       const { body } = await api<{ token: string }>('POST', '/api/v1/hosts/join-tokens');
       const dataDir = join(dir, name);
       const driver = opts.makeDriver
         ? await opts.makeDriver(name, dataDir)
         : (createSimDriver({ hostname: name, address: name, cpus: 8, memoryMiB: 16384, bootDelayMs: 20, migrateMiBPerS: 8192, ...opts.sim, ...sim }) as HypervisorDriver as D);
-      const agent = new Agent({ control: url, joinToken: body.token, driver, dataDir, name, log });
+      const agent = new Agent({ control: url, joinToken: body.token, driver, dataDir, name, log, ...storageFor(dataDir) });
       await agent.start();
       const host = { name, driver, agent, dataDir };
       cluster.hosts.push(host);
@@ -92,7 +99,7 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
       await host.agent.stop();
     },
     async startAgent(host) {
-      host.agent = new Agent({ control: url, driver: host.driver, dataDir: host.dataDir, name: host.name, log });
+      host.agent = new Agent({ control: url, driver: host.driver, dataDir: host.dataDir, name: host.name, log, ...storageFor(host.dataDir) });
       await host.agent.start();
     },
     async waitTask(id, timeoutMs = 15_000) {

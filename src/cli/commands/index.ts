@@ -1,8 +1,9 @@
-// The API client commands (login, host, vm, task, image, user).
+// The API client commands (login, host, vm, task, image, pool, volume, user).
 import type { Command } from 'commander';
 import { registerHosts } from './hosts.ts';
 import { registerImages } from './images.ts';
 import { registerLogin } from './login.ts';
+import { registerStorage } from './storage.ts';
 import { registerTasks } from './tasks.ts';
 import { registerUsers } from './users.ts';
 import { registerVms } from './vms.ts';
@@ -15,5 +16,6 @@ export function registerClientCommands(program: Command): void {
   registerVms(program);
   registerTasks(program);
   registerImages(program);
+  registerStorage(program);
   registerUsers(program);
 }

@@ -117,6 +117,45 @@ export interface VmsTable {
   updated_at: string;
 }
 
+export interface PoolsTable {
+  id: string;
+  name: string;
+  type: 'local' | 'shared';
+  path: string;
+  /** The host of a local pool; null for a shared one. */
+  host_id: string | null;
+  /** Reported by agents; null until one has. */
+  capacity_mib: number | null;
+  free_mib: number | null;
+  reported_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export type VolumeState = 'creating' | 'ready' | 'growing' | 'deleting' | 'failed';
+
+export interface VolumesTable {
+  id: string;
+  pool_id: string;
+  /** Relative to the pool. */
+  name: string;
+  vm_id: string | null;
+  format: 'qcow2' | 'raw';
+  backing_path: string | null;
+  backing_format: 'qcow2' | 'raw' | null;
+  /** Spec: the size asked for, and whether it should go. */
+  size_mib: number;
+  deleting: number;
+  generation: number;
+  /** Status, the volume controller's. */
+  state: VolumeState;
+  actual_size_mib: number | null;
+  observed_generation: number;
+  message: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
 export interface TasksTable {
   id: string;
   kind: string;
@@ -153,6 +192,8 @@ export interface Database {
   hosts: HostsTable;
   images: ImagesTable;
   vms: VmsTable;
+  pools: PoolsTable;
+  volumes: VolumesTable;
   tasks: TasksTable;
   events: EventsTable;
 }
@@ -161,6 +202,8 @@ export type HostRow = Selectable<HostsTable>;
 export type VmRow = Selectable<VmsTable>;
 export type NewVm = Insertable<VmsTable>;
 export type VmUpdate = Updateable<VmsTable>;
+export type PoolRow = Selectable<PoolsTable>;
+export type VolumeRow = Selectable<VolumesTable>;
 export type TaskRow = Selectable<TasksTable>;
 export type ImageRow = Selectable<ImagesTable>;
 export type EventRow = Selectable<EventsTable>;

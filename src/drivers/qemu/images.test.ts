@@ -2,7 +2,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createQemuDriver, deleteVolume, ensureDisk, inspectImage, resizeVolume } from './index.ts';
 import { guestSpec, trackDrivers, requireGuest, requireQemu, tempDir } from './test-support.ts';
@@ -28,9 +28,17 @@ describe('qemu images', () => {
     assert.equal(info.format, 'qcow2');
     assert.equal(info.virtualSizeBytes, 32 * MiB);
     assert.equal(info.backingPath, base);
-    // Existing disks are left as they are.
-    await ensureDisk({ path: overlay, format: 'qcow2', backingPath: base, sizeMiB: 999 });
-    assert.equal((await inspectImage(overlay)).virtualSizeBytes, 32 * MiB);
+    // An existing disk is kept (never made afresh) and grown to the size asked, never shrunk.
+    await ensureDisk({ path: overlay, format: 'qcow2', backingPath: base, sizeMiB: 48 });
+    assert.equal((await inspectImage(overlay)).virtualSizeBytes, 48 * MiB);
+    assert.equal((await inspectImage(overlay)).backingPath, base);
+    await ensureDisk({ path: overlay, format: 'qcow2', backingPath: base, sizeMiB: 16 });
+    assert.equal((await inspectImage(overlay)).virtualSizeBytes, 48 * MiB);
+    // Two at once (a pool and a VM start): one file, no work files left.
+    const twice = join(root.path, 'vols', 'twice.qcow2');
+    await Promise.all([ensureDisk({ path: twice, format: 'qcow2', sizeMiB: 8 }), ensureDisk({ path: twice, format: 'qcow2', sizeMiB: 8 })]);
+    assert.equal((await inspectImage(twice)).virtualSizeBytes, 8 * MiB);
+    assert.deepEqual(readdirSync(join(root.path, 'vols')).filter((n) => n.startsWith('.')), []);
 
     assert.equal((await resizeVolume(overlay, 64)).virtualSizeBytes, 64 * MiB);
     await assert.rejects(resizeVolume(overlay, 16), isImageInvalid);

@@ -1,7 +1,8 @@
 // Disk images through qemu-img: inspect, create overlays and empty disks, resize and delete volumes.
 import { execFile } from 'node:child_process';
-import { access, mkdir, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { access, link, mkdir, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { DriverError, type DiskSpec } from '../types.ts';
 
@@ -77,18 +78,36 @@ export async function checkImage(path: string): Promise<void> {
 }
 
 /**
- * Makes sure a VM disk exists: an existing one is checked against its declared format, a missing one is
- * created as a qcow2 overlay of its backing image or as an empty disk.
+ * Makes sure a VM disk exists at least at its size: an existing one is checked against its declared format
+ * (and grown when smaller than `sizeMiB`), a missing one is created as a qcow2 overlay of its backing image
+ * or as an empty disk. Safe to run twice at once (a host's pool and a VM start may both make it): the new
+ * file appears under its name only when complete, and never replaces one already there.
  */
-export async function ensureDisk(disk: DiskSpec): Promise<void> {
+export async function ensureDisk(disk: DiskSpec): Promise<ImageInfo> {
   if (await exists(disk.path)) {
     const info = await inspectImage(disk.path);
     if (info.format !== disk.format) {
       throw new DriverError('IMAGE_INVALID', `${disk.path} is ${info.format}, the spec says ${disk.format}`);
     }
-    return;
+    if (disk.sizeMiB && disk.sizeMiB * MiB > info.virtualSizeBytes) return resizeVolume(disk.path, disk.sizeMiB);
+    return info;
   }
   await mkdir(dirname(disk.path), { recursive: true });
+  const temp = join(dirname(disk.path), `.${basename(disk.path)}.${randomUUID().slice(0, 8)}.tmp`);
+  try {
+    await createDisk({ ...disk, path: temp });
+    try {
+      await link(temp, disk.path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  } finally {
+    await rm(temp, { force: true });
+  }
+  return ensureDisk(disk);
+}
+
+async function createDisk(disk: DiskSpec): Promise<void> {
   if (disk.backingPath) {
     const backing = await inspectImage(disk.backingPath);
     const backingFormat = disk.backingFormat ?? backing.format;

@@ -1,6 +1,6 @@
 // The agents' entry: the HTTP join call and the WebSocket every agent keeps open to control.
 import type { Logger } from '../../../lib/logger.ts';
-import { JoinRequestSchema, JoinResponseSchema, parseAgentMessage } from '../../../protocol/messages.ts';
+import { JoinRequestSchema, JoinResponseSchema, type PoolRefMsg, parseAgentMessage } from '../../../protocol/messages.ts';
 import { AppError } from '../../errors.ts';
 import { bearerToken } from '../../http/roles.ts';
 import type { App } from '../../http/types.ts';
@@ -14,6 +14,8 @@ export interface GatewayDeps {
   log: Logger;
   metrics: Metrics;
   heartbeatIntervalMs: number;
+  /** The shared pools every agent is told to report on. */
+  sharedPools?: () => PoolRefMsg[];
 }
 
 export function agentGateway(app: App, deps: GatewayDeps): void {
@@ -38,7 +40,7 @@ export function agentGateway(app: App, deps: GatewayDeps): void {
     const hostId = (req as { agentHostId?: string }).agentHostId!;
     const conn = registry.attach(hostId, socket);
     const hostLog = log.child({ hostId });
-    conn.send({ type: 'welcome', hostId, heartbeatIntervalMs: deps.heartbeatIntervalMs });
+    conn.send({ type: 'welcome', hostId, heartbeatIntervalMs: deps.heartbeatIntervalMs, ...(deps.sharedPools ? { pools: deps.sharedPools() } : {}) });
     let refused = 0;
     let queue: Promise<void> = Promise.resolve();
     socket.on('message', (data) => {

@@ -5,7 +5,7 @@
 // change note) and never writes.
 import type { WebSocket } from 'ws';
 import type { Logger } from '../../../lib/logger.ts';
-import type { AgentMessage, HostFactsMsg, VmStatusMsg } from '../../../protocol/messages.ts';
+import type { AgentMessage, HostFactsMsg, PoolReportMsg, VmStatusMsg } from '../../../protocol/messages.ts';
 import type { ChangeFeed } from '../../reconcile/changes.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
 import type { HostRow } from '../../store/schema.ts';
@@ -50,6 +50,7 @@ export class HostRegistry {
   private readonly hosts = new Map<string, LiveHost>();
   private readonly vmListeners = new Set<(hostId: string, vmIds: string[]) => void>();
   private readonly hostListeners = new Set<(hostId: string, state: HostState) => void>();
+  private readonly poolListeners = new Set<(hostId: string, pools: PoolReportMsg[]) => Promise<void>>();
   private readonly consoleListeners = new Map<string, Set<(data: string) => void>>();
   private timers: NodeJS.Timeout[] = [];
   private mode: Mode = 'idle';
@@ -162,6 +163,11 @@ export class HostRegistry {
     };
   }
 
+  /** The storage pools an agent reports it reaches. */
+  onPools(listener: (hostId: string, pools: PoolReportMsg[]) => Promise<void>): void {
+    this.poolListeners.add(listener);
+  }
+
   onHostState(listener: (hostId: string, state: HostState) => void): void {
     this.hostListeners.add(listener);
   }
@@ -238,6 +244,9 @@ export class HostRegistry {
         return;
       case 'console':
         for (const l of this.consoleListeners.get(msg.vmId) ?? []) l(msg.data);
+        return;
+      case 'pools':
+        for (const l of this.poolListeners) await l(hostId, msg.pools);
         return;
     }
   }

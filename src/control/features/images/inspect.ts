@@ -1,11 +1,11 @@
 // Checks an image before it enters the catalogue, failing closed: every file it names must be a regular file
 // in an image directory, qemu-img (run with the declared format, under limits) must read it, and its backing
-// chain is walked one checked file at a time. An import then copies the checked file into the pool.
+// chain is walked one checked file at a time. Images are used where they are: control copies no file into a
+// pool (only hosts write pools), so an import is refused with the way to do it instead.
 import { stat } from 'node:fs/promises';
 import { AppError } from '../../errors.ts';
 import { checkHeader } from './header.ts';
 import type { ImageDirs } from './image-dirs.ts';
-import { importImage } from './import.ts';
 import { type QemuImgInfo, type QemuImgOptions, qemuImgInfo } from './qemu-img.ts';
 import type { CreateImage, ImageInspector } from './service.ts';
 
@@ -13,8 +13,11 @@ const MiB = 1024 * 1024;
 /** Deeper chains are refused: each layer costs a qemu-img run, and QEMU itself slows down on long chains. */
 const MAX_BACKING_DEPTH = 16;
 
-export function createImageInspector({ imageDirs, poolDir, qemuImg }: { imageDirs: ImageDirs; poolDir: string; qemuImg?: QemuImgOptions }): ImageInspector {
+export function createImageInspector({ imageDirs, qemuImg }: { imageDirs: ImageDirs; qemuImg?: QemuImgOptions }): ImageInspector {
   return async (img: CreateImage) => {
+    if (img.import) {
+      throw new AppError('UNSUPPORTED', `control does not copy image files into pools: put the file in an image directory (${imageDirs.dirs.join(', ')}) with the mode hosts need (0644) and register it by path, without import`, { imageDirs: [...imageDirs.dirs] });
+    }
     if (img.format === 'kernel') {
       const kernelPath = await imageDirs.resolve(img.kernelPath!, 'kernel');
       const initrdPath = await imageDirs.resolve(img.initrdPath!, 'initrd');
@@ -23,14 +26,8 @@ export function createImageInspector({ imageDirs, poolDir, qemuImg }: { imageDir
     }
     const path = await imageDirs.resolve(img.path!, 'image');
     const info = await readLayer(path, img.format, qemuImg);
-    if (info['full-backing-filename'] !== undefined || info['backing-filename'] !== undefined) {
-      // A copy of an overlay would resolve a relative backing name against the pool: another file.
-      if (img.import) throw new AppError('IMAGE_INVALID', `${path} is an overlay; import a standalone image`, { path });
-      await checkBackingChain(path, info, imageDirs, qemuImg);
-    }
-    const sizeMiB = Math.ceil(info['virtual-size'] / MiB);
-    if (!img.import) return { sizeMiB, path };
-    return { sizeMiB, path: await importImage(path, poolDir, img.name, img.format), imported: true };
+    if (info['full-backing-filename'] !== undefined || info['backing-filename'] !== undefined) await checkBackingChain(path, info, imageDirs, qemuImg);
+    return { sizeMiB: Math.ceil(info['virtual-size'] / MiB), path };
   };
 }
 

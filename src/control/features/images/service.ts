@@ -17,7 +17,7 @@ export const ImageSchema = Type.Object({
   readyText: Type.Union([Type.String(), Type.Null()]),
   sizeMiB: Type.Integer(),
   os: Type.Union([Type.String(), Type.Null()]),
-  imported: Type.Boolean({ description: 'the file is a copy in the shared pool, deleted with the image' }),
+  imported: Type.Boolean({ description: 'the file is a copy an earlier control made in the shared pool; a host deletes it with the image' }),
   createdAt: Type.String(),
 });
 export type Image = Static<typeof ImageSchema>;
@@ -34,7 +34,7 @@ export const CreateImageBody = Type.Object(
     readyText: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'console text that proves a kernel image booted; starts wait for it' })),
     sizeMiB: Type.Optional(Type.Integer({ minimum: 0, description: 'ignored: the size is read from the image files' })),
     os: Type.Optional(Type.String({ maxLength: 63 })),
-    import: Type.Optional(Type.Boolean({ description: 'copy the file into the shared pool instead of using it in place' })),
+    import: Type.Optional(Type.Boolean({ description: 'refused: control copies no files into pools; register the file in place' })),
   },
   { additionalProperties: false },
 );
@@ -65,7 +65,7 @@ export function createImageService({ db, events, inspect, discard }: {
   db: Kysely<Database>;
   events: EventService;
   inspect: ImageInspector;
-  /** Deletes an imported copy once its image is gone. */
+  /** Has an imported copy deleted (by a host) once its image is gone. */
   discard: (path: string) => Promise<void>;
 }) {
   async function find(idOrName: string): Promise<ImageRow> {

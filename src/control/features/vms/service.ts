@@ -14,7 +14,7 @@ import type { ImageService } from '../images/service.ts';
 import type { Task, TaskKind, TaskService } from '../tasks/service.ts';
 import { type CreateVm, type Vm, type VmPhase, vmFromRow } from './model.ts';
 import { type VmSpecPatch, type VmStore, pendingMigration, untouched } from './store.ts';
-import type { Volumes } from './volumes.ts';
+import type { Volumes } from '../volumes/service.ts';
 
 export interface VmServiceDeps {
   db: Kysely<Database>;
@@ -270,15 +270,8 @@ export function createVmService(deps: VmServiceDeps) {
       if (busy) throw new AppError('VM_BUSY', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
       if (vm.disk_gib === 0) throw new AppError('UNSUPPORTED', `VM ${vm.name} has no disk to resize`);
       if (diskGiB < vm.disk_gib) throw new AppError('VALIDATION_FAILED', `the disk is ${vm.disk_gib} GiB; shrinking it to ${diskGiB} GiB would lose data`);
-      if (!vm.local_disk) await deps.volumes.grow(vm.id, vm.disk_gib, diskGiB);
-      else if (vm.host_id) {
-        // The disk lives on its host: that host grows it.
-        const host = deps.registry.get(vm.host_id);
-        if (!host?.connection) throw new AppError('HOST_NOT_READY', `the host keeping VM ${vm.name}'s disk is not connected`);
-        await host.connection.command({ op: 'growDisk', vmId: vm.id, index: 0, sizeMiB: diskGiB * 1024 }, { timeoutMs: 60_000 }).catch((err: Error) => {
-          throw new AppError('UNSUPPORTED', `cannot resize the disk: ${err.message}`);
-        });
-      }
+      // Recorded on the VM's volume; a host that reaches its pool grows it (the volume controller).
+      await deps.volumes.grow(vm, diskGiB);
       const row = await store.writeSpec(vm, { disk_gib: diskGiB });
       if (!row) throw new AppError('GENERATION_MISMATCH', `VM ${vm.name} changed meanwhile; try again`);
       await events.emit({ type: 'vm.resized', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name} disk is ${diskGiB} GiB`, data: { diskGiB } });

@@ -1,0 +1,42 @@
+// The volume JSON: spec (size, deleting) as the API recorded it, status as the volume controller saw it.
+import { type Static, Type } from 'typebox';
+import type { VolumeRow } from '../../store/schema.ts';
+
+export const volumeStates = ['creating', 'ready', 'growing', 'deleting', 'failed'] as const;
+
+export const VolumeSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String({ description: 'the volume\'s place inside its pool' }),
+  poolId: Type.String(),
+  vmId: Type.Union([Type.String(), Type.Null()]),
+  format: Type.Enum(['qcow2', 'raw'] as const),
+  backingPath: Type.Union([Type.String(), Type.Null()]),
+  sizeMiB: Type.Integer({ description: 'the size asked for' }),
+  actualSizeMiB: Type.Union([Type.Integer(), Type.Null()], { description: 'the size its host last reported; null until made' }),
+  state: Type.Enum(volumeStates),
+  deleting: Type.Boolean(),
+  message: Type.Union([Type.String(), Type.Null()]),
+  generation: Type.Integer(),
+  observedGeneration: Type.Integer(),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+export type Volume = Static<typeof VolumeSchema>;
+
+export const volumeFromRow = (r: VolumeRow): Volume => ({
+  id: r.id,
+  name: r.name,
+  poolId: r.pool_id,
+  vmId: r.vm_id,
+  format: r.format,
+  backingPath: r.backing_path,
+  sizeMiB: r.size_mib,
+  actualSizeMiB: r.actual_size_mib,
+  state: r.state,
+  deleting: r.deleting === 1,
+  message: r.message,
+  generation: r.generation,
+  observedGeneration: r.observed_generation,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+});
