@@ -93,8 +93,10 @@ export function createPoolService({ db, events, registry }: { db: Kysely<Databas
       const now = new Date().toISOString();
       let row: PoolRow;
       if (!existing) {
+        // Replicas starting together may both get here: the one that loses the unique name keeps the winner's row.
         row = { id: newId(), name: DEFAULT_POOL, type: 'shared', path, host_id: null, capacity_mib: null, free_mib: null, reported_at: null, created_at: now, updated_at: now };
-        await insert(row);
+        await db.insertInto('pools').values(row).onConflict((oc) => oc.column('name').doNothing()).execute();
+        row = await db.selectFrom('pools').selectAll().where('name', '=', DEFAULT_POOL).executeTakeFirstOrThrow();
       } else if (existing.path !== path) {
         row = await db.updateTable('pools').set({ path, capacity_mib: null, free_mib: null, reported_at: null, updated_at: now }).where('id', '=', existing.id).returningAll().executeTakeFirstOrThrow();
       } else row = existing;
