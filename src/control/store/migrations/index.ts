@@ -22,6 +22,7 @@ export const migrations: Record<string, () => Promise<MigrationModule>> = {
   '006_token_expiry': () => import('./006_token_expiry.ts'),
   '007_image_imported': () => import('./007_image_imported.ts'),
   '008_vm_spec_status': () => import('./008_vm_spec_status.ts'),
+  '010_control_leader': () => import('./010_control_leader.ts'),
   '011_host_status': () => import('./011_host_status.ts'),
 };
 
