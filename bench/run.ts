@@ -1,6 +1,7 @@
 // Runs the benchmarks, one JSON line per figure: all of them, or those whose name contains a word given.
 import { agentsHeartbeats } from './agents-heartbeats.ts';
 import { apiVmCreates } from './api-vm-creates.ts';
+import { leaderFailover } from './leader-failover.ts';
 import { qemuCreateToRunning, qemuMigration } from './qemu.ts';
 import { schedulerPlacements } from './scheduler.ts';
 
@@ -9,6 +10,7 @@ const benches: { name: string; run: () => Promise<void> }[] = [
   { name: 'api.vm_creates', run: () => apiVmCreates('sqlite') },
   { name: 'api.vm_creates.postgres', run: () => apiVmCreates('postgres') },
   { name: 'agents.heartbeats', run: agentsHeartbeats },
+  { name: 'control.leader_failover', run: leaderFailover },
   { name: 'qemu.create_to_running', run: qemuCreateToRunning },
   { name: 'qemu.migration', run: qemuMigration },
 ];

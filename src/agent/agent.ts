@@ -1,18 +1,21 @@
-// Node Control: joins control once, then keeps one WebSocket to it: facts and heartbeats out, commands in,
-// and a report of every VM whenever one changes. It reconnects with backoff and re-reports everything.
+// Node Control: joins control once, then keeps one WebSocket to the leading control replica: facts and
+// heartbeats out, commands in, and a report of every VM whenever one changes. It reconnects with backoff and
+// re-reports everything; it knows every replica it was told of and goes to the leader whichever it dials.
+// A command from a leader older than one it has seen (a lower epoch) is refused.
 import { hostname } from 'node:os';
 import WebSocket from 'ws';
 import type { HypervisorDriver } from '../drivers/types.ts';
 import type { Logger } from '../lib/logger.ts';
 import {
   type AgentMessage,
+  type ControlMessage,
   type JoinResponse,
   JoinResponseSchema,
   type VmStatusMsg,
   parseControlMessage,
 } from '../protocol/messages.ts';
 import { Compile } from 'typebox/compile';
-import { type AgentCredentials, loadCredentials, saveCredentials } from './credentials.ts';
+import { type AgentCredentials, loadCredentials, loadEpoch, saveCredentials, saveEpoch } from './credentials.ts';
 import { errorOf, execute } from './executor.ts';
 import { type HostStorage, createFileStorage, createMemoryStorage } from './storage/index.ts';
 import type { PoolRefMsg } from '../protocol/messages.ts';
@@ -30,6 +33,11 @@ export interface AgentOptions {
   /** Where this host's volumes live; by default files for QEMU, memory for the simulator. */
   storage?: HostStorage;
 }
+
+/** A replica whose connection failed this recently is not dialled on another replica's word. */
+const FAILED_RECENTLY_MS = 5000;
+/** Redirects in a row before the agent backs off as after a failure. */
+const MAX_REDIRECTS = 8;
 
 const checkJoin = Compile(JoinResponseSchema);
 const VERSION = '0.1.0';
@@ -51,6 +59,17 @@ export class Agent {
   readonly storage: HostStorage;
   creds: AgentCredentials | undefined;
   connected = false;
+  /** The highest leader epoch seen (persisted). */
+  epoch = 0;
+  /** Control replicas to dial, the leader's first; the URL given on the command line is always among them. */
+  controls: string[] = [];
+  /** The replica of the current (or last) connection, and whether it welcomed us. */
+  dialled: string | undefined;
+  private welcomed = false;
+  private redirect: { leader?: string; retryMs: number } | null = null;
+  private redirects = 0;
+  private next: string | null = null;
+  private readonly failedAt = new Map<string, number>();
 
   constructor(private readonly opts: AgentOptions) {
     this.storage = opts.storage ?? (opts.driver.kind === 'qemu' ? createFileStorage(opts.dataDir) : createMemoryStorage().forHost(opts.dataDir));
@@ -63,6 +82,8 @@ export class Agent {
   async start(): Promise<void> {
     this.creds = loadCredentials(this.opts.dataDir);
     if (!this.creds) this.creds = await this.join();
+    this.epoch = loadEpoch(this.opts.dataDir);
+    this.controls = unique([...(this.creds.controls ?? []), this.opts.control]);
     this.unsubscribe = this.opts.driver.subscribe((e) => {
       if (e.type === 'vm-state') this.send({ type: 'vms', full: false, vms: [toMsg(e.vm)] });
       else if (e.type === 'console') {
@@ -98,18 +119,24 @@ export class Agent {
 
   private connect(): void {
     if (this.stopped || !this.creds) return;
-    const url = new URL('/api/v1/agent/connect', this.opts.control.replace(/^http/, 'ws'));
-    const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.creds.credential}` }, maxPayload: 1024 * 1024 });
+    const target = this.next ?? this.controls[0] ?? this.opts.control;
+    this.next = null;
+    this.dialled = target;
+    this.welcomed = false;
+    this.redirect = null;
+    const url = new URL('/api/v1/agent/connect', target.replace(/^http/, 'ws'));
+    // Redirects are the protocol's (a `redirect` message), not HTTP's: ws drops the credential on an HTTP
+    // redirect to another port, and a replica that does not lead must say where the leader is.
+    const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.creds.credential}` }, maxPayload: 1024 * 1024, followRedirects: false });
     this.socket = socket;
     socket.on('open', () => {
-      this.attempts = 0;
       this.hello().catch((err: unknown) => {
         // Without a hello control cannot trust this connection: drop it and try again.
         this.opts.log.error({ err }, 'could not describe this host to control');
         socket.terminate();
       });
     });
-    socket.on('message', (data) => void this.onMessage(data.toString()));
+    socket.on('message', (data) => void this.onMessage(data.toString(), socket));
     socket.on('unexpected-response', (_req, res) => {
       this.opts.log.error({ status: res.statusCode }, 'control refused the connection');
       socket.terminate();
@@ -121,15 +148,55 @@ export class Agent {
       this.socket = null;
       if (this.heartbeat) clearInterval(this.heartbeat);
       this.heartbeat = null;
-      this.scheduleReconnect();
+      if (!this.redirect) this.failedAt.set(target, Date.now());
+      this.scheduleReconnect(target);
     });
     socket.on('error', (err) => this.opts.log.warn({ err: err.message }, 'connection to control failed'));
   }
 
-  private scheduleReconnect(): void {
+  /**
+   * After a redirect: to the leader it names, unless that one just failed here (its lease has not expired
+   * yet), in which case the same replica again after its retry period, until it or another one leads.
+   * After a failure: the next replica in the list, with exponential backoff.
+   */
+  private scheduleReconnect(from: string): void {
     if (this.stopped) return;
-    const delay = Math.min(100 * 2 ** this.attempts++, this.opts.maxBackoffMs ?? 5000) * (0.5 + Math.random() / 2);
+    const jitter = 0.5 + Math.random() / 2;
+    let delay: number;
+    const r = this.redirect;
+    if (r && ++this.redirects <= MAX_REDIRECTS) {
+      const leader = r.leader && r.leader !== from && Date.now() - (this.failedAt.get(r.leader) ?? 0) > FAILED_RECENTLY_MS ? r.leader : undefined;
+      this.next = leader ?? from;
+      delay = leader ? 0 : r.retryMs * jitter;
+    } else {
+      this.redirects = 0;
+      const i = this.controls.indexOf(from);
+      this.next = this.controls[(i + 1) % this.controls.length] ?? this.opts.control;
+      delay = Math.min(100 * 2 ** this.attempts++, this.opts.maxBackoffMs ?? 5000) * jitter;
+    }
     this.reconnect = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Takes what control says about the replicas: the leader first, then the others; kept with the credential. */
+  private learnReplicas(leader: string | undefined, replicas: string[]): void {
+    const next = unique([...(leader ? [leader] : []), ...replicas]);
+    if (next.length === 0 || !this.creds) return;
+    const all = unique([...next, this.opts.control]);
+    if (all.join(' ') === this.controls.join(' ') && (this.creds.controls ?? []).join(' ') === next.join(' ')) return;
+    this.controls = all;
+    this.creds = { ...this.creds, controls: next };
+    try {
+      saveCredentials(this.opts.dataDir, this.creds);
+    } catch (err) {
+      this.opts.log.warn({ err }, 'could not save the list of control replicas');
+    }
+  }
+
+  /** Remembers a higher epoch before acting on it, so a restart does not forget it. */
+  private seeEpoch(epoch: number): void {
+    if (epoch <= this.epoch) return;
+    this.epoch = epoch;
+    saveEpoch(this.opts.dataDir, epoch);
   }
 
   private async hello(): Promise<void> {
@@ -138,21 +205,59 @@ export class Agent {
     this.connected = true;
   }
 
-  private async onMessage(raw: string): Promise<void> {
+  private async onMessage(raw: string, socket: WebSocket): Promise<void> {
+    if (socket !== this.socket) return;
     const parsed = parseControlMessage(raw);
     if (!parsed.ok) {
       this.opts.log.warn({ error: parsed.error }, 'refused a message from control');
       return;
     }
     const msg = parsed.message;
-    if (msg.type === 'welcome') {
-      if (this.heartbeat) clearInterval(this.heartbeat);
-      this.heartbeat = setInterval(() => void this.beat(), msg.heartbeatIntervalMs);
-      this.sharedPools = msg.pools ?? [];
-      void this.reportPools();
+    switch (msg.type) {
+      case 'welcome':
+        if (msg.epoch < this.epoch) {
+          // A replica that still believes it leads, after another one did: go elsewhere.
+          this.opts.log.warn({ epoch: msg.epoch, seen: this.epoch, control: this.dialled }, `control's leader epoch is older than one already seen (kept in ${this.opts.dataDir}/control-epoch.json); trying another replica`);
+          socket.close();
+          return;
+        }
+        this.seeEpoch(msg.epoch);
+        this.welcomed = true;
+        this.attempts = 0;
+        this.redirects = 0;
+        this.learnReplicas(msg.leader, msg.replicas);
+        if (this.heartbeat) clearInterval(this.heartbeat);
+        this.heartbeat = setInterval(() => void this.beat(), msg.heartbeatIntervalMs);
+        this.sharedPools = msg.pools ?? [];
+        void this.reportPools();
+        return;
+      case 'replicas':
+        this.learnReplicas(msg.leader, msg.replicas);
+        return;
+      case 'redirect':
+        this.learnReplicas(msg.leader, msg.replicas);
+        this.redirect = { ...(msg.leader ? { leader: msg.leader } : {}), retryMs: msg.retryMs };
+        this.opts.log.info({ control: this.dialled, leader: msg.leader }, 'control replica does not lead');
+        return;
+      case 'command':
+        return this.onCommand(msg);
+    }
+  }
+
+  private async onCommand(msg: Extract<ControlMessage, { type: 'command' }>): Promise<void> {
+    const { id, command } = msg;
+    if (msg.epoch < this.epoch) {
+      this.opts.log.warn({ op: command.op, epoch: msg.epoch, seen: this.epoch }, 'refused a command from a deposed leader');
+      this.send({ type: 'result', id, ok: false, error: { code: 'STALE_EPOCH', message: `command of leader epoch ${msg.epoch}; epoch ${this.epoch} leads now` } });
       return;
     }
-    const { id, command } = msg;
+    try {
+      this.seeEpoch(msg.epoch);
+    } catch (err) {
+      // Acting on an epoch that a restart would forget could let an older leader's commands through later.
+      this.send({ type: 'result', id, ok: false, error: errorOf(err) });
+      return;
+    }
     if (command.op === 'cancel') {
       this.inflight.get(command.commandId)?.abort();
       this.send({ type: 'result', id, ok: true });
@@ -228,6 +333,8 @@ export class Agent {
     }
   }
 }
+
+const unique = (urls: string[]) => [...new Set(urls.map((u) => u.replace(/\/+$/, '')))];
 
 /** Only the fields the protocol carries (drivers may keep more). */
 function toMsg(vm: VmStatusMsg): VmStatusMsg {

@@ -27,7 +27,7 @@ const intOption = (v: string) => {
 /** Collects a repeatable option's values. */
 const collect = (v: string, previous: string[]) => [...previous, v];
 
-async function startControl(opts: { db: string; port: number; host: string; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; adminPassword?: string; logLevel?: string; json?: boolean }) {
+async function startControl(opts: { db: string; port: number; host: string; advertiseUrl?: string; leaseMs?: number; leaseRenewMs?: number; leaseRetryMs?: number; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; adminPassword?: string; logLevel?: string; json?: boolean }) {
   const log = await createLogger('control', { level: opts.logLevel, json: opts.json });
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
@@ -39,6 +39,8 @@ async function startControl(opts: { db: string; port: number; host: string; hear
     memoryOvercommit: opts.overcommit,
     policy: opts.policy,
     defaultImage: opts.defaultImage,
+    advertiseUrl: opts.advertiseUrl,
+    leader: { leaseMs: opts.leaseMs, renewMs: opts.leaseRenewMs, retryMs: opts.leaseRetryMs },
     log,
   });
   const { generatedAdminPassword } = await control.start();
@@ -70,15 +72,22 @@ export function registerRuntimeCommands(program: Command): void {
     .addOption(new Option('--port <port>', 'port to listen on').env('AWAN_PORT').default(8080).argParser(intOption))
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .addOption(new Option('--db <url>', 'sqlite:PATH or postgres://…').env('AWAN_DB').default('sqlite:./data/awan.db'))
+    .addOption(new Option('--advertise-url <url>', 'the URL agents and other replicas reach this one at (default: http://HOST:PORT)').env('AWAN_ADVERTISE_URL'))
+    .addOption(new Option('--lease-ms <ms>', 'leader lease (PostgreSQL replicas): another replica leads this long after the leader dies').env('AWAN_LEASE_MS').default(5000).argParser(intOption))
+    .addOption(new Option('--lease-renew-ms <ms>', 'how often the leader renews its lease').env('AWAN_LEASE_RENEW_MS').default(1000).argParser(intOption))
+    .addOption(new Option('--lease-retry-ms <ms>', 'how often a replica that does not lead tries to').env('AWAN_LEASE_RETRY_MS').default(1000).argParser(intOption))
     .option('--pool-dir <dir>', 'shared pool directory for VM disks', './data/pool')
     .option('--image-dir <dir>', 'a directory images may be registered from (repeatable; default: the pool directory)', collect, [])
     .option('--memory-overcommit <ratio>', 'memory the scheduler may promise per MiB of host RAM', parseFloat, 1.0)
     .option('--heartbeat-ms <ms>', 'agent heartbeat interval; a host is unreachable after 2.5 missed beats', intOption, 1000)
     .option('--default-image <name>', 'image of VMs created without one')
     .addOption(new Option('--placement <policy>', 'spread VMs over hosts, or pack them to leave hosts empty').choices(['spread', 'pack']).default('spread'))
-    .action(async (o: { port: number; host: string; db: string; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string; json?: boolean }) => {
+    .action(async (o: { port: number; host: string; db: string; advertiseUrl?: string; leaseMs: number; leaseRenewMs: number; leaseRetryMs: number; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string; json?: boolean }) => {
       const imageDirs = o.imageDir.map((d) => resolve(d));
-      const { control, generatedAdminPassword, url } = await startControl({ ...o, poolDir: resolve(o.poolDir), imageDirs, overcommit: o.memoryOvercommit, policy: o.placement });
+      if (o.advertiseUrl !== undefined && !/^https?:\/\/[^/]+/.test(o.advertiseUrl)) throw new Error(`--advertise-url ${o.advertiseUrl} is not an http(s) URL`);
+      // Listening on every address says nothing about which one agents reach: name the port's host.
+      const advertiseUrl = o.advertiseUrl ?? (o.port !== 0 && !['0.0.0.0', '::'].includes(o.host) ? `http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}` : undefined);
+      const { control, generatedAdminPassword, url } = await startControl({ ...o, advertiseUrl, poolDir: resolve(o.poolDir), imageDirs, overcommit: o.memoryOvercommit, policy: o.placement });
       if (o.json) console.log(JSON.stringify({ url, ...(generatedAdminPassword ? { username: 'admin', generatedAdminPassword } : {}) }));
       else {
         if (generatedAdminPassword) console.log(`first start: user admin, password ${generatedAdminPassword} (shown once)`);

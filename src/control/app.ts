@@ -34,6 +34,10 @@ import { volumeRoutes } from './features/volumes/routes.ts';
 import { createVolumes } from './features/volumes/service.ts';
 import { createVolumeController } from './reconcile/volume-controller.ts';
 import { createHttpServer } from './http/server.ts';
+import { createReplicaDirectory } from './leader/directory.ts';
+import { type LeaderConfig, LEADER_DEFAULTS, createLeadership } from './leader/elector.ts';
+import { createLeaseStore } from './leader/lease.ts';
+import { replicaRoutes } from './leader/routes.ts';
 import { createMetrics } from './metrics.ts';
 import { createLocalChangeFeed, createSharedChangeFeed } from './reconcile/changes.ts';
 import { createDrainController } from './reconcile/drain.ts';
@@ -83,6 +87,13 @@ export interface ControlConfig {
   leaderUrl?: () => Promise<string | undefined>;
   /** How often the leader writes changed host status (heartbeat, connection, free memory) to SQL. */
   hostStatusFlushMs?: number;
+  /**
+   * The URL other replicas and agents reach this replica at; by default the address it listens on.
+   * On PostgreSQL several replicas share the database and the leader lease decides which one leads.
+   */
+  advertiseUrl?: string;
+  /** The leader lease's timings (PostgreSQL; on SQLite the one process leads). */
+  leader?: LeaderConfig;
 }
 
 export type Control = Awaited<ReturnType<typeof createControl>>;
@@ -101,7 +112,25 @@ export async function createControl(config: ControlConfig) {
   const tasks = createTaskService({ db, events });
   const auth = createAuthService({ db, scryptCost: config.auth?.scryptCost });
   const capacity = new CapacityIndex({ memoryOvercommit: config.memoryOvercommit ?? 1.0 });
-  const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch: config.epoch, statusFlushMs: config.hostStatusFlushMs });
+  let app: Awaited<ReturnType<typeof createHttpServer>> | undefined;
+  /** Where this replica answers: the advertised URL, else the loopback address of the port it listens on. */
+  const selfUrl = (): string | undefined => {
+    if (config.advertiseUrl) return config.advertiseUrl.replace(/\/+$/, '');
+    const bound = app?.server.listening ? app.server.address() : null;
+    if (!bound || typeof bound === 'string') return undefined;
+    const host = bound.address === '0.0.0.0' || bound.address === '::' ? '127.0.0.1' : bound.address;
+    return `http://${host.includes(':') ? `[${host}]` : host}:${bound.port}`;
+  };
+  const leadership = createLeadership({ store: createLeaseStore(db, store.dialect), single: store.dialect === 'sqlite', url: selfUrl, log, config: config.leader });
+  const replicas = createReplicaDirectory(leadership, log, selfUrl);
+  /** The epoch of this leadership: the lease's, unless the caller drives leadership itself (autoLead: false). */
+  const epoch = config.epoch ?? (() => leadership.epoch);
+  const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch, statusFlushMs: config.hostStatusFlushMs });
+  // Connected agents hear of replicas that come and go, so they know where to go when this one dies.
+  replicas.onChange((view) => {
+    if (!registry.leading) return;
+    for (const h of registry.all()) h.connection?.send({ type: 'replicas', ...view });
+  });
   const poolDir = resolve(config.poolDir ?? join(process.cwd(), 'data', 'pool'));
   const pools = createPoolService({ db, events, registry });
   const volumes = createVolumes({ db, pools, changes });
@@ -214,7 +243,7 @@ export async function createControl(config: ControlConfig) {
     if (typeof downtimeMs === 'number') metrics.migrationDowntime.observe({ mode }, downtimeMs / 1000);
   });
 
-  const app = await createHttpServer({ log, auth, metrics });
+  app = await createHttpServer({ log, auth, metrics });
   app.get('/healthz', { config: { role: 'public' }, schema: { hide: true } }, () => ({ status: 'ok' }));
   app.get('/readyz', { config: { role: 'public' }, schema: { hide: true } }, async (_req, reply) => {
     try {
@@ -234,44 +263,80 @@ export async function createControl(config: ControlConfig) {
   passwordRoutes(app, auth);
   hostRoutes(app, hosts);
   vmRoutes(app, vms);
-  consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets(), relay: { leading: () => registry.leading, leaderUrl: config.leaderUrl ?? (async () => undefined) } });
+  consoleRoute(app, { vms, registry, events, tickets: createConsoleTickets(), relay: { leading: () => registry.leading, leaderUrl: config.leaderUrl ?? (async () => (registry.leading ? undefined : (await leadership.leader())?.url || undefined)) } });
   imageRoutes(app, images);
   poolRoutes(app, pools);
   volumeRoutes(app, volumes, pools);
   taskRoutes(app, tasks, (id) => vms.cancelMigration(id));
   eventRoutes(app, events);
-  agentGateway(app, { hosts, registry, log, metrics, heartbeatIntervalMs, sharedPools: pools.sharedRefs });
+  let accepting = false;
+  let closing = false;
+  agentGateway(app, {
+    hosts, registry, log, metrics, heartbeatIntervalMs, db, leadership, epoch, replicas, sharedPools: pools.sharedRefs,
+    accepting: () => accepting && registry.leading,
+    retryMs: Math.max(100, Math.floor((config.leader?.retryMs ?? LEADER_DEFAULTS.retryMs) / 2)),
+  });
+  replicaRoutes(app, { leadership, replicas });
+  metrics.gauge('awan_leader_epoch', 'The leader epoch this replica leads at; 0 while another replica leads', [], (g) => g.set(registry.leading ? epoch() : 0));
 
   if (bus) await connected(bus);
 
-  /** This process leads: it holds agent connections, writes host status and runs the controllers. */
-  async function lead(): Promise<void> {
+  /** VMs placed in the capacity index from SQL; a replica that leads again forgets those gone meanwhile. */
+  const seeded = new Set<string>();
+  /**
+   * This process leads: it holds agent connections, writes host status and runs the controllers. With the
+   * lease (held: its epoch), leadership can end while this runs: it stops there and undoes what started.
+   */
+  async function lead(held?: number): Promise<void> {
+    const still = () => held === undefined || (leadership.isLeader && leadership.epoch === held);
     await registry.lead();
-    for (const vm of await vmStore.placed()) {
+    const placed = await vmStore.placed();
+    const now = new Set(placed.map((vm) => vm.id));
+    for (const id of seeded) if (!now.has(id)) capacity.release(id);
+    seeded.clear();
+    for (const vm of placed) {
       capacity.assign(vm.id, vm.host_id!, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+      seeded.add(vm.id);
     }
+    if (!still()) return;
+    // From here agents may connect: the host table they attach to is loaded and will not be replaced.
+    accepting = true;
     await resumeTasks({ db, tasks, log, hosts: hostStore });
+    if (!still()) return;
     await manager.start();
+    if (!still()) {
+      await manager.stop();
+      return;
+    }
+    if (held !== undefined) log.info({ epoch: held, replicaId: leadership.replicaId }, 'controllers running');
+    void replicas.refresh();
   }
 
-  /** Another process leads: serve the API from SQL, run no controller. */
-  async function follow(): Promise<void> {
-    await manager.stop();
-    await registry.follow();
+  /** Another process leads: serve the API from SQL, run no controller; agent connections close at once. */
+  async function follow(reason?: string): Promise<void> {
+    accepting = false;
+    const dropping = registry.follow();
+    const stopping = manager.stop();
+    if (reason && !closing) log.warn({ reason, replicaId: leadership.replicaId }, 'controllers stopped: this replica no longer leads');
+    await Promise.all([dropping, stopping]);
+    void replicas.refresh();
   }
 
   return {
-    app, store, db, log, auth, events, tasks, images, vms, vmStore, pools, volumes, hosts, hostStore, registry, capacity, metrics, changes, manager, vmController,
+    app, store, db, log, auth, leadership, replicas, events, tasks, images, vms, vmStore, pools, volumes, hosts, hostStore, registry, capacity, metrics, changes, manager, vmController,
     lead, follow,
     /** Loads state, resumes unfinished work and starts the control loops (when this process leads). */
     async start(): Promise<{ generatedAdminPassword?: string }> {
       const admin = await auth.ensureAdmin(config.adminPassword);
       await pools.ensureDefault(poolDir);
+      // autoLead: false: the caller decides who leads (tests of replicas); else the leader lease does.
       if (config.autoLead === false) await follow();
-      else await lead();
+      else await leadership.start({ onLead: (held) => lead(held), onLose: (reason) => follow(reason), onTick: () => void replicas.refresh() });
       return { generatedAdminPassword: admin.generatedPassword };
     },
     async close(): Promise<void> {
+      closing = true;
+      if (config.autoLead !== false) await leadership.stop();
       registry.stop();
       await manager.stop();
       await app.close();

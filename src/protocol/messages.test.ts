@@ -5,8 +5,13 @@ import { parseAgentMessage, parseControlMessage } from './messages.ts';
 
 describe('protocol messages', () => {
   it('accepts a command control may send', () => {
-    const r = parseControlMessage(JSON.stringify({ type: 'command', id: 'c1', command: { op: 'stop', vmId: 'v1', force: true } }));
+    const r = parseControlMessage(JSON.stringify({ type: 'command', id: 'c1', epoch: 3, command: { op: 'stop', vmId: 'v1', force: true } }));
     assert.equal(r.ok, true);
+  });
+
+  it('refuses a command without the leader epoch', () => {
+    const r = parseControlMessage(JSON.stringify({ type: 'command', id: 'c1', command: { op: 'stop', vmId: 'v1' } }));
+    assert.equal(r.ok, false);
   });
 
   it('refuses unknown operations, extra fields, wrong types and non-JSON, saying why', () => {

@@ -157,16 +157,29 @@ export const AgentMessageSchema = Type.Union([
   Type.Object({ type: Type.Literal('pools'), pools: Type.Array(PoolReportSchema, { maxItems: 64 }) }, Strict),
 ]);
 
+const Url = Type.String({ minLength: 1, maxLength: 2048 });
+/** The control replicas alive now, the leader's URL first when there is one. */
+const ReplicaUrls = Type.Array(Url, { maxItems: 64 });
+/** Grows with every new leader; a command with a lower one than an agent has seen is a deposed leader's. */
+const Epoch = Type.Integer({ minimum: 0 });
+
 export const ControlMessageSchema = Type.Union([
   Type.Object(
     {
-      type: Type.Literal('welcome'), hostId: Id, heartbeatIntervalMs: Type.Integer({ minimum: 10 }),
+      type: Type.Literal('welcome'), hostId: Id, heartbeatIntervalMs: Type.Integer({ minimum: 10 }), epoch: Epoch, leader: Type.Optional(Url), replicas: ReplicaUrls,
       /** The shared pools every host should reach; the agent reports on them. */
       pools: Type.Optional(Type.Array(PoolRefSchema, { maxItems: 64 })),
     },
     Strict,
   ),
-  Type.Object({ type: Type.Literal('command'), id: Id, command: CommandSchema }, Strict),
+  Type.Object({ type: Type.Literal('command'), id: Id, epoch: Epoch, command: CommandSchema }, Strict),
+  /** The set of replicas changed while the agent is connected. */
+  Type.Object({ type: Type.Literal('replicas'), leader: Type.Optional(Url), replicas: ReplicaUrls }, Strict),
+  /**
+   * This replica does not lead: dial the leader (or, with none known yet, this replica again after
+   * retryMs). The connection is closed right after.
+   */
+  Type.Object({ type: Type.Literal('redirect'), leader: Type.Optional(Url), replicas: ReplicaUrls, retryMs: Type.Integer({ minimum: 0 }) }, Strict),
 ]);
 
 export type VmStatusMsg = Static<typeof VmStatusSchema>;

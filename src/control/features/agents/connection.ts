@@ -35,6 +35,8 @@ export class AgentConnection {
     readonly hostId: string,
     private readonly socket: WebSocket,
     private readonly log: Logger,
+    /** The leader epoch every command on this connection carries. */
+    readonly epoch = 0,
   ) {}
 
   send(message: ControlMessage): void {
@@ -54,13 +56,13 @@ export class AgentConnection {
       }, timeoutMs);
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onProgress: opts.onProgress, timer });
       opts.signal?.addEventListener('abort', () => this.cancel(id), { once: true });
-      this.send({ type: 'command', id, command });
+      this.send({ type: 'command', id, epoch: this.epoch, command });
     });
   }
 
   /** Asks the agent to abort a command it runs (it answers that command with an error). */
   cancel(commandId: string): void {
-    this.send({ type: 'command', id: newId(), command: { op: 'cancel', commandId } });
+    this.send({ type: 'command', id: newId(), epoch: this.epoch, command: { op: 'cancel', commandId } });
   }
 
   handleResult(id: string, ok: boolean, value: unknown, error?: { code: string; message: string }): void {

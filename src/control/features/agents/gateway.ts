@@ -1,10 +1,14 @@
 // The agents' entry: the HTTP join call and the WebSocket every agent keeps open to control.
+import type { Kysely } from 'kysely';
 import type { Logger } from '../../../lib/logger.ts';
 import { JoinRequestSchema, JoinResponseSchema, type PoolRefMsg, parseAgentMessage } from '../../../protocol/messages.ts';
 import { AppError } from '../../errors.ts';
 import { bearerToken } from '../../http/roles.ts';
 import type { App } from '../../http/types.ts';
+import type { ReplicaDirectory } from '../../leader/directory.ts';
+import type { Leadership } from '../../leader/elector.ts';
 import type { Metrics } from '../../metrics.ts';
+import type { Database } from '../../store/schema.ts';
 import type { HostRegistry } from '../hosts/registry.ts';
 import type { HostService } from '../hosts/service.ts';
 
@@ -16,7 +20,19 @@ export interface GatewayDeps {
   heartbeatIntervalMs: number;
   /** The shared pools every agent is told to report on. */
   sharedPools?: () => PoolRefMsg[];
+  db: Kysely<Database>;
+  leadership: Leadership;
+  /** The epoch commands on a new connection carry. */
+  epoch: () => number;
+  /** True once this replica leads and has loaded what it needs to take agents' connections. */
+  accepting: () => boolean;
+  replicas: ReplicaDirectory;
+  /** How long an agent waits before dialling again when no replica leads yet. */
+  retryMs: number;
 }
+
+/** Close code after a `redirect`: this replica does not lead. */
+export const NOT_LEADER_CLOSE = 4001;
 
 export function agentGateway(app: App, deps: GatewayDeps): void {
   const { hosts, registry, log } = deps;
@@ -34,13 +50,28 @@ export function agentGateway(app: App, deps: GatewayDeps): void {
       const hostId = credential ? await hosts.authenticateAgent(credential) : undefined;
       if (!hostId) throw new AppError('UNAUTHORIZED', 'the host credential is not valid');
       (req as { agentHostId?: string }).agentHostId = hostId;
+      // A host that joined through another replica is not in this one's table yet.
+      if (deps.accepting() && !registry.get(hostId)) {
+        const row = await deps.db.selectFrom('hosts').selectAll().where('id', '=', hostId).executeTakeFirst();
+        if (row) registry.add(row);
+      }
     },
     schema: { hide: true },
   }, (socket, req) => {
     const hostId = (req as { agentHostId?: string }).agentHostId!;
-    const conn = registry.attach(hostId, socket);
+    const { leader, replicas } = deps.replicas.view;
+    if (!deps.accepting() || !registry.get(hostId)) {
+      // Only the leader talks to agents: tell this one where the leader is (or to come back) and hang up.
+      socket.send(JSON.stringify({ type: 'redirect', ...(leader ? { leader } : {}), replicas, retryMs: deps.retryMs }));
+      socket.close(NOT_LEADER_CLOSE, 'not the leader');
+      return;
+    }
+    const conn = registry.attach(hostId, socket, deps.epoch());
     const hostLog = log.child({ hostId });
-    conn.send({ type: 'welcome', hostId, heartbeatIntervalMs: deps.heartbeatIntervalMs, ...(deps.sharedPools ? { pools: deps.sharedPools() } : {}) });
+    conn.send({
+      type: 'welcome', hostId, heartbeatIntervalMs: deps.heartbeatIntervalMs, epoch: conn.epoch, ...(leader ? { leader } : {}), replicas,
+      ...(deps.sharedPools ? { pools: deps.sharedPools() } : {}),
+    });
     let refused = 0;
     let queue: Promise<void> = Promise.resolve();
     socket.on('message', (data) => {

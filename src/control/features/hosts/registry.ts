@@ -196,11 +196,11 @@ export class HostRegistry {
     this.index(row.id);
   }
 
-  attach(hostId: string, socket: WebSocket): AgentConnection {
+  attach(hostId: string, socket: WebSocket, epoch = 0): AgentConnection {
     const host = this.hosts.get(hostId);
     if (!host) throw new Error(`unknown host ${hostId}`);
     host.connection?.close('replaced by a new connection');
-    const conn = new AgentConnection(hostId, socket, this.deps.log);
+    const conn = new AgentConnection(hostId, socket, this.deps.log, epoch);
     host.connection = conn;
     return conn;
   }

@@ -23,6 +23,7 @@ export const migrations: Record<string, () => Promise<MigrationModule>> = {
   '007_image_imported': () => import('./007_image_imported.ts'),
   '008_vm_spec_status': () => import('./008_vm_spec_status.ts'),
   '009_pools_and_volumes': () => import('./009_pools_and_volumes.ts'),
+  '010_control_leader': () => import('./010_control_leader.ts'),
   '011_host_status': () => import('./011_host_status.ts'),
 };
 
