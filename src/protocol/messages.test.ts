@@ -36,7 +36,7 @@ describe('protocol messages', () => {
   });
 
   it('checks volume commands: a pool by type and absolute path, a name that stays inside it', () => {
-    const cmd = (command: Record<string, unknown>) => parseControlMessage(JSON.stringify({ type: 'command', id: 'c1', command }));
+    const cmd = (command: Record<string, unknown>) => parseControlMessage(JSON.stringify({ type: 'command', id: 'c1', epoch: 1, command }));
     const pool = { type: 'shared', path: '/srv/pool' };
     assert.equal(cmd({ op: 'volumeCreate', pool, name: 'vms/v/disk0.qcow2', format: 'qcow2', sizeMiB: 1024, backing: { path: '/srv/img.raw', format: 'raw' } }).ok, true);
     assert.equal(cmd({ op: 'volumeGrow', pool, name: 'vms/v/disk0.qcow2', sizeMiB: 2048 }).ok, true);
@@ -56,6 +56,6 @@ describe('protocol messages', () => {
   it('takes the pools an agent reports, and the shared pools in a welcome', () => {
     assert.equal(parseAgentMessage(JSON.stringify({ type: 'pools', pools: [{ type: 'local', path: '/d/local-pool', capacityMiB: 10, freeMiB: 5 }, { type: 'shared', path: '/p', error: 'not mounted' }] })).ok, true);
     assert.equal(parseAgentMessage(JSON.stringify({ type: 'pools', pools: [{ type: 'local', path: '/d', freeMiB: -1 }] })).ok, false);
-    assert.equal(parseControlMessage(JSON.stringify({ type: 'welcome', hostId: 'h', heartbeatIntervalMs: 100, pools: [{ type: 'shared', path: '/p' }] })).ok, true);
+    assert.equal(parseControlMessage(JSON.stringify({ type: 'welcome', hostId: 'h', heartbeatIntervalMs: 100, epoch: 1, replicas: [], pools: [{ type: 'shared', path: '/p' }] })).ok, true);
   });
 });
