@@ -2,8 +2,8 @@
 // this process; the leader is killed with SIGKILL, several times in turn (the killed one comes back as a
 // follower). Reports the time from the kill until the other replica leads, and until every agent is
 // connected to it again, with the default lease timings.
+import { freePort } from '../test/support/processes.ts';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import { Agent } from '../src/agent/agent.ts';
@@ -20,13 +20,6 @@ const PASSWORD = 'bench-admin-password';
 const repo = join(import.meta.dirname, '..');
 const base = process.env.AWAN_BENCH_PG ?? process.env.AWAN_TEST_PG ?? 'postgres://root@/awan_test?host=/var/run/postgresql';
 
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 async function withAdmin<T>(f: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ connectionString: base });

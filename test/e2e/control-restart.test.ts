@@ -1,8 +1,8 @@
 // kill -9 of `awan serve` loses no host or VM; after a restart, unfinished tasks resume or fail with a reason.
+import { freePort } from '../support/processes.ts';
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -14,13 +14,6 @@ import { until } from '../until.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 describe('control killed with SIGKILL', () => {
   const dir = mkdtempSync(join(tmpdir(), 'awan-restart-'));

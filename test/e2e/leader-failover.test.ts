@@ -2,10 +2,10 @@
 // given each replica's URL) follow it, no VM is restarted, stopped or lost, and a VM that was booting when
 // the leader died reaches running. Control runs as child processes; the agents run in this process, so the
 // test sees each simulated VM's uptime and every state change the hosts went through.
+import { freePort } from '../support/processes.ts';
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -17,13 +17,6 @@ import { until } from '../until.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 describe('leader replica killed with SIGKILL', () => {
   const dir = mkdtempSync(join(tmpdir(), 'awan-failover-'));

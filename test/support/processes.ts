@@ -1,5 +1,6 @@
 // Finds and ends processes by what their command line names (a test's own data directory), so a test
 // cleans up the QEMU processes it caused even when it fails half-way.
+import { createServer } from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 
 /** Pids whose command line contains `text` (and `also`, when given), this process excepted. */
@@ -29,4 +30,13 @@ export function killMentioning(text: string, also?: string): number[] {
     }
   }
   return killed;
+}
+
+/** A TCP port free on loopback right now, for a child process to listen on. */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((r) => srv.close(r));
+  return port;
 }
