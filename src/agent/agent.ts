@@ -52,6 +52,8 @@ export class Agent {
   private readonly inflight = new Map<string, AbortController>();
   /** Starts in progress, by VM. */
   private readonly booting = new Map<string, AbortController>();
+  /** VMs this host sends away now: reported, so a leader that did not send the command knows the copy goes on. */
+  private readonly sending = new Set<string>();
   private readonly consoles = new Set<string>();
   private unsubscribe: (() => void) | null = null;
   /** The shared pools control named in its welcome: reported with the local pool. */
@@ -85,7 +87,7 @@ export class Agent {
     this.epoch = loadEpoch(this.opts.dataDir);
     this.controls = unique([...(this.creds.controls ?? []), this.opts.control]);
     this.unsubscribe = this.opts.driver.subscribe((e) => {
-      if (e.type === 'vm-state') this.send({ type: 'vms', full: false, vms: [toMsg(e.vm)] });
+      if (e.type === 'vm-state') this.send({ type: 'vms', full: false, vms: [this.report(e.vm)] });
       else if (e.type === 'console') {
         if (this.consoles.has(e.vmId)) this.send({ type: 'console', vmId: e.vmId, data: e.data });
       } else if (this.connected) {
@@ -201,7 +203,7 @@ export class Agent {
 
   private async hello(): Promise<void> {
     const [facts, vms] = await Promise.all([this.opts.driver.facts(), this.opts.driver.list()]);
-    this.send({ type: 'hello', facts, vms: vms.map(toMsg), agentVersion: VERSION });
+    this.send({ type: 'hello', facts, vms: vms.map((vm) => this.report(vm)), agentVersion: VERSION });
     this.connected = true;
   }
 
@@ -268,6 +270,7 @@ export class Agent {
     const abort = new AbortController();
     this.inflight.set(id, abort);
     if (command.op === 'start') this.booting.set(command.spec.id, abort);
+    if (command.op === 'migrate') await this.markSending(command.vmId, true);
     try {
       const value = await execute(command, {
         driver: this.opts.driver,
@@ -284,7 +287,27 @@ export class Agent {
     } finally {
       this.inflight.delete(id);
       if (command.op === 'start' && this.booting.get(command.spec.id) === abort) this.booting.delete(command.spec.id);
+      if (command.op === 'migrate') await this.markSending(command.vmId, false);
     }
+  }
+
+  /** Reports the change at once; a VM gone from this host (handed over) needs no report, its driver made one. */
+  private async markSending(vmId: string, on: boolean): Promise<void> {
+    if (on) this.sending.add(vmId);
+    else this.sending.delete(vmId);
+    const vm = (await this.opts.driver.list().catch(() => [])).find((v) => v.id === vmId);
+    if (vm) this.send({ type: 'vms', full: false, vms: [this.report(vm)] });
+  }
+
+  /** Only the fields the protocol carries (drivers may keep more), and whether this host sends the VM away. */
+  private report(vm: VmStatusMsg): VmStatusMsg {
+    return {
+      id: vm.id, name: vm.name, state: vm.state, cpus: vm.cpus, memoryMiB: vm.memoryMiB, memoryActualMiB: vm.memoryActualMiB,
+      ...(vm.memoryUsedMiB !== undefined ? { memoryUsedMiB: vm.memoryUsedMiB } : {}),
+      ...(vm.uptimeS !== undefined ? { uptimeS: vm.uptimeS } : {}),
+      ...(vm.reason !== undefined ? { reason: vm.reason } : {}),
+      ...(this.sending.has(vm.id) ? { migrating: true } : {}),
+    };
   }
 
   private async beat(): Promise<void> {
@@ -292,7 +315,7 @@ export class Agent {
       const facts = await this.opts.driver.facts();
       this.send({ type: 'heartbeat', seq: this.seq++, memoryFreeMiB: facts.memoryFreeMiB });
       if (this.seq % (this.opts.fullReportEvery ?? 10) === 0) {
-        this.send({ type: 'vms', full: true, vms: (await this.opts.driver.list()).map(toMsg) });
+        this.send({ type: 'vms', full: true, vms: (await this.opts.driver.list()).map((vm) => this.report(vm)) });
         await this.reportPools();
       }
     } catch (err) {
@@ -336,12 +359,3 @@ export class Agent {
 
 const unique = (urls: string[]) => [...new Set(urls.map((u) => u.replace(/\/+$/, '')))];
 
-/** Only the fields the protocol carries (drivers may keep more). */
-function toMsg(vm: VmStatusMsg): VmStatusMsg {
-  return {
-    id: vm.id, name: vm.name, state: vm.state, cpus: vm.cpus, memoryMiB: vm.memoryMiB, memoryActualMiB: vm.memoryActualMiB,
-    ...(vm.memoryUsedMiB !== undefined ? { memoryUsedMiB: vm.memoryUsedMiB } : {}),
-    ...(vm.uptimeS !== undefined ? { uptimeS: vm.uptimeS } : {}),
-    ...(vm.reason !== undefined ? { reason: vm.reason } : {}),
-  };
-}

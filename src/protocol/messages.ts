@@ -22,6 +22,8 @@ export const VmStatusSchema = Type.Object(
     memoryUsedMiB: Type.Optional(MiB),
     uptimeS: Type.Optional(Type.Number({ minimum: 0 })),
     reason: Type.Optional(Type.String()),
+    /** The host sends this VM to another one now (a migrate command runs). */
+    migrating: Type.Optional(Type.Boolean()),
   },
   Strict,
 );

@@ -190,3 +190,57 @@ describe('a request racing a controller', () => {
     for (const h of c.hosts) assert.ok(!(await h.driver.list()).some((v) => v.id === id), `${h.name} never got the VM`);
   });
 });
+
+describe('a migration when control changes hands during the copy', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'awan-intents-'));
+  let c: Cluster;
+  before(async () => {
+    // 1 GiB at 100 MiB/s: the copy lasts about ten seconds, longer than a restart of control.
+    c = await startCluster({ hosts: 2, db: `sqlite:${join(dir, 'awan.db')}`, sim: { migrateMiBPerS: 100 }, control: { heartbeatIntervalMs: 500 } });
+  });
+  after(async () => {
+    await c?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Starts a migration of a new VM and restarts control while the source is still sending it. */
+  const restartDuringCopy = async (name: string) => {
+    const created = await c.api('POST', '/api/v1/vms', { name, cpus: 1, memoryMiB: 1024 });
+    assert.equal((await c.waitTask(created.body.task.id)).state, 'succeeded');
+    const vm = await vmOf(c, name);
+    const src = c.hosts.find((h) => h.agent.hostId === vm.hostId)!;
+    const dst = c.hosts.find((h) => h !== src)!;
+    const moved = await c.api('POST', `/api/v1/vms/${name}/migrate`, {});
+    assert.equal(moved.status, 202, JSON.stringify(moved.body));
+    await until(async () => (await c.api('GET', `/api/v1/tasks/${moved.body.task.id}`)).body.progress >= 15, { what: 'the copy under way' });
+    await c.restartControl();
+    assert.ok((await src.driver.list()).some((v) => v.id === vm.id && v.state === 'running'), 'the source still sends the VM after the restart');
+    return { vm, src, dst, taskId: moved.body.task.id as string };
+  };
+
+  it('carries on under the new control and ends on the destination', async () => {
+    const { vm, src, dst, taskId } = await restartDuringCopy('traveller');
+    const done = await c.waitTask(taskId, 60_000);
+    assert.equal(done.state, 'succeeded', JSON.stringify(done));
+    assert.match(done.message, new RegExp(`migrated to ${dst.name}`));
+    const after = await vmOf(c, 'traveller');
+    assert.equal(after.hostId, dst.agent.hostId);
+    assert.equal(after.phase, 'running');
+    assert.equal((await dst.driver.status(vm.id)).state, 'running');
+    assert.ok(!(await src.driver.list()).some((v) => v.id === vm.id), 'no copy is left on the source');
+  });
+
+  it('can still be superseded by a stop, which cancels the copy', async () => {
+    const { vm, src, dst, taskId } = await restartDuringCopy('homebody');
+    await until(async () => (await hostState(c, src.name)) === 'ready', { what: 'the source back' });
+    const stop = await c.api('POST', '/api/v1/vms/homebody/stop', {});
+    assert.equal(stop.status, 202, JSON.stringify(stop.body));
+    assert.equal((await c.waitTask(stop.body.task.id, 30_000)).state, 'succeeded');
+    const migrate = (await c.api('GET', `/api/v1/tasks/${taskId}`)).body;
+    assert.equal(migrate.state, 'cancelled', JSON.stringify(migrate));
+    assert.match(migrate.message, /superseded by a stop/);
+    assert.equal((await vmOf(c, 'homebody')).phase, 'stopped');
+    assert.ok(!(await src.driver.list()).some((v) => v.id === vm.id && v.state !== 'stopped'), 'the source copy is stopped');
+    assert.ok(!(await dst.driver.list()).some((v) => v.id === vm.id), 'nothing is left on the destination');
+  });
+});

@@ -6,6 +6,7 @@ import type { MigrationResult, MigrationTarget } from '../../drivers/types.ts';
 import type { Task } from '../features/tasks/service.ts';
 import { type MigrateRequest, pendingMigration } from '../features/vms/store.ts';
 import type { VmRow } from '../store/schema.ts';
+import type { LiveHost } from '../features/hosts/registry.ts';
 import type { ReconcileResult } from './queue.ts';
 import type { Outcome } from './vm-commands.ts';
 import type { VmControllerContext } from './vm-controller.ts';
@@ -14,6 +15,10 @@ import { type VmOp, opTimeoutMs } from './vm-op.ts';
 type MigrateOp = Extract<VmOp, { kind: 'migrate' }>;
 
 const incoming = (vmId: string) => `${vmId}:incoming`;
+
+/** A host that has not reported since this process took over, and is not yet declared unreachable. */
+const awaited = (h: LiveHost | undefined) => !!h && !h.connection && (h.row.state === 'ready' || h.row.state === 'joining');
+const UP = ['running', 'starting', 'paused'];
 
 /** Picks the destination (the user's, or the scheduler's) and asks it to get ready. */
 export async function beginMigration(ctx: VmControllerContext, vm: VmRow, req: MigrateRequest, active: Task[]): Promise<ReconcileResult> {
@@ -71,6 +76,22 @@ export async function advanceMigration(
   };
   const cancelledWhy = () => (vm.deleting ? 'superseded by a delete' : vm.desired_power !== 'running' ? 'superseded by a stop' : 'cancelled; the VM keeps running on its host');
 
+  /** The source let go of the VM: from here on it lives on the destination, whatever happens next. */
+  const handOver = async (result: MigrationResult | undefined): Promise<ReconcileResult> => {
+    // Recording anything else would let the controller start a second copy on the source.
+    src?.vms.delete(vm.id);
+    ctx.capacity.release(incoming(vm.id));
+    ctx.assign(vm, op.to);
+    if (task) await ctx.tasks.progress(task.id, 92, `waiting for ${dst?.row.name ?? op.to} to run the VM`);
+    if (!dst?.connection) {
+      await ctx.write(vm, { host_id: op.to, target_host_id: null, op: null, phase: 'unknown', migrate_handled: op.requestId, message: 'handed over to a destination that is not connected' });
+      if (task) await ctx.tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', 'the destination went away during the handover');
+      return;
+    }
+    await ctx.send(vm, dst, { ...op, stage: 'completing', ...(result ? { result } : {}) }, { op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, opTimeoutMs.completing,
+      { host_id: op.to, target_host_id: null }, { why: `handed over to ${dst.row.name}` });
+  };
+
   switch (op.stage) {
     case 'preparing': {
       if (running) return;
@@ -107,32 +128,32 @@ export async function advanceMigration(
         }
         return;
       }
-      if (outcome?.ok) {
-        // The source let go of the VM: from here on it lives on the destination, whatever happens next.
-        // Recording anything else would let the controller start a second copy on the source.
-        const result = outcome.value as MigrationResult;
-        src?.vms.delete(vm.id);
-        ctx.capacity.release(incoming(vm.id));
-        ctx.assign(vm, op.to);
-        if (task) await ctx.tasks.progress(task.id, 92, `waiting for ${dst?.row.name ?? op.to} to run the VM`);
-        const completing = { ...op, stage: 'completing' as const, result };
-        if (!dst?.connection) {
-          await ctx.write(vm, { host_id: op.to, target_host_id: null, op: null, phase: 'unknown', migrate_handled: op.requestId, message: 'handed over to a destination that is not connected' });
-          if (task) await ctx.tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', 'the destination went away during the handover');
-          return;
+      if (!outcome) {
+        // Sent by an earlier leader: its answer does not come here, so the source's report tells how the copy goes.
+        if (awaited(src) || awaited(dst)) return { requeueAfterMs: 250 };
+        const seen = src?.connection ? src.vms.get(vm.id) : undefined;
+        if (seen?.migrating) {
+          if (!wanted && !op.cancelling) {
+            src!.connection!.cancel(op.commandId);
+            await ctx.write(vm, { op: JSON.stringify({ ...op, cancelling: true }) });
+          }
+          // The source reports when the copy ends; the resync is a safety net.
+          return { requeueAfterMs: 5000 };
         }
-        await ctx.send(vm, dst, completing, { op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, opTimeoutMs.completing,
-          { host_id: op.to, target_host_id: null }, { why: `handed over to ${dst.row.name}` });
-        return;
+        if (seen && UP.includes(seen.state)) {
+          return giveUp(op.cancelling || !wanted ? 'CANCELLED' : 'MIGRATION_FAILED', op.cancelling || !wanted ? cancelledWhy() : `the copy to ${dst?.row.name ?? op.to} ended without a handover while control changed hands`);
+        }
+        if (src?.connection) return handOver(undefined);
       }
+      if (outcome?.ok) return handOver(outcome.value as MigrationResult);
       if (outcome && outcome.code !== 'HOST_DISCONNECTED' && outcome.code !== 'COMMAND_TIMEOUT') {
         return giveUp(op.cancelling || !wanted ? 'CANCELLED' : outcome.code === 'AGENT_ERROR' ? 'MIGRATION_FAILED' : outcome.code, op.cancelling || !wanted ? cancelledWhy() : outcome.message);
       }
-      // Whether the source let go is unknown (its connection broke, or an earlier process sent it): keep
-      // the destination recorded, so recovery settles the VM where a host reports it running.
+      // Whether the source let go is unknown (its connection broke, or it went silent): keep the
+      // destination recorded, so recovery settles the VM where a host reports it running.
       ctx.capacity.release(incoming(vm.id));
       await ctx.write(vm, { op: null });
-      if (task) await ctx.tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', `${outcome?.message ?? 'control changed hands during the copy'}; the VM is settled where it is found running`);
+      if (task) await ctx.tasks.fail(task.id, 'MIGRATION_UNCONFIRMED', `${outcome?.message ?? `host ${src?.row.name ?? op.from} went away during the copy`}; the VM is settled where it is found running`);
       return { requeueAfterMs: 0 };
     }
 
@@ -141,6 +162,7 @@ export async function advanceMigration(
       const result = (op as MigrateOp & { result?: MigrationResult }).result;
       const seen = dst?.vms.get(vm.id);
       if (outcome?.ok || (!outcome && seen?.state === 'running')) return finished(ctx, vm, op, task, result);
+      if (!outcome && awaited(dst)) return { requeueAfterMs: 250 };
       if (!outcome && dst?.connection) {
         await ctx.send(vm, dst, op, { op: 'completeIncoming', vmId: vm.id, timeoutMs: 30_000 }, opTimeoutMs.completing);
         return;
@@ -162,7 +184,9 @@ async function finished(ctx: VmControllerContext, vm: VmRow, op: MigrateOp, task
   const mode = result?.mode === 'paused' ? 'paused' : 'live';
   const how = mode === 'paused' ? ', paused for the whole copy' : '';
   if (task) {
-    await ctx.tasks.succeed(task.id, `migrated to ${to} in ${result?.totalMs} ms (downtime ${result?.downtimeMs} ms${how})`, {
+    // A copy a previous leader started has no figures here.
+    const figures = result ? ` in ${result.totalMs} ms (downtime ${result.downtimeMs} ms${how})` : '';
+    await ctx.tasks.succeed(task.id, `migrated to ${to}${figures}`, {
       from: op.from, to: op.to, mode, totalMs: result?.totalMs, downtimeMs: result?.downtimeMs,
     });
   }
@@ -179,8 +203,7 @@ export async function recoverMigration(ctx: VmControllerContext, vm: VmRow, acti
   const src = ctx.registry.get(vm.host_id!);
   const dst = ctx.registry.get(vm.target_host_id!);
   // Decide only once each host has either reported in or been declared unreachable.
-  const pending = (h: typeof src) => h && !h.connection && (h.row.state === 'ready' || h.row.state === 'joining');
-  if (pending(src) || pending(dst)) return { requeueAfterMs: 250 };
+  if (awaited(src) || awaited(dst)) return { requeueAfterMs: 250 };
   const onDst = dst?.vms.get(vm.id)?.state === 'running';
   if (!onDst && dst?.connection && dst.vms.has(vm.id)) {
     await dst.connection.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);

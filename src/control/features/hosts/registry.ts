@@ -16,7 +16,10 @@ import { type HostStatus, type HostStore, specColumns } from './store.ts';
 
 export interface LiveHost {
   row: HostRow;
+  /** Set once the agent's hello has reported its VMs: until then `vms` says nothing about the host. */
   connection: AgentConnection | null;
+  /** A connection whose hello has not arrived yet. */
+  attaching: AgentConnection | null;
   /** The liveness clock: the last beat, or when this process began to wait for the host. */
   lastHeartbeatMs: number | null;
   /** When the agent was last heard from (a real beat, not a grace period). */
@@ -85,7 +88,7 @@ export class HostRegistry {
     this.hosts.clear();
     for (const row of rows) {
       const heard = row.last_heartbeat_at ? Date.parse(row.last_heartbeat_at) : null;
-      this.hosts.set(row.id, { row, connection: null, lastHeartbeatMs: now, heardAtMs: heard, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
+      this.hosts.set(row.id, { row, connection: null, attaching: null, lastHeartbeatMs: now, heardAtMs: heard, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
       this.index(row.id);
     }
     this.mode = 'leading';
@@ -101,7 +104,8 @@ export class HostRegistry {
     this.mode = 'following';
     for (const h of this.hosts.values()) {
       h.connection?.close('this control replica no longer leads');
-      h.connection = null;
+      h.attaching?.close('this control replica no longer leads');
+      h.connection = h.attaching = null;
       h.vms = new Map();
     }
     await this.refresh();
@@ -174,7 +178,7 @@ export class HostRegistry {
 
   /** A host that just joined (its row was written by the join call). */
   add(row: HostRow): void {
-    this.hosts.set(row.id, { row, connection: null, lastHeartbeatMs: Date.now(), heardAtMs: null, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
+    this.hosts.set(row.id, { row, connection: null, attaching: null, lastHeartbeatMs: Date.now(), heardAtMs: null, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
     this.index(row.id);
   }
 
@@ -200,14 +204,17 @@ export class HostRegistry {
     const host = this.hosts.get(hostId);
     if (!host) throw new Error(`unknown host ${hostId}`);
     host.connection?.close('replaced by a new connection');
+    host.attaching?.close('replaced by a new connection');
+    host.connection = null;
     const conn = new AgentConnection(hostId, socket, this.deps.log, epoch);
-    host.connection = conn;
+    host.attaching = conn;
     return conn;
   }
 
   async detach(hostId: string, conn: AgentConnection, reason: string): Promise<void> {
     const host = this.hosts.get(hostId);
     conn.close(reason);
+    if (host?.attaching === conn) host.attaching = null;
     if (!host || host.connection !== conn) return;
     host.connection = null;
     // A closed socket is the first sign of a dead agent; a quick reconnect makes the host ready again.
@@ -216,7 +223,8 @@ export class HostRegistry {
 
   async handle(hostId: string, conn: AgentConnection, msg: AgentMessage): Promise<void> {
     const host = this.hosts.get(hostId);
-    if (!host || host.connection !== conn) return;
+    if (!host || (host.connection !== conn && host.attaching !== conn)) return;
+    if (msg.type !== 'hello' && host.connection !== conn) return;
     switch (msg.type) {
       case 'heartbeat':
         host.lastHeartbeatMs = host.heardAtMs = Date.now();
@@ -226,6 +234,10 @@ export class HostRegistry {
       case 'hello':
         host.lastHeartbeatMs = host.heardAtMs = Date.now();
         await this.updateFacts(host, msg.facts);
+        if (host.attaching === conn) {
+          host.attaching = null;
+          host.connection = conn;
+        } else if (host.connection !== conn) return;
         this.replaceVms(host, msg.vms, true);
         if (host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'agent connected');
         return;
@@ -394,7 +406,7 @@ export class HostRegistry {
     const changed: string[] = [];
     for (const [id, vm] of next) {
       const prev = host.vms.get(id);
-      if (all || !prev || prev.state !== vm.state || prev.memoryActualMiB !== vm.memoryActualMiB) changed.push(id);
+      if (all || !prev || prev.state !== vm.state || prev.memoryActualMiB !== vm.memoryActualMiB || prev.migrating !== vm.migrating) changed.push(id);
     }
     for (const id of host.vms.keys()) if (!next.has(id)) changed.push(id);
     host.vms = next;
