@@ -18,6 +18,8 @@ import { Compile } from 'typebox/compile';
 import { type AgentCredentials, loadCredentials, loadEpoch, saveCredentials, saveEpoch } from './credentials.ts';
 import { errorOf, execute } from './executor.ts';
 import { type HostStorage, createFileStorage, createMemoryStorage } from './storage/index.ts';
+import { LeaseKeeper } from './fence/keeper.ts';
+import { monotonicMs } from './fence/state.ts';
 import type { PoolRefMsg } from '../protocol/messages.ts';
 
 export interface AgentOptions {
@@ -32,6 +34,11 @@ export interface AgentOptions {
   maxBackoffMs?: number;
   /** Where this host's volumes live; by default files for QEMU, memory for the simulator. */
   storage?: HostStorage;
+  /**
+   * Dial only `control`, never the replica URLs control names: for a load balancer or a virtual address in
+   * front of the replicas, which then forwards to the leader.
+   */
+  pinned?: boolean;
 }
 
 /** A replica whose connection failed this recently is not dialled on another replica's word. */
@@ -72,6 +79,11 @@ export class Agent {
   private redirects = 0;
   private next: string | null = null;
   private readonly failedAt = new Map<string, number>();
+  /** The host lease and placement tokens; made at start, once the data dir is known to be ours. */
+  private lease: LeaseKeeper | undefined;
+  /** When each beat still unanswered was sent, and the hello (monotonic ms): leases count from there. */
+  private readonly beatsSent = new Map<number, number>();
+  private helloSentAt = 0;
 
   constructor(private readonly opts: AgentOptions) {
     this.storage = opts.storage ?? (opts.driver.kind === 'qemu' ? createFileStorage(opts.dataDir) : createMemoryStorage().forHost(opts.dataDir));
@@ -85,6 +97,8 @@ export class Agent {
     this.creds = loadCredentials(this.opts.dataDir);
     if (!this.creds) this.creds = await this.join();
     this.epoch = loadEpoch(this.opts.dataDir);
+    this.lease = new LeaseKeeper(this.opts.dataDir, this.opts.driver, this.opts.log, (vmId) => void this.reportVm(vmId));
+    this.lease.start();
     this.controls = unique([...(this.creds.controls ?? []), this.opts.control]);
     this.unsubscribe = this.opts.driver.subscribe((e) => {
       if (e.type === 'vm-state') this.send({ type: 'vms', full: false, vms: [this.report(e.vm)] });
@@ -167,7 +181,7 @@ export class Agent {
     let delay: number;
     const r = this.redirect;
     if (r && ++this.redirects <= MAX_REDIRECTS) {
-      const leader = r.leader && r.leader !== from && Date.now() - (this.failedAt.get(r.leader) ?? 0) > FAILED_RECENTLY_MS ? r.leader : undefined;
+      const leader = !this.opts.pinned && r.leader && r.leader !== from && Date.now() - (this.failedAt.get(r.leader) ?? 0) > FAILED_RECENTLY_MS ? r.leader : undefined;
       this.next = leader ?? from;
       delay = leader ? 0 : r.retryMs * jitter;
     } else {
@@ -181,6 +195,7 @@ export class Agent {
 
   /** Takes what control says about the replicas: the leader first, then the others; kept with the credential. */
   private learnReplicas(leader: string | undefined, replicas: string[]): void {
+    if (this.opts.pinned) return;
     const next = unique([...(leader ? [leader] : []), ...replicas]);
     if (next.length === 0 || !this.creds) return;
     const all = unique([...next, this.opts.control]);
@@ -203,6 +218,8 @@ export class Agent {
 
   private async hello(): Promise<void> {
     const [facts, vms] = await Promise.all([this.opts.driver.facts(), this.opts.driver.list()]);
+    this.helloSentAt = monotonicMs();
+    this.beatsSent.clear();
     this.send({ type: 'hello', facts, vms: vms.map((vm) => this.report(vm)), agentVersion: VERSION });
     this.connected = true;
   }
@@ -243,6 +260,18 @@ export class Agent {
         return;
       case 'command':
         return this.onCommand(msg);
+      case 'lease': {
+        const sentAt = msg.seq === undefined ? this.helloSentAt : this.beatsSent.get(msg.seq);
+        if (msg.seq !== undefined) for (const seq of this.beatsSent.keys()) if (seq <= msg.seq) this.beatsSent.delete(seq);
+        if (sentAt) {
+          try {
+            this.lease?.renewed(sentAt, msg.ttlMs);
+          } catch (err) {
+            this.opts.log.error({ err }, 'could not record the host lease');
+          }
+        }
+        return;
+      }
     }
   }
 
@@ -270,6 +299,14 @@ export class Agent {
     const abort = new AbortController();
     this.inflight.set(id, abort);
     if (command.op === 'start') this.booting.set(command.spec.id, abort);
+    try {
+      this.checkPlacement(command);
+    } catch (err) {
+      this.inflight.delete(id);
+      if (command.op === 'start' && this.booting.get(command.spec.id) === abort) this.booting.delete(command.spec.id);
+      this.send({ type: 'result', id, ok: false, error: errorOf(err) });
+      return;
+    }
     if (command.op === 'migrate') await this.markSending(command.vmId, true);
     try {
       const value = await execute(command, {
@@ -280,6 +317,7 @@ export class Agent {
         storage: this.storage,
         address: async () => (await this.opts.driver.facts()).address,
       });
+      if (command.op === 'delete') this.lease?.forget(command.vmId);
       this.send({ type: 'result', id, ok: true, ...(value === undefined ? {} : { value }) });
     } catch (err) {
       this.opts.log.warn({ op: command.op, err: errorOf(err) }, 'command failed');
@@ -291,29 +329,51 @@ export class Agent {
     }
   }
 
-  /** Reports the change at once; a VM gone from this host (handed over) needs no report, its driver made one. */
-  private async markSending(vmId: string, on: boolean): Promise<void> {
-    if (on) this.sending.add(vmId);
-    else this.sending.delete(vmId);
+  /**
+   * Placement tokens: a start (or an incoming migration) records the VM's token before it runs here; a
+   * stop or delete with an older token than this host has seen is refused.
+   */
+  private checkPlacement(command: Extract<ControlMessage, { type: 'command' }>['command']): void {
+    if (!this.lease) return;
+    if (command.op === 'start' || command.op === 'prepareIncoming') this.lease.place(command.spec.id, command.spec.token, command.spec.ha ?? false);
+    else if (command.op === 'stop' || command.op === 'delete') this.lease.checkToken(command.vmId, command.token);
+  }
+
+  private async reportVm(vmId: string): Promise<void> {
     const vm = (await this.opts.driver.list().catch(() => [])).find((v) => v.id === vmId);
     if (vm) this.send({ type: 'vms', full: false, vms: [this.report(vm)] });
   }
 
+  /** Reports the change at once; a VM gone from this host (handed over) needs no report, its driver made one. */
+  private async markSending(vmId: string, on: boolean): Promise<void> {
+    if (on) this.sending.add(vmId);
+    else this.sending.delete(vmId);
+    await this.reportVm(vmId);
+  }
+
   /** Only the fields the protocol carries (drivers may keep more), and whether this host sends the VM away. */
   private report(vm: VmStatusMsg): VmStatusMsg {
+    // A VM this host fenced reads as stopped with the reason, not as crashed (its QEMU was killed).
+    const fenced = (vm.state === 'stopped' || vm.state === 'crashed') && this.lease?.fenced(vm.id);
+    const token = this.lease?.tokenOf(vm.id);
     return {
-      id: vm.id, name: vm.name, state: vm.state, cpus: vm.cpus, memoryMiB: vm.memoryMiB, memoryActualMiB: vm.memoryActualMiB,
+      id: vm.id, name: vm.name, state: fenced ? 'stopped' : vm.state, cpus: vm.cpus, memoryMiB: vm.memoryMiB, memoryActualMiB: vm.memoryActualMiB,
       ...(vm.memoryUsedMiB !== undefined ? { memoryUsedMiB: vm.memoryUsedMiB } : {}),
       ...(vm.uptimeS !== undefined ? { uptimeS: vm.uptimeS } : {}),
-      ...(vm.reason !== undefined ? { reason: vm.reason } : {}),
+      ...(fenced ? { reason: 'fenced: the host lease ran out' } : vm.reason !== undefined ? { reason: vm.reason } : {}),
       ...(this.sending.has(vm.id) ? { migrating: true } : {}),
+      ...(token !== undefined ? { token } : {}),
     };
   }
 
   private async beat(): Promise<void> {
     try {
       const facts = await this.opts.driver.facts();
-      this.send({ type: 'heartbeat', seq: this.seq++, memoryFreeMiB: facts.memoryFreeMiB });
+      const seq = this.seq++;
+      this.beatsSent.set(seq, monotonicMs());
+      // Beats control never answered are not kept forever.
+      if (this.beatsSent.size > 64) this.beatsSent.delete(this.beatsSent.keys().next().value!);
+      this.send({ type: 'heartbeat', seq, memoryFreeMiB: facts.memoryFreeMiB });
       if (this.seq % (this.opts.fullReportEvery ?? 10) === 0) {
         this.send({ type: 'vms', full: true, vms: (await this.opts.driver.list()).map((vm) => this.report(vm)) });
         await this.reportPools();
@@ -340,6 +400,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.stopped = true;
     this.unsubscribe?.();
+    this.lease?.stop();
     if (this.heartbeat) clearInterval(this.heartbeat);
     if (this.reconnect) clearTimeout(this.reconnect);
     for (const a of this.inflight.values()) a.abort();

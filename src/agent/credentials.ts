@@ -17,13 +17,13 @@ const file = (dataDir: string) => join(dataDir, 'agent-credentials.json');
 const epochFile = (dataDir: string) => join(dataDir, 'control-epoch.json');
 
 /** Written beside and renamed over, so a crash never leaves half a file. */
-function writeAtomically(path: string, text: string): void {
+export function writeAtomically(path: string, text: string): void {
   const tmp = `${path}.${process.pid}.tmp`;
   writeFileSync(tmp, text, { mode: 0o600 });
   renameSync(tmp, path);
 }
 
-function readJson(path: string): unknown {
+export function readJson(path: string): unknown {
   try {
     return JSON.parse(readFileSync(path, 'utf8')) as unknown;
   } catch (err) {

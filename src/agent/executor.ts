@@ -1,5 +1,6 @@
 // Runs one command from control against the driver and turns the outcome into a result message.
 import { DriverError, type HypervisorDriver } from '../drivers/types.ts';
+import { StaleToken } from './fence/keeper.ts';
 import type { Command } from '../protocol/messages.ts';
 import type { HostStorage } from './storage/index.ts';
 import { PoolError } from './storage/pool.ts';
@@ -72,6 +73,6 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
 }
 
 export function errorOf(err: unknown): { code: string; message: string } {
-  if (err instanceof DriverError || err instanceof PoolError) return { code: err.code, message: err.message };
+  if (err instanceof DriverError || err instanceof PoolError || err instanceof StaleToken) return { code: err.code, message: err.message };
   return { code: 'AGENT_ERROR', message: err instanceof Error ? err.message : String(err) };
 }

@@ -41,6 +41,7 @@ import { replicaRoutes } from './leader/routes.ts';
 import { createMetrics } from './metrics.ts';
 import { createLocalChangeFeed, createSharedChangeFeed } from './reconcile/changes.ts';
 import { createDrainController } from './reconcile/drain.ts';
+import { createHaManager } from './ha/ha-manager.ts';
 import { createControllerManager } from './reconcile/manager.ts';
 import { createVmController } from './reconcile/vm-controller.ts';
 import { resumeTasks } from './reconcile/resume.ts';
@@ -94,6 +95,12 @@ export interface ControlConfig {
   advertiseUrl?: string;
   /** The leader lease's timings (PostgreSQL; on SQLite the one process leads). */
   leader?: LeaderConfig;
+  /** How long a heartbeat keeps a host's lease; past it the host is failed and stops its HA VMs (default 5 s). */
+  hostLeaseMs?: number;
+  /** How long after a failed host's lease ran out its HA VMs are restarted elsewhere (default 1.5 s). */
+  failoverMarginMs?: number;
+  /** HA admission control: host failures the HA VMs must survive (default 1; 0 turns the check off). */
+  haHostFailures?: number;
 }
 
 export type Control = Awaited<ReturnType<typeof createControl>>;
@@ -125,7 +132,7 @@ export async function createControl(config: ControlConfig) {
   const replicas = createReplicaDirectory(leadership, log, selfUrl);
   /** The epoch of this leadership: the lease's, unless the caller drives leadership itself (autoLead: false). */
   const epoch = config.epoch ?? (() => leadership.epoch);
-  const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch, statusFlushMs: config.hostStatusFlushMs });
+  const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch, statusFlushMs: config.hostStatusFlushMs, leaseMs: config.hostLeaseMs });
   // Connected agents hear of replicas that come and go, so they know where to go when this one dies.
   replicas.onChange((view) => {
     if (!registry.leading) return;
@@ -166,6 +173,8 @@ export async function createControl(config: ControlConfig) {
       boot,
       disks,
       nics: JSON.parse(vm.nics) as VmSpecMsg['nics'],
+      ha: vm.ha === 1,
+      token: vm.placement_token,
     };
   }
 
@@ -212,6 +221,7 @@ export async function createControl(config: ControlConfig) {
     migrate: (id, by) => vms.migrate(id, undefined, by),
     stop: (id, by) => vms.stop(id, false, by),
   }));
+  manager.register(createHaManager({ registry, store: vmStore, changes, capacity, events, metrics, log, policy: config.policy, marginMs: config.failoverMarginMs }));
   // A task that ends is a change of that task: controllers waiting on it (a drain) hear it on every
   // replica, each from the event it sees, so the note itself stays local.
   events.subscribe((e) => {

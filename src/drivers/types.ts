@@ -170,4 +170,9 @@ export interface HypervisorDriver {
   growDisk(vmId: string, index: number, sizeMiB: number): Promise<void>;
   /** Releases sockets and timers; running VMs keep running (a later driver re-attaches). */
   close(): Promise<void>;
+  /**
+   * Where the process of a VM writes its pid, for drivers whose VMs are processes of their own (QEMU): the
+   * host's watchdog kills it there when the host's lease runs out, even when the agent cannot.
+   */
+  pidFile?(vmId: string): string;
 }

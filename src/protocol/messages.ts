@@ -8,6 +8,9 @@ const Id = Type.String({ minLength: 1, maxLength: 128 });
 const MiB = Type.Integer({ minimum: 0 });
 
 
+/** A VM's placement token (fencing token). */
+const Token = Type.Integer({ minimum: 0 });
+
 export const VmStatusSchema = Type.Object(
   {
     id: Id,
@@ -24,6 +27,8 @@ export const VmStatusSchema = Type.Object(
     reason: Type.Optional(Type.String()),
     /** The host sends this VM to another one now (a migrate command runs). */
     migrating: Type.Optional(Type.Boolean()),
+    /** The placement token this copy was started with (see VmSpec.token). */
+    token: Type.Optional(Token),
   },
   Strict,
 );
@@ -70,6 +75,10 @@ export const VmSpecSchema = Type.Object(
       Type.Object({ kind: Type.Literal('none') }, Strict),
     ]),
     disks: Type.Array(DiskSpecSchema, { maxItems: 16 }),
+    /** HA VMs are the ones a host stops by itself when its lease runs out. */
+    ha: Type.Optional(Type.Boolean()),
+    /** Grows with each placement of the VM; a host refuses commands about it with an older one. */
+    token: Type.Optional(Token),
     nics: Type.Array(
       Type.Object(
         {
@@ -107,11 +116,11 @@ export const PoolReportSchema = Type.Object(
 export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('start'), spec: VmSpecSchema }, Strict),
   Type.Object(
-    { op: Type.Literal('stop'), vmId: Id, force: Type.Optional(Type.Boolean()), timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })) },
+    { op: Type.Literal('stop'), vmId: Id, force: Type.Optional(Type.Boolean()), timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })), token: Type.Optional(Token) },
     Strict,
   ),
   Type.Object({ op: Type.Literal('reboot'), vmId: Id }, Strict),
-  Type.Object({ op: Type.Literal('delete'), vmId: Id }, Strict),
+  Type.Object({ op: Type.Literal('delete'), vmId: Id, token: Type.Optional(Token) }, Strict),
   Type.Object({ op: Type.Literal('setMemory'), vmId: Id, targetMiB: Type.Integer({ minimum: 1 }) }, Strict),
   Type.Object({ op: Type.Literal('prepareIncoming'), spec: VmSpecSchema }, Strict),
   Type.Object({ op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }), nbd: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })) }, Strict),
@@ -175,6 +184,11 @@ export const ControlMessageSchema = Type.Union([
     Strict,
   ),
   Type.Object({ type: Type.Literal('command'), id: Id, epoch: Epoch, command: CommandSchema }, Strict),
+  /**
+   * The host's lease is renewed for ttlMs, counted by the agent from when it sent beat `seq` (its hello
+   * when there is none). Past it, the host stops its HA VMs: control may restart them elsewhere.
+   */
+  Type.Object({ type: Type.Literal('lease'), ttlMs: Type.Integer({ minimum: 1 }), seq: Type.Optional(Type.Integer({ minimum: 0 })) }, Strict),
   /** The set of replicas changed while the agent is connected. */
   Type.Object({ type: Type.Literal('replicas'), leader: Type.Optional(Url), replicas: ReplicaUrls }, Strict),
   /**

@@ -18,6 +18,8 @@ export interface TestHost<D extends HypervisorDriver = SimDriver> {
   driver: D;
   agent: Agent;
   dataDir: string;
+  /** The control URL its agent dials when not control's own. */
+  via?: string;
 }
 
 export interface Cluster<D extends HypervisorDriver = SimDriver> {
@@ -29,7 +31,8 @@ export interface Cluster<D extends HypervisorDriver = SimDriver> {
   /** The simulated hosts' pools (one shared pool seen by all, a local one each). */
   memory: MemoryStorage;
   api<T = any>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }>;
-  addHost(name: string, sim?: Partial<SimDriverOptions>): Promise<TestHost<D>>;
+  /** A host whose agent dials `control` (a link a test can cut) and nothing else. */
+  addHost(name: string, sim?: Partial<SimDriverOptions>, control?: string): Promise<TestHost<D>>;
   stopAgent(host: TestHost<D>): Promise<void>;
   startAgent(host: TestHost<D>): Promise<void>;
   waitTask(id: string, timeoutMs?: number): Promise<any>;
@@ -82,15 +85,15 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
   const login = await api<{ token: string }>('POST', '/api/v1/auth/login', { username: 'admin', password: 'admin-password' }, '');
   const cluster: Cluster<D> = {
     control, url, token: login.body.token, hosts: [], dir, api, memory,
-    async addHost(name, sim) {
+    async addHost(name, sim, via) {
       const { body } = await api<{ token: string }>('POST', '/api/v1/hosts/join-tokens');
       const dataDir = join(dir, name);
       const driver = opts.makeDriver
         ? await opts.makeDriver(name, dataDir)
         : (createSimDriver({ hostname: name, address: name, cpus: 8, memoryMiB: 16384, bootDelayMs: 20, migrateMiBPerS: 8192, ...opts.sim, ...sim }) as HypervisorDriver as D);
-      const agent = new Agent({ control: url, joinToken: body.token, driver, dataDir, name, log, ...storageFor(dataDir) });
+      const agent = new Agent({ control: via ?? url, pinned: via !== undefined, joinToken: body.token, driver, dataDir, name, log, ...storageFor(dataDir) });
       await agent.start();
-      const host = { name, driver, agent, dataDir };
+      const host = { name, driver, agent, dataDir, via };
       cluster.hosts.push(host);
       await until(async () => (await api<{ items: { name: string; state: string }[] }>('GET', '/api/v1/hosts')).body.items.find((h) => h.name === name)?.state === 'ready', { what: `${name} ready` });
       return host;
@@ -99,7 +102,7 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
       await host.agent.stop();
     },
     async startAgent(host) {
-      host.agent = new Agent({ control: url, driver: host.driver, dataDir: host.dataDir, name: host.name, log, ...storageFor(host.dataDir) });
+      host.agent = new Agent({ control: host.via ?? url, pinned: host.via !== undefined, driver: host.driver, dataDir: host.dataDir, name: host.name, log, ...storageFor(host.dataDir) });
       await host.agent.start();
     },
     async waitTask(id, timeoutMs = 15_000) {

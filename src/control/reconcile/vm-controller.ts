@@ -270,10 +270,12 @@ export function createVmController(deps: VmControllerDeps) {
 
   async function startOn(vm: VmRow, host: LiveHost, active: Task[], placedOn?: string): Promise<ReconcileResult> {
     if (!host.connection) return { requeueAfterMs: 250 };
-    const spec = await deps.buildSpec(vm);
+    // A new placement: its token is higher than any copy elsewhere, which hosts then refuse or stop.
+    const token = vm.placement_token + 1;
+    const spec = { ...(await deps.buildSpec(vm)), token };
     for (const t of active) await tasks.progress(t.id, placedOn ? 30 : 50, `starting on ${host.row.name}`);
     await send(vm, host, { kind: 'start' }, { op: 'start', spec }, opTimeoutMs.start, {
-      phase: 'starting', message: null, observed_generation: vm.generation, memory_applied_mib: null,
+      phase: 'starting', message: null, observed_generation: vm.generation, memory_applied_mib: null, placement_token: token,
       ...(placedOn ? { host_id: placedOn } : {}),
     });
   }
@@ -283,7 +285,7 @@ export function createVmController(deps: VmControllerDeps) {
     // stop like any other.
     // A VM being deleted stays `deleting` while it stops.
     const phase = vm.deleting ? vm.phase : vm.phase === 'failed' && !active.some((t) => t.kind === 'stop') ? 'failed' : 'stopping';
-    await send(vm, host, { kind: 'stop', force }, { op: 'stop', vmId: vm.id, force, timeoutMs: 30_000 }, opTimeoutMs.stop, { phase });
+    await send(vm, host, { kind: 'stop', force }, { op: 'stop', vmId: vm.id, force, timeoutMs: 30_000, token: vm.placement_token }, opTimeoutMs.stop, { phase });
   }
 
   /** The VM has an op in flight: take its outcome, wait for it, or take it up again. */
@@ -387,9 +389,36 @@ export function createVmController(deps: VmControllerDeps) {
     for (const h of registry.all()) {
       if (h.row.id === vm.host_id || !h.connection) continue;
       const seen = h.vms.get(vm.id);
-      if (seen && (seen.state === 'running' || seen.state === 'paused')) return h;
+      if (!seen || !UP.includes(seen.state)) continue;
+      // A copy from an older placement (its host was failed and the VM restarted elsewhere): stopped there.
+      if (seen.token !== undefined && seen.token < vm.placement_token) {
+        void stopStale(h, vm, seen.token);
+        continue;
+      }
+      if (seen.state === 'running' || seen.state === 'paused') return h;
     }
     return undefined;
+  }
+
+  const stopping = new Set<string>();
+  async function stopStale(h: LiveHost, vm: VmRow, token: number): Promise<void> {
+    const key = `${h.row.id}/${vm.id}`;
+    if (stopping.has(key) || !h.connection) return;
+    stopping.add(key);
+    try {
+      log.warn({ vmId: vm.id, host: h.row.name, token, current: vm.placement_token }, 'stopping a stale copy of a VM');
+      await h.connection.command({ op: 'stop', vmId: vm.id, force: true, token: vm.placement_token }, { timeoutMs: 60_000 });
+      await h.connection.command({ op: 'delete', vmId: vm.id, token: vm.placement_token }, { timeoutMs: 60_000 });
+      h.vms.delete(vm.id);
+      await events.emit({
+        type: 'vm.stale-copy-stopped', objectKind: 'vm', objectId: vm.id,
+        message: `host ${h.row.name} still ran VM ${vm.name} from an older placement (token ${token} < ${vm.placement_token}); that copy was stopped`,
+      });
+    } catch (err) {
+      log.error({ err, vmId: vm.id, host: h.row.name }, 'could not stop a stale copy');
+    } finally {
+      stopping.delete(key);
+    }
   }
 
   /** Tells a host to drop its definition of a VM that no longer runs there. */

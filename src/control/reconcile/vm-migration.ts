@@ -38,12 +38,14 @@ export async function beginMigration(ctx: VmControllerContext, vm: VmRow, req: M
     return refuse(ctx, vm, req, task, 'HOST_NOT_READY', `${!src?.connection ? 'source' : 'destination'} host is not connected`);
   }
   if (to === vm.host_id) return refuse(ctx, vm, req, task, 'INVALID_STATE', `VM ${vm.name} already runs on ${dst.row.name}`);
-  const spec = await ctx.buildSpec(vm);
+  // The destination's copy is a new placement; the source's copy keeps the old token until it lets go.
+  const token = vm.placement_token + 1;
+  const spec = { ...(await ctx.buildSpec(vm)), token };
   ctx.capacity.assign(incoming(vm.id), dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: null });
   if (task) await ctx.tasks.progress(task.id, 5, `preparing ${dst.row.name}`);
   try {
     await ctx.send(vm, dst, { kind: 'migrate', stage: 'preparing', requestId: req.id, from: src.row.id, to: dst.row.id }, { op: 'prepareIncoming', spec }, opTimeoutMs.preparing,
-      { phase: 'migrating', target_host_id: dst.row.id }, { why: `to ${dst.row.name}` });
+      { phase: 'migrating', target_host_id: dst.row.id, placement_token: token }, { why: `to ${dst.row.name}` });
   } catch (err) {
     ctx.capacity.release(incoming(vm.id));
     throw err;

@@ -59,6 +59,9 @@ export interface HostsTable {
   status_version: number;
   /** The leader epoch of the last status write: a lower epoch may not overwrite it. */
   status_epoch: number;
+  /** Status: since when the host is failed (its lease ran out), and why it is in its state. */
+  failed_at: string | null;
+  state_reason: string | null;
 }
 
 export interface ImagesTable {
@@ -110,6 +113,12 @@ export interface VmsTable {
   migrate_handled: string | null;
   /** Status: the memory target last applied to the running guest (cleared when it boots or moves). */
   memory_applied_mib: number | null;
+  /** Status: grows with each placement (a start on a host, a migration's destination); commands carry it. */
+  placement_token: number;
+  /** Spec: HA VMs of a failed host restart in descending priority. */
+  ha_priority: number;
+  /** Status: JSON array of ISO times of recent HA restarts (the restart limit counts them). */
+  ha_restarts: string | null;
   generation: number;
   observed_generation: number;
   resource_version: number;

@@ -178,6 +178,10 @@ class QemuDriver implements HypervisorDriver {
     return new DriverError('BOOT_FAILED', `${err.message} under KVM; the accelerator was probed again (${now.reason}): ${outcome}`);
   }
 
+  pidFile(vmId: string): string {
+    return vmPaths(this.opts.dataDir, vmId).pidfile;
+  }
+
   async list(): Promise<DriverVmStatus[]> {
     this.checkOpen();
     return Promise.all([...this.vms.values()].map((vm) => vm.status()));

@@ -2,20 +2,26 @@
 import { type Static, Type } from 'typebox';
 import type { HostRow } from '../../store/schema.ts';
 
-export type HostState = 'joining' | 'ready' | 'unreachable' | 'fenced';
+/**
+ * `unreachable`: the agent's connection is gone or its beats stopped, but its lease still runs: its VMs
+ * may be running, nothing is moved. `failed`: the lease ran out; its HA VMs have stopped themselves (the
+ * host fences itself) and are restarted elsewhere once a margin has passed too.
+ */
+export type HostState = 'joining' | 'ready' | 'unreachable' | 'failed' | 'fenced';
 
 /** Allowed host state transitions, checked in one place. */
 const transitions: Record<HostState, HostState[]> = {
-  joining: ['ready', 'unreachable'],
-  ready: ['unreachable', 'fenced'],
-  unreachable: ['ready', 'fenced'],
+  joining: ['ready', 'unreachable', 'failed'],
+  ready: ['unreachable', 'failed', 'fenced'],
+  unreachable: ['ready', 'failed', 'fenced'],
+  failed: ['ready', 'fenced'],
   fenced: ['ready'],
 };
 
 export const canTransition = (from: HostState, to: HostState) => from === to || transitions[from].includes(to);
 
 /** The states the API shows: a ready host in maintenance reads as `maintenance`. */
-export const hostStates = ['joining', 'ready', 'maintenance', 'unreachable', 'fenced'] as const;
+export const hostStates = ['joining', 'ready', 'maintenance', 'unreachable', 'failed', 'fenced'] as const;
 
 export const HostSchema = Type.Object({
   id: Type.String(),
@@ -35,6 +41,12 @@ export const HostSchema = Type.Object({
   zone: Type.Union([Type.String(), Type.Null()]),
   connected: Type.Boolean(),
   lastHeartbeatAt: Type.Union([Type.String(), Type.Null()]),
+  /** Until when the host may run its HA VMs without another heartbeat. */
+  leaseExpiresAt: Type.Union([Type.String(), Type.Null()]),
+  /** Since when the host is failed (null unless it is). */
+  failedAt: Type.Union([Type.String(), Type.Null()]),
+  /** Why the host is in its state. */
+  stateReason: Type.Union([Type.String(), Type.Null()]),
   /** The task of the last drain asked for (it says whether the drain is under way, done or failed). */
   drainTaskId: Type.Union([Type.String(), Type.Null()]),
   generation: Type.Integer(),
@@ -54,6 +66,7 @@ export interface LiveView {
   memoryFreeMiB: number;
   allocatedMiB: number;
   vmCount: number;
+  leaseExpiresAt: string | null;
 }
 
 export function hostFromRow(r: HostRow, live?: LiveView): Host {
@@ -75,6 +88,9 @@ export function hostFromRow(r: HostRow, live?: LiveView): Host {
     zone: r.zone,
     connected: live ? live.connected : r.connected === 1,
     lastHeartbeatAt: live ? (live.lastHeartbeatAt ?? r.last_heartbeat_at) : r.last_heartbeat_at,
+    leaseExpiresAt: live ? live.leaseExpiresAt : r.lease_expires_at,
+    failedAt: r.failed_at,
+    stateReason: r.state_reason,
     drainTaskId: r.drain_task_id,
     generation: r.generation,
     createdAt: r.created_at,

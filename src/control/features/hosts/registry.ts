@@ -26,6 +26,11 @@ export interface LiveHost {
   heardAtMs: number | null;
   memoryFreeMiB: number;
   vms: Map<string, VmStatusMsg>;
+  /**
+   * Until when the host may run its HA VMs: each beat renews it for `leaseMs`, and the agent, which counts
+   * from when it sent the beat, stops them itself when it runs out. Never earlier than what SQL holds.
+   */
+  leaseExpiresMs: number;
 }
 
 export interface HostRegistryDeps {
@@ -43,6 +48,8 @@ export interface HostRegistryDeps {
   statusFlushMs?: number;
   /** How often a follower re-reads hosts from SQL. */
   followRefreshMs?: number;
+  /** How long a beat keeps a host's lease (default 5 s). */
+  leaseMs?: number;
 }
 
 type Mode = 'idle' | 'leading' | 'following';
@@ -76,6 +83,10 @@ export class HostRegistry {
     return this.mode === 'leading';
   }
 
+  get leaseMs(): number {
+    return this.deps.leaseMs ?? 5000;
+  }
+
   private get limitMs(): number {
     return this.deps.heartbeatIntervalMs * (this.deps.missedHeartbeats ?? 2.5);
   }
@@ -88,7 +99,10 @@ export class HostRegistry {
     this.hosts.clear();
     for (const row of rows) {
       const heard = row.last_heartbeat_at ? Date.parse(row.last_heartbeat_at) : null;
-      this.hosts.set(row.id, { row, connection: null, attaching: null, lastHeartbeatMs: now, heardAtMs: heard, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
+      // A lease an earlier leader granted ran from a beat sent before this process led: a full lease from
+      // now outlasts it, so no host is declared failed while it may still run its VMs.
+      const lease = Math.max(now + this.leaseMs, row.lease_expires_at ? Date.parse(row.lease_expires_at) : 0);
+      this.hosts.set(row.id, { row, connection: null, attaching: null, lastHeartbeatMs: now, heardAtMs: heard, memoryFreeMiB: row.memory_free_mib, vms: new Map(), leaseExpiresMs: lease });
       this.index(row.id);
     }
     this.mode = 'leading';
@@ -178,7 +192,7 @@ export class HostRegistry {
 
   /** A host that just joined (its row was written by the join call). */
   add(row: HostRow): void {
-    this.hosts.set(row.id, { row, connection: null, attaching: null, lastHeartbeatMs: Date.now(), heardAtMs: null, memoryFreeMiB: row.memory_free_mib, vms: new Map() });
+    this.hosts.set(row.id, { row, connection: null, attaching: null, lastHeartbeatMs: Date.now(), heardAtMs: null, memoryFreeMiB: row.memory_free_mib, vms: new Map(), leaseExpiresMs: Date.now() + this.leaseMs });
     this.index(row.id);
   }
 
@@ -229,6 +243,7 @@ export class HostRegistry {
       case 'heartbeat':
         host.lastHeartbeatMs = host.heardAtMs = Date.now();
         host.memoryFreeMiB = msg.memoryFreeMiB;
+        this.renewLease(host, conn, msg.seq);
         if (host.row.state !== 'ready' && host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'heartbeats resumed');
         return;
       case 'hello':
@@ -239,6 +254,7 @@ export class HostRegistry {
           host.connection = conn;
         } else if (host.connection !== conn) return;
         this.replaceVms(host, msg.vms, true);
+        this.renewLease(host, conn);
         if (host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'agent connected');
         return;
       case 'vms':
@@ -263,13 +279,29 @@ export class HostRegistry {
     }
   }
 
+  /**
+   * Grants the host another lease and tells its agent, which counts it from when it sent the beat
+   * (`seq`; none for its hello). Only a process that leads grants: a deposed one's word is worth nothing.
+   */
+  private renewLease(host: LiveHost, conn: AgentConnection, seq?: number): void {
+    if (!this.leading || this.stopped) return;
+    host.leaseExpiresMs = Math.max(host.leaseExpiresMs, Date.now() + this.leaseMs);
+    conn.send({ type: 'lease', ttlMs: this.leaseMs, ...(seq === undefined ? {} : { seq }) });
+  }
+
   async transition(hostId: string, to: HostState, why: string): Promise<void> {
     const host = this.hosts.get(hostId);
     if (!host || this.stopped || !this.leading) return;
     const from = host.row.state as HostState;
     if (from === to || !canTransition(from, to)) return;
-    const row = await this.writeStatus(host, { ...this.liveStatus(host), state: to });
+    const row = await this.writeStatus(host, { ...this.liveStatus(host), state: to, state_reason: why, failed_at: null });
     if (!row) return;
+    await this.announce(host, row, from, to, why);
+  }
+
+  /** A state change written: logged, an event, and the listeners told. */
+  private async announce(host: LiveHost, row: HostRow, from: HostState, to: HostState, why: string): Promise<void> {
+    const hostId = row.id;
     this.index(hostId);
     this.deps.log.info({ hostId, host: row.name, from, to, why }, 'host state changed');
     await this.deps.events.emit({ type: `host.${to}`, objectKind: 'host', objectId: hostId, message: `host ${row.name} is ${to}: ${why}`, data: { from, to } });
@@ -282,7 +314,7 @@ export class HostRegistry {
     return {
       connected: h.connection ? 1 : 0,
       last_heartbeat_at: iso(h.heardAtMs),
-      lease_expires_at: h.connection && h.lastHeartbeatMs !== null ? iso(h.lastHeartbeatMs + this.limitMs) : null,
+      lease_expires_at: iso(h.leaseExpiresMs),
       memory_free_mib: h.memoryFreeMiB,
       vm_count: [...h.vms.values()].filter((v) => v.state !== 'incoming').length,
       memory_allocated_mib: this.deps.capacity.usage(h.row.id)?.usedMiB ?? 0,
@@ -375,6 +407,10 @@ export class HostRegistry {
     const limit = this.limitMs;
     const now = Date.now();
     for (const host of this.hosts.values()) {
+      if (['joining', 'ready', 'unreachable'].includes(host.row.state) && now > host.leaseExpiresMs) {
+        await this.leaseRanOut(host).catch((err: unknown) => this.deps.log.error({ err, hostId: host.row.id }, 'could not mark host failed'));
+        continue;
+      }
       if (host.row.state !== 'ready' && host.row.state !== 'joining') continue;
       if (host.lastHeartbeatMs !== null && now - host.lastHeartbeatMs > limit) {
         host.connection?.close('heartbeats missed');
@@ -384,6 +420,34 @@ export class HostRegistry {
         );
       }
     }
+  }
+
+  /**
+   * The lease ran out: the host is failed, unless SQL holds a longer lease (a replica that does not lead
+   * renewed it while the agent looked for the leader). Compare-and-set on the version read, so a renewal
+   * that commits first wins and one that comes after finds the host failed and is refused.
+   */
+  private async leaseRanOut(host: LiveHost): Promise<void> {
+    const fresh = await this.deps.store.get(host.row.id);
+    if (!fresh || !this.leading) return;
+    const inSql = fresh.lease_expires_at ? Date.parse(fresh.lease_expires_at) : 0;
+    if (inSql > host.leaseExpiresMs) {
+      host.leaseExpiresMs = inSql;
+      return;
+    }
+    const from = host.row.state as HostState;
+    if (!canTransition(from, 'failed')) return;
+    host.connection?.close('its lease ran out');
+    host.attaching?.close('its lease ran out');
+    host.connection = host.attaching = null;
+    const why = `no heartbeat since ${iso(host.heardAtMs) ?? 'control started'}; its lease ran out at ${iso(host.leaseExpiresMs)}`;
+    const epoch = this.deps.epoch?.() ?? 0;
+    const patch = { ...this.liveStatus(host), state: 'failed', state_reason: why, failed_at: new Date().toISOString() };
+    const row = await this.deps.store.updateStatus({ id: fresh.id, statusVersion: fresh.status_version, patch }, epoch);
+    if (!row) return; // someone wrote first: look again on the next tick
+    host.row = row;
+    this.index(row.id);
+    await this.announce(host, row, from, 'failed', why);
   }
 
   private async updateFacts(host: LiveHost, facts: HostFactsMsg): Promise<void> {

@@ -43,6 +43,7 @@ export function createHostService(deps: HostServiceDeps) {
       memoryFreeMiB: live.memoryFreeMiB,
       allocatedMiB: capacity.usage(row.id)?.usedMiB ?? 0,
       vmCount: [...live.vms.values()].filter((v) => v.state !== 'incoming').length,
+      leaseExpiresAt: new Date(live.leaseExpiresMs).toISOString(),
     });
   }
 
@@ -129,6 +130,8 @@ export function createHostService(deps: HostServiceDeps) {
         memory_allocated_mib: 0,
         status_version: 1,
         status_epoch: 0,
+        failed_at: null,
+        state_reason: null,
       };
       await store.join(req.joinToken, row);
       registry.add(row);

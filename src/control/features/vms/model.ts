@@ -14,8 +14,9 @@ export const transitions: Record<VmPhase, readonly VmPhase[]> = {
   // A host can vanish, or report the VM already running (a kept host), before it was ever placed.
   pending: ['scheduling', 'starting', 'running', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
   scheduling: ['pending', 'starting', 'running', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
-  starting: ['running', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
-  running: ['starting', 'migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
+  // Pending again: its host failed and HA restarts it on another one.
+  starting: ['pending', 'running', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
+  running: ['pending', 'starting', 'migrating', 'stopping', 'stopped', 'failed', 'unknown', 'deleting'],
   migrating: ['running', 'stopped', 'failed', 'unknown', 'deleting'],
   // Started again while it was stopping: it boots anew.
   stopping: ['starting', 'running', 'stopped', 'failed', 'unknown', 'deleting'],
@@ -56,6 +57,9 @@ export const VmSchema = Type.Object({
   diskGiB: Type.Integer(),
   storage: Type.Enum(['shared', 'local'] as const),
   ha: Type.Boolean(),
+  haPriority: Type.Integer(),
+  /** Grows with each placement; a host's copy with an older token is stale and is stopped. */
+  placementToken: Type.Integer(),
   placementLabels: Labels,
   antiAffinity: Type.Union([Type.String(), Type.Null()]),
   nics: Type.Array(NicSchema),
@@ -80,7 +84,8 @@ export const CreateVmBody = Type.Object(
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'image id or name' })),
     diskGiB: Type.Optional(Type.Integer({ minimum: 1, maximum: 65536 })),
     storage: Type.Optional(Type.Enum(['shared', 'local'] as const, { description: 'where the disk lives: the shared pool, or the host (copied along on migration)' })),
-    ha: Type.Optional(Type.Boolean()),
+    ha: Type.Optional(Type.Boolean({ description: 'restart the VM on another host when its host fails' })),
+    haPriority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000, description: 'HA VMs of a failed host restart highest first' })),
     placementLabels: Type.Optional(Labels),
     antiAffinity: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
     nics: Type.Optional(
@@ -110,6 +115,8 @@ export function vmFromRow(r: VmRow): Vm {
     diskGiB: r.disk_gib,
     storage: r.local_disk ? 'local' : 'shared',
     ha: r.ha === 1,
+    haPriority: r.ha_priority,
+    placementToken: r.placement_token,
     placementLabels: JSON.parse(r.placement_labels) as Record<string, string>,
     antiAffinity: r.anti_affinity,
     nics: JSON.parse(r.nics) as Vm['nics'],

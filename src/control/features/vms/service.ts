@@ -152,6 +152,7 @@ export function createVmService(deps: VmServiceDeps) {
         disk_gib: hasDisk ? (body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024))) : 0,
         local_disk: body.storage === 'local' ? 1 : 0,
         ha: body.ha ? 1 : 0,
+        ha_priority: body.haPriority ?? 0,
         placement_labels: JSON.stringify(body.placementLabels ?? {}),
         anti_affinity: body.antiAffinity ?? null,
         nics: JSON.stringify(nics),

@@ -8,10 +8,11 @@ import type { Database, VmRow } from '../../store/schema.ts';
 export const specColumns = [
   'name', 'cpus', 'memory_mib', 'max_memory_mib', 'image_id', 'disk_gib', 'local_disk', 'ha', 'placement_labels',
   'anti_affinity', 'nics', 'desired_power', 'deleting', 'memory_target_mib', 'reboot_request', 'migrate_request',
+  'ha_priority',
 ] as const;
 export const statusColumns = [
   'phase', 'host_id', 'target_host_id', 'message', 'memory_actual_mib', 'observed_generation', 'op', 'reboot_handled',
-  'migrate_handled', 'memory_applied_mib',
+  'migrate_handled', 'memory_applied_mib', 'placement_token', 'ha_restarts',
 ] as const;
 
 export type VmSpecPatch = Partial<Pick<VmRow, (typeof specColumns)[number]>>;
@@ -111,5 +112,5 @@ export function createVmStore(db: Kysely<Database>) {
 /** The columns a new VM starts with that no request has set yet. */
 export const untouched = {
   memory_target_mib: null, reboot_request: 0, migrate_request: null, op: null, reboot_handled: 0, migrate_handled: null,
-  memory_applied_mib: null, resource_version: 1,
+  memory_applied_mib: null, resource_version: 1, placement_token: 0, ha_restarts: null,
 } satisfies Partial<VmRow>;

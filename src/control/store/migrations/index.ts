@@ -25,6 +25,7 @@ export const migrations: Record<string, () => Promise<MigrationModule>> = {
   '009_pools_and_volumes': () => import('./009_pools_and_volumes.ts'),
   '010_control_leader': () => import('./010_control_leader.ts'),
   '011_host_status': () => import('./011_host_status.ts'),
+  '012_high_availability': () => import('./012_high_availability.ts'),
 };
 
 /**

@@ -1,0 +1,136 @@
+// High availability with simulated hosts: a host cut off from control loses its lease, stops its HA VMs by
+// itself, and only then are they restarted on another host; non-HA VMs are failed with the reason; the
+// host comes back without running a second copy. The links are real loopback TCP that the test cuts.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { type Cluster, type TestHost, startCluster } from '../support/cluster.ts';
+import { type Link, createLink } from '../support/link.ts';
+import { until } from '../until.ts';
+
+const vmOf = async (c: Cluster, name: string) => (await c.api('GET', `/api/v1/vms/${name}`)).body;
+const hostOf = async (c: Cluster, name: string) => (await c.api('GET', `/api/v1/hosts/${name}`)).body;
+const upStates = ['starting', 'running', 'paused'];
+
+/** Every host's driver that holds a live copy of the VM. */
+async function runningOn(c: Cluster, vmId: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const h of c.hosts) if ((await h.driver.list()).some((v) => v.id === vmId && upStates.includes(v.state))) out.push(h.name);
+  return out;
+}
+
+describe('a host cut off from control', () => {
+  let c: Cluster;
+  let link: Link;
+  let lonely: TestHost;
+  /** When each host's driver saw the HA VM stop and start, to prove the order. */
+  const seen: { host: string; state: string; at: number }[] = [];
+  const ids: Record<string, string> = {};
+
+  before(async () => {
+    c = await startCluster({ control: { hostLeaseMs: 1000, failoverMarginMs: 500 } });
+    link = await createLink(c.url);
+    lonely = await c.addHost('host-1', undefined, link.url);
+    for (const name of ['web', 'db', 'batch']) {
+      const r = await c.api('POST', '/api/v1/vms', { name, cpus: 1, memoryMiB: 256, ha: name !== 'batch', haPriority: name === 'db' ? 10 : 0 });
+      assert.equal(r.status, 202, JSON.stringify(r.body));
+      assert.equal((await c.waitTask(r.body.task.id)).state, 'succeeded');
+      ids[name] = r.body.vm.id;
+    }
+    await c.addHost('host-2');
+    await c.addHost('host-3');
+    for (const h of c.hosts) {
+      h.driver.subscribe((e) => {
+        if (e.type === 'vm-state' && e.vm.id === ids.web) seen.push({ host: h.name, state: e.vm.state, at: Date.now() });
+      });
+    }
+  });
+  after(async () => {
+    await c?.close();
+    await link?.close();
+  });
+
+  it('is failed once its lease runs out, with why and since when', async () => {
+    const before = await vmOf(c, 'web');
+    assert.equal(before.hostId, lonely.agent.hostId);
+    link.cut();
+    const failed = await until(async () => {
+      const h = await hostOf(c, 'host-1');
+      return h.state === 'failed' ? h : undefined;
+    }, { what: 'host-1 failed', timeoutMs: 15_000 });
+    assert.ok(failed.failedAt, JSON.stringify(failed));
+    assert.match(failed.stateReason, /lease ran out/);
+  });
+
+  it('stops its HA VMs by itself before control restarts them elsewhere, highest priority first', async () => {
+    for (const name of ['web', 'db']) {
+      const vm = await until(async () => {
+        const v = await vmOf(c, name);
+        return v.phase === 'running' && v.hostId !== lonely.agent.hostId ? v : undefined;
+      }, { what: `${name} running elsewhere`, timeoutMs: 15_000 });
+      assert.ok(vm.placementToken >= 2, `a new placement token: ${vm.placementToken}`);
+      assert.deepEqual(await runningOn(c, vm.id), [c.hosts.find((h) => h.agent.hostId === vm.hostId)!.name], `${name} runs exactly once`);
+    }
+    const stoppedOnLonely = seen.find((s) => s.host === 'host-1' && s.state === 'stopped');
+    const startedElsewhere = seen.find((s) => s.host !== 'host-1' && s.state === 'running');
+    assert.ok(stoppedOnLonely && startedElsewhere, JSON.stringify(seen));
+    assert.ok(stoppedOnLonely.at <= startedElsewhere.at, `stopped on host-1 at ${stoppedOnLonely.at}, started elsewhere at ${startedElsewhere.at}`);
+
+    const restarts = (await c.api('GET', '/api/v1/events?type=vm.ha.restarting&limit=10')).body.items;
+    assert.deepEqual(restarts.map((e: { objectId: string }) => e.objectId), [ids.db, ids.web], 'db (priority 10) restarts before web');
+    const metrics = await until(async () => {
+      const text = await (await fetch(`${c.url}/metrics`)).text();
+      return /awan_ha_restart_seconds_count 2/.test(text) ? text : undefined;
+    }, { what: 'two restarts measured' });
+    assert.match(metrics, /awan_ha_detection_seconds_count 2/);
+    assert.match(metrics, /awan_ha_fencing_seconds_count 2/);
+  });
+
+  it('fails a non-HA VM with the reason and leaves it where it is', async () => {
+    const batch = await until(async () => {
+      const v = await vmOf(c, 'batch');
+      return v.phase === 'failed' ? v : undefined;
+    }, { what: 'batch failed' });
+    assert.match(batch.message, /host host-1 failed.*not HA/);
+    assert.equal(batch.hostId, lonely.agent.hostId);
+  });
+
+  it('comes back without a second copy: HA VMs stay where they restarted, the non-HA VM runs again', async () => {
+    link.restore();
+    await until(async () => (await hostOf(c, 'host-1')).state === 'ready', { what: 'host-1 back', timeoutMs: 15_000 });
+    await until(async () => (await vmOf(c, 'batch')).phase === 'running', { what: 'batch running again' });
+    for (const name of ['web', 'db']) {
+      const vm = await vmOf(c, name);
+      assert.notEqual(vm.hostId, lonely.agent.hostId);
+      assert.deepEqual(await runningOn(c, vm.id), [c.hosts.find((h) => h.agent.hostId === vm.hostId)!.name], `${name} runs exactly once`);
+    }
+    const fenced = (await lonely.driver.list()).find((v) => v.id === ids.web);
+    assert.ok(!fenced || fenced.state === 'stopped', JSON.stringify(fenced));
+  });
+});
+
+describe('a host whose agent dies', () => {
+  let c: Cluster;
+  before(async () => {
+    c = await startCluster({ hosts: 1, control: { hostLeaseMs: 1000, failoverMarginMs: 500 } });
+  });
+  after(async () => { await c?.close(); });
+
+  it('has its HA VM restarted elsewhere, and a restarted agent stops its stale copy before it reports', async () => {
+    const r = await c.api('POST', '/api/v1/vms', { name: 'svc', cpus: 1, memoryMiB: 256, ha: true });
+    assert.equal((await c.waitTask(r.body.task.id)).state, 'succeeded');
+    const [first] = c.hosts;
+    await c.addHost('host-2');
+    // The agent is gone and nothing on the simulated host stops the VM (QEMU hosts have a watchdog for that).
+    await c.stopAgent(first);
+    const moved = await until(async () => {
+      const v = await vmOf(c, 'svc');
+      return v.phase === 'running' && v.hostId !== first.agent.hostId ? v : undefined;
+    }, { what: 'svc running on host-2', timeoutMs: 15_000 });
+    assert.equal((await first.driver.status(moved.id)).state, 'running', 'the old copy still runs while its host is cut off');
+    await c.startAgent(first);
+    await until(async () => !(await runningOn(c, moved.id)).includes('host-1'), { what: 'the stale copy stopped' });
+    await until(async () => (await hostOf(c, 'host-1')).state === 'ready', { what: 'host-1 back' });
+    assert.deepEqual(await runningOn(c, moved.id), ['host-2']);
+    assert.equal((await vmOf(c, 'svc')).hostId, c.hosts[1].agent.hostId);
+  });
+});
