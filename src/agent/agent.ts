@@ -141,6 +141,7 @@ export class Agent {
     this.welcomed = false;
     this.redirect = null;
     const url = new URL('/api/v1/agent/connect', target.replace(/^http/, 'ws'));
+    const dialledAt = monotonicMs();
     // Redirects are the protocol's (a `redirect` message), not HTTP's: ws drops the credential on an HTTP
     // redirect to another port, and a replica that does not lead must say where the leader is.
     const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.creds.credential}` }, maxPayload: 1024 * 1024, followRedirects: false });
@@ -152,7 +153,7 @@ export class Agent {
         socket.terminate();
       });
     });
-    socket.on('message', (data) => void this.onMessage(data.toString(), socket));
+    socket.on('message', (data) => void this.onMessage(data.toString(), socket, dialledAt));
     socket.on('unexpected-response', (_req, res) => {
       this.opts.log.error({ status: res.statusCode }, 'control refused the connection');
       socket.terminate();
@@ -224,7 +225,7 @@ export class Agent {
     this.connected = true;
   }
 
-  private async onMessage(raw: string, socket: WebSocket): Promise<void> {
+  private async onMessage(raw: string, socket: WebSocket, dialledAt: number): Promise<void> {
     if (socket !== this.socket) return;
     const parsed = parseControlMessage(raw);
     if (!parsed.ok) {
@@ -254,6 +255,7 @@ export class Agent {
         this.learnReplicas(msg.leader, msg.replicas);
         return;
       case 'redirect':
+        if (msg.leaseMs) this.renewLease(dialledAt, msg.leaseMs);
         this.learnReplicas(msg.leader, msg.replicas);
         this.redirect = { ...(msg.leader ? { leader: msg.leader } : {}), retryMs: msg.retryMs };
         this.opts.log.info({ control: this.dialled, leader: msg.leader }, 'control replica does not lead');
@@ -263,13 +265,7 @@ export class Agent {
       case 'lease': {
         const sentAt = msg.seq === undefined ? this.helloSentAt : this.beatsSent.get(msg.seq);
         if (msg.seq !== undefined) for (const seq of this.beatsSent.keys()) if (seq <= msg.seq) this.beatsSent.delete(seq);
-        if (sentAt) {
-          try {
-            this.lease?.renewed(sentAt, msg.ttlMs);
-          } catch (err) {
-            this.opts.log.error({ err }, 'could not record the host lease');
-          }
-        }
+        if (sentAt) this.renewLease(sentAt, msg.ttlMs);
         return;
       }
     }
@@ -326,6 +322,14 @@ export class Agent {
       this.inflight.delete(id);
       if (command.op === 'start' && this.booting.get(command.spec.id) === abort) this.booting.delete(command.spec.id);
       if (command.op === 'migrate') await this.markSending(command.vmId, false);
+    }
+  }
+
+  private renewLease(sentAt: number, ttlMs: number): void {
+    try {
+      this.lease?.renewed(sentAt, ttlMs);
+    } catch (err) {
+      this.opts.log.error({ err }, 'could not record the host lease');
     }
   }
 

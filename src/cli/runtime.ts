@@ -27,7 +27,7 @@ const intOption = (v: string) => {
 /** Collects a repeatable option's values. */
 const collect = (v: string, previous: string[]) => [...previous, v];
 
-async function startControl(opts: { db: string; port: number; host: string; advertiseUrl?: string; leaseMs?: number; leaseRenewMs?: number; leaseRetryMs?: number; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; adminPassword?: string; logLevel?: string; json?: boolean }) {
+async function startControl(opts: { db: string; port: number; host: string; advertiseUrl?: string; leaseMs?: number; leaseRenewMs?: number; leaseRetryMs?: number; hostLeaseMs?: number; failoverMarginMs?: number; haHostFailures?: number; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; adminPassword?: string; logLevel?: string; json?: boolean }) {
   const log = await createLogger('control', { level: opts.logLevel, json: opts.json });
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
@@ -41,6 +41,9 @@ async function startControl(opts: { db: string; port: number; host: string; adve
     defaultImage: opts.defaultImage,
     advertiseUrl: opts.advertiseUrl,
     leader: { leaseMs: opts.leaseMs, renewMs: opts.leaseRenewMs, retryMs: opts.leaseRetryMs },
+    hostLeaseMs: opts.hostLeaseMs,
+    failoverMarginMs: opts.failoverMarginMs,
+    haHostFailures: opts.haHostFailures,
     log,
   });
   const { generatedAdminPassword } = await control.start();
@@ -80,9 +83,12 @@ export function registerRuntimeCommands(program: Command): void {
     .option('--image-dir <dir>', 'a directory images may be registered from (repeatable; default: the pool directory)', collect, [])
     .option('--memory-overcommit <ratio>', 'memory the scheduler may promise per MiB of host RAM', parseFloat, 1.0)
     .option('--heartbeat-ms <ms>', 'agent heartbeat interval; a host is unreachable after 2.5 missed beats', intOption, 1000)
+    .addOption(new Option('--host-lease-ms <ms>', 'how long a heartbeat keeps a host\'s lease; past it the host is failed and stops its HA VMs').env('AWAN_HOST_LEASE_MS').default(5000).argParser(intOption))
+    .addOption(new Option('--failover-margin-ms <ms>', 'waited beyond a failed host\'s lease before its HA VMs restart elsewhere').env('AWAN_FAILOVER_MARGIN_MS').default(1500).argParser(intOption))
+    .addOption(new Option('--ha-host-failures <n>', 'host failures the HA VMs must survive: a new HA VM that would break it is refused (0: no check)').env('AWAN_HA_HOST_FAILURES').default(1).argParser(intOption))
     .option('--default-image <name>', 'image of VMs created without one')
     .addOption(new Option('--placement <policy>', 'spread VMs over hosts, or pack them to leave hosts empty').choices(['spread', 'pack']).default('spread'))
-    .action(async (o: { port: number; host: string; db: string; advertiseUrl?: string; leaseMs: number; leaseRenewMs: number; leaseRetryMs: number; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string; json?: boolean }) => {
+    .action(async (o: { port: number; host: string; db: string; advertiseUrl?: string; leaseMs: number; leaseRenewMs: number; leaseRetryMs: number; hostLeaseMs: number; failoverMarginMs: number; haHostFailures: number; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string; json?: boolean }) => {
       const imageDirs = o.imageDir.map((d) => resolve(d));
       if (o.advertiseUrl !== undefined && !/^https?:\/\/[^/]+/.test(o.advertiseUrl)) throw new Error(`--advertise-url ${o.advertiseUrl} is not an http(s) URL`);
       // Listening on every address says nothing about which one agents reach: name the port's host.

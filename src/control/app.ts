@@ -285,6 +285,8 @@ export async function createControl(config: ControlConfig) {
     hosts, registry, log, metrics, heartbeatIntervalMs, db, leadership, epoch, replicas, sharedPools: pools.sharedRefs,
     accepting: () => accepting && registry.leading,
     retryMs: Math.max(100, Math.floor((config.leader?.retryMs ?? LEADER_DEFAULTS.retryMs) / 2)),
+    leaseMs: registry.leaseMs,
+    extendLease: (hostId, ttlMs) => hostStore.extendLease(hostId, new Date(Date.now() + ttlMs).toISOString()),
   });
   replicaRoutes(app, { leadership, replicas });
   metrics.gauge('awan_leader_epoch', 'The leader epoch this replica leads at; 0 while another replica leads', [], (g) => g.set(registry.leading ? epoch() : 0));

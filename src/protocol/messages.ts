@@ -195,7 +195,14 @@ export const ControlMessageSchema = Type.Union([
    * This replica does not lead: dial the leader (or, with none known yet, this replica again after
    * retryMs). The connection is closed right after.
    */
-  Type.Object({ type: Type.Literal('redirect'), leader: Type.Optional(Url), replicas: ReplicaUrls, retryMs: Type.Integer({ minimum: 0 }) }, Strict),
+  Type.Object(
+    {
+      type: Type.Literal('redirect'), leader: Type.Optional(Url), replicas: ReplicaUrls, retryMs: Type.Integer({ minimum: 0 }),
+      /** The host's lease was renewed for this long, counted from when the agent dialled. */
+      leaseMs: Type.Optional(Type.Integer({ minimum: 1 })),
+    },
+    Strict,
+  ),
 ]);
 
 export type VmStatusMsg = Static<typeof VmStatusSchema>;

@@ -41,7 +41,7 @@ describe('leader replica killed with SIGKILL', () => {
     const ports = [await freePort(), await freePort()];
     const urls = ports.map((p) => `http://127.0.0.1:${p}`);
     const serve = (i: number) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--port', String(ports[i]), '--db', pg!.url, '--pool-dir', join(dir, 'pool'), '--advertise-url', urls[i]], {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--port', String(ports[i]), '--db', pg!.url, '--pool-dir', join(dir, 'pool'), '--advertise-url', urls[i], '--host-lease-ms', '2000'], {
         cwd: repo,
         env: { ...process.env, AWAN_ADMIN_PASSWORD: 'admin-password', AWAN_LOG_LEVEL: 'warn' },
         stdio: ['ignore', 'ignore', 'inherit'],
@@ -91,7 +91,8 @@ describe('leader replica killed with SIGKILL', () => {
     await until(() => agents.every((a) => a.agent.controls.length === 2), { what: 'agents know both replicas' });
 
     const settled = [];
-    for (const name of ['s1', 's2', 's3']) settled.push((await api(urls[lead], 'POST', '/api/v1/vms', tokens[lead], { name, cpus: 1, memoryMiB: 512 })).body);
+    // HA VMs, whose hosts would stop them if their 2 s leases ran out while no replica leads.
+    for (const name of ['s1', 's2', 's3']) settled.push((await api(urls[lead], 'POST', '/api/v1/vms', tokens[lead], { name, cpus: 1, memoryMiB: 512, ha: true })).body);
     for (const s of settled) {
       await until(async () => (await api(urls[lead], 'GET', `/api/v1/tasks/${s.task.id}`, tokens[lead])).body.state === 'succeeded', { timeoutMs: 20_000, what: `VM ${s.vm.name}` });
     }

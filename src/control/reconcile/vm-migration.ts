@@ -16,8 +16,12 @@ type MigrateOp = Extract<VmOp, { kind: 'migrate' }>;
 
 const incoming = (vmId: string) => `${vmId}:incoming`;
 
-/** A host that has not reported since this process took over, and is not yet declared unreachable. */
-const awaited = (h: LiveHost | undefined) => !!h && !h.connection && (h.row.state === 'ready' || h.row.state === 'joining');
+/**
+ * A host that has not reported since this process took over (or since its connection broke) and may still
+ * come back with the copy under way: its lease has not run out.
+ */
+const awaited = (h: LiveHost | undefined) =>
+  !!h && !h.connection && (h.row.state === 'ready' || h.row.state === 'joining' || (h.row.state === 'unreachable' && Date.now() < h.leaseExpiresMs));
 const UP = ['running', 'starting', 'paused'];
 
 /** Picks the destination (the user's, or the scheduler's) and asks it to get ready. */
@@ -130,8 +134,9 @@ export async function advanceMigration(
         }
         return;
       }
-      if (!outcome) {
-        // Sent by an earlier leader: its answer does not come here, so the source's report tells how the copy goes.
+      if (!outcome || (!outcome.ok && outcome.code === 'HOST_DISCONNECTED')) {
+        // Sent by an earlier leader, or the source's connection broke: its answer does not come here, so
+        // the source's report (once it is back) tells how the copy goes.
         if (awaited(src) || awaited(dst)) return { requeueAfterMs: 250 };
         const seen = src?.connection ? src.vms.get(vm.id) : undefined;
         if (seen?.migrating) {

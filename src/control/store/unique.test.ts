@@ -48,7 +48,7 @@ for (const engine of ['sqlite', 'postgres'] as const) {
       // The schema as version 4 left it (the runner of those releases), with what a check-then-insert race could leave behind.
       const { db } = await legacyDatabase(url, 4);
       // Only the columns version 4 had.
-      const { memory_target_mib, reboot_request, migrate_request, op, reboot_handled, migrate_handled, memory_applied_mib, resource_version, ...old } = vm('v1', 'one');
+      const { memory_target_mib, reboot_request, migrate_request, op, reboot_handled, migrate_handled, memory_applied_mib, resource_version, placement_token, ha_priority, ha_restarts, ...old } = vm('v1', 'one');
       await db.insertInto('vms').values(old as VmRow).execute();
       await db.insertInto('tasks').values([
         task('t1', 'v1', { kind: 'start', created_at: '2026-01-01T00:00:01.000Z' }),

@@ -29,6 +29,9 @@ export interface GatewayDeps {
   replicas: ReplicaDirectory;
   /** How long an agent waits before dialling again when no replica leads yet. */
   retryMs: number;
+  /** Renews a host's lease in SQL while it looks for the leader; true when renewed. */
+  extendLease: (hostId: string, ttlMs: number) => Promise<boolean>;
+  leaseMs: number;
 }
 
 /** Close code after a `redirect`: this replica does not lead. */
@@ -57,12 +60,17 @@ export function agentGateway(app: App, deps: GatewayDeps): void {
       }
     },
     schema: { hide: true },
-  }, (socket, req) => {
+  }, async (socket, req) => {
     const hostId = (req as { agentHostId?: string }).agentHostId!;
     const { leader, replicas } = deps.replicas.view;
     if (!deps.accepting() || !registry.get(hostId)) {
       // Only the leader talks to agents: tell this one where the leader is (or to come back) and hang up.
-      socket.send(JSON.stringify({ type: 'redirect', ...(leader ? { leader } : {}), replicas, retryMs: deps.retryMs }));
+      // Its lease is renewed meanwhile, so a change of leader does not make hosts stop their HA VMs.
+      const renewed = await deps.extendLease(hostId, deps.leaseMs).catch((err: unknown) => {
+        log.warn({ err, hostId }, 'could not renew the lease of a host looking for the leader');
+        return false;
+      });
+      socket.send(JSON.stringify({ type: 'redirect', ...(leader ? { leader } : {}), replicas, retryMs: deps.retryMs, ...(renewed ? { leaseMs: deps.leaseMs } : {}) }));
       socket.close(NOT_LEADER_CLOSE, 'not the leader');
       return;
     }

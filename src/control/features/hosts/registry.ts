@@ -356,6 +356,8 @@ export class HostRegistry {
     const spec: Record<string, unknown> = {};
     for (const k of specColumns) spec[k] = fresh[k];
     host.row = { ...host.row, ...(spec as Partial<HostRow>), status_version: fresh.status_version, status_epoch: fresh.status_epoch };
+    // A replica that does not lead may have renewed the lease: never write it back shorter.
+    if (fresh.lease_expires_at) host.leaseExpiresMs = Math.max(host.leaseExpiresMs, Date.parse(fresh.lease_expires_at));
     return true;
   }
 

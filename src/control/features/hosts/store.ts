@@ -66,6 +66,22 @@ export function createHostStore(db: Kysely<Database>) {
         .executeTakeFirst();
     },
 
+    /**
+     * A replica that does not lead renews a host's lease (the agent dialled it while looking for the
+     * leader): only forward, and never for a host already failed, so a leader that declared it failed
+     * (compare-and-set on status_version, which this bumps) and this renewal cannot both win.
+     */
+    async extendLease(id: string, until: string): Promise<boolean> {
+      const r = await db
+        .updateTable('hosts')
+        .set((eb) => ({ lease_expires_at: until, status_version: eb('status_version', '+', 1) }))
+        .where('id', '=', id)
+        .where('state', 'not in', ['failed', 'fenced'])
+        .where((eb) => eb.or([eb('lease_expires_at', 'is', null), eb('lease_expires_at', '<', until)]))
+        .executeTakeFirst();
+      return Number(r.numUpdatedRows) === 1;
+    },
+
     /** Many status writes in one transaction (the heartbeat batch); returns the ids whose write lost. */
     async updateStatusBatch(writes: StatusWrite[], epoch: number): Promise<{ written: HostRow[]; lost: string[] }> {
       const written: HostRow[] = [];
