@@ -204,7 +204,9 @@ export async function createControl(config: ControlConfig) {
       .then((rows) => rows.forEach((r) => changes.publish({ kind: 'volume', id: r.id })))
       .catch((err: unknown) => log.warn({ err, vmId: e.objectId }, 'could not look up the volumes of a VM'));
   });
-  const vms = createVmService({ db, store: vmStore, tasks, events, images, capacity, registry, changes, volumes, defaultImage: config.defaultImage });
+  const vms = createVmService({ db, store: vmStore, tasks, events, images, capacity, registry, changes, volumes, defaultImage: config.defaultImage,
+    haAdmission: { failures: config.haHostFailures ?? 1, memoryOvercommit: config.memoryOvercommit ?? 1.0 },
+  });
   const hosts = createHostService({ db, store: hostStore, registry, capacity, events, tasks, changes });
   manager.register(createDrainController({
     store: hostStore, registry, tasks, log,

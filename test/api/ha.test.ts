@@ -27,7 +27,7 @@ describe('a host cut off from control', () => {
   const ids: Record<string, string> = {};
 
   before(async () => {
-    c = await startCluster({ control: { hostLeaseMs: 1000, failoverMarginMs: 500 } });
+    c = await startCluster({ control: { hostLeaseMs: 1000, failoverMarginMs: 500, haHostFailures: 0 } });
     link = await createLink(c.url);
     lonely = await c.addHost('host-1', undefined, link.url);
     for (const name of ['web', 'db', 'batch']) {
@@ -111,7 +111,7 @@ describe('a host cut off from control', () => {
 describe('a host whose agent dies', () => {
   let c: Cluster;
   before(async () => {
-    c = await startCluster({ hosts: 1, control: { hostLeaseMs: 1000, failoverMarginMs: 500 } });
+    c = await startCluster({ hosts: 1, control: { hostLeaseMs: 1000, failoverMarginMs: 500, haHostFailures: 0 } });
   });
   after(async () => { await c?.close(); });
 
@@ -132,5 +132,29 @@ describe('a host whose agent dies', () => {
     await until(async () => (await hostOf(c, 'host-1')).state === 'ready', { what: 'host-1 back' });
     assert.deepEqual(await runningOn(c, moved.id), ['host-2']);
     assert.equal((await vmOf(c, 'svc')).hostId, c.hosts[1].agent.hostId);
+  });
+});
+
+describe('HA admission control', () => {
+  let c: Cluster;
+  before(async () => {
+    c = await startCluster({ hosts: 2, control: { haHostFailures: 1 } });
+  });
+  after(async () => { await c?.close(); });
+
+  it('refuses an HA VM the cluster could not restart after losing its largest host, with the figures', async () => {
+    // Two hosts of 16 GiB: after losing one, 16 GiB is left for every HA VM.
+    const fits = await c.api('POST', '/api/v1/vms', { name: 'big', cpus: 1, memoryMiB: 12288, ha: true, start: false });
+    assert.equal(fits.status, 202, JSON.stringify(fits.body));
+    const refused = await c.api('POST', '/api/v1/vms', { name: 'bigger', cpus: 1, memoryMiB: 8192, ha: true, start: false });
+    assert.equal(refused.status, 409, JSON.stringify(refused.body));
+    assert.equal(refused.body.error.code, 'HA_ADMISSION');
+    assert.match(refused.body.error.message, /would not survive losing the largest host: HA VMs would need 20480 MiB, and the other 1 ready hosts hold 16384 MiB/);
+    assert.equal((await c.api('GET', '/api/v1/vms/bigger')).status, 404, 'nothing was recorded');
+    // The same VM without HA promises nothing and is accepted.
+    assert.equal((await c.api('POST', '/api/v1/vms', { name: 'bigger', cpus: 1, memoryMiB: 8192, start: false })).status, 202);
+    // A third host makes room.
+    await c.addHost('host-3');
+    assert.equal((await c.api('POST', '/api/v1/vms', { name: 'also-ha', cpus: 1, memoryMiB: 8192, ha: true, start: false })).status, 202);
   });
 });

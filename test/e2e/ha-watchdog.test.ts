@@ -23,7 +23,7 @@ describe('the self-fencing watchdog of a QEMU host', { timeout: 600_000 }, () =>
     c = await startCluster<HypervisorDriver>({
       hosts: 1,
       makeDriver: (name, dataDir) => createQemuDriver({ dataDir: join(dataDir, 'qemu'), hostname: name, address: '127.0.0.1', accel: 'tcg', bootTimeoutMs: 90_000 }),
-      control: { imageDirs: [dirname(guest.kernel), dirname(guest.initrd)], hostLeaseMs: 3000, failoverMarginMs: 1000, heartbeatIntervalMs: 500 },
+      control: { imageDirs: [dirname(guest.kernel), dirname(guest.initrd)], hostLeaseMs: 3000, failoverMarginMs: 1000, heartbeatIntervalMs: 500, haHostFailures: 0 },
     });
     const image = await c.api('POST', '/api/v1/images', { name: 'guest', format: 'kernel', kernelPath: guest.kernel, initrdPath: guest.initrd, cmdline: guest.cmdline, readyText: 'AWAN-BOOTED' });
     assert.equal(image.status, 201, JSON.stringify(image.body));

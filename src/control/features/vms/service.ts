@@ -2,6 +2,7 @@
 // (never its status) by compare-and-set together with the request's task, and leaves the rest to the VM
 // controller. Nothing here talks to an agent, so any control replica can serve it.
 import type { Kysely } from 'kysely';
+import { type HaAdmission, admitHaVm } from './ha-admission.ts';
 import { looksLikeId, macFor, newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
@@ -28,6 +29,7 @@ export interface VmServiceDeps {
   volumes: Volumes;
   /** The image of VMs created without one (the test guest in a QEMU demo). */
   defaultImage?: string;
+  haAdmission: HaAdmission;
 }
 
 export interface ListVms {
@@ -128,6 +130,7 @@ export function createVmService(deps: VmServiceDeps) {
       if (capacity.size > 0 && body.cpus > mostCpus) {
         throw new AppError('NO_CAPACITY', `a VM of ${body.cpus} CPUs is larger than any host (the largest can give ${mostCpus} CPUs)`, { largestHostCpus: mostCpus });
       }
+      if (body.ha) await admitHaVm(deps.db, deps.haAdmission, body.name, body.memoryMiB);
       const imageRef = body.image ?? deps.defaultImage;
       const image = imageRef ? await deps.images.find(imageRef).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });

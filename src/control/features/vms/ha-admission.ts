@@ -1,0 +1,27 @@
+// HA admission control: the HA VMs (running or not: a start is not checked again) must still fit when the
+// largest `failures` hosts are gone, or the promise that they restart elsewhere is empty. A new HA VM that would break that is refused with 409 and
+// the figures. Read from SQL, so every replica decides the same.
+import type { Kysely } from 'kysely';
+import { AppError } from '../../errors.ts';
+import type { Database } from '../../store/schema.ts';
+
+export interface HaAdmission {
+  /** Host failures to survive; 0 turns the check off. */
+  failures: number;
+  memoryOvercommit: number;
+}
+
+export async function admitHaVm(db: Kysely<Database>, policy: HaAdmission, name: string, memoryMiB: number): Promise<void> {
+  if (policy.failures <= 0) return;
+  const hosts = await db.selectFrom('hosts').select(['memory_mib']).where('state', '=', 'ready').where('maintenance', '=', 0).execute();
+  const sizes = hosts.map((h) => Math.floor(h.memory_mib * policy.memoryOvercommit)).sort((a, b) => b - a);
+  const left = sizes.slice(policy.failures).reduce((n, s) => n + s, 0);
+  const ha = await db.selectFrom('vms').select((eb) => eb.fn.coalesce(eb.fn.sum<number>('memory_mib'), eb.lit(0)).as('mib'))
+    .where('ha', '=', 1).where('deleting', '=', 0).executeTakeFirstOrThrow();
+  const needed = Number(ha.mib) + memoryMiB;
+  if (needed <= left) return;
+  const hostsWord = policy.failures === 1 ? 'the largest host' : `the ${policy.failures} largest hosts`;
+  throw new AppError('HA_ADMISSION',
+    `HA VM ${name} would not survive losing ${hostsWord}: HA VMs would need ${needed} MiB, and the other ${Math.max(0, sizes.length - policy.failures)} ready hosts hold ${left} MiB`,
+    { neededMiB: needed, availableMiB: left, hostFailures: policy.failures, readyHosts: sizes.length });
+}
