@@ -135,11 +135,8 @@ export function createVmService(deps: VmServiceDeps) {
       const image = imageRef ? await deps.images.find(imageRef).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });
       }) : undefined;
-      // A VM booted from a kernel has no disk to size (one without an image boots from its own disk).
+      // A VM booted from a kernel has no disk unless it asks for one: then a blank data disk of that size.
       const hasDisk = image?.format !== 'kernel';
-      if (!hasDisk && body.diskGiB !== undefined) {
-        throw new AppError('VALIDATION_FAILED', `VM ${body.name} has no disk (image ${image?.name} boots a kernel); diskGiB does not apply`, { diskGiB: body.diskGiB });
-      }
 
       const id = newId();
       const now = new Date().toISOString();
@@ -152,7 +149,7 @@ export function createVmService(deps: VmServiceDeps) {
         memory_mib: body.memoryMiB,
         max_memory_mib: maxMemoryMiB,
         image_id: image?.id ?? null,
-        disk_gib: hasDisk ? (body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024))) : 0,
+        disk_gib: hasDisk ? (body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024))) : (body.diskGiB ?? 0),
         local_disk: body.storage === 'local' ? 1 : 0,
         ha: body.ha ? 1 : 0,
         ha_priority: body.haPriority ?? 0,

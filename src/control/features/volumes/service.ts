@@ -65,20 +65,22 @@ export function createVolumes({ db, pools, changes }: { db: Kysely<Database>; po
      * spec, and the volume controller makes it through the pool, whichever comes first; both keep an existing one.
      */
     async diskSpecs(vm: VmRow, image: ImageRow | undefined): Promise<VmSpecMsg['disks']> {
-      if (!image || image.format === 'kernel') return [];
+      if (!image || (image.format === 'kernel' && vm.disk_gib === 0)) return [];
+      // A kernel-booted VM's disk is a blank data disk; any other starts as a copy-on-write of its image.
+      const backing = image.format === 'kernel' ? undefined : { path: image.path, format: image.format };
       const sizeMiB = vm.disk_gib * 1024;
       let volume = await diskOf(vm.id);
       let pool: PoolRow;
       if (volume) pool = await pools.find(volume.pool_id);
       else if (vm.local_disk && !vm.host_id) {
         // Placed in this very pass, not yet written: the host makes it at boot; it is recorded once the VM runs.
-        return [{ path: vmDiskName(vm.id), local: true, format: 'qcow2', ...(image.path ? { backingPath: image.path } : {}), backingFormat: image.format, sizeMiB }];
+        return [{ path: vmDiskName(vm.id), local: true, format: 'qcow2', ...(backing?.path ? { backingPath: backing.path, backingFormat: backing.format } : {}), sizeMiB }];
       } else {
         pool = await poolFor(vm);
         const now = new Date().toISOString();
         volume = {
           id: newId(), pool_id: pool.id, name: vmDiskName(vm.id), vm_id: vm.id, format: 'qcow2',
-          backing_path: image.path, backing_format: image.format, size_mib: sizeMiB, deleting: 0, generation: 1,
+          backing_path: backing?.path ?? null, backing_format: backing ? backing.format : null, size_mib: sizeMiB, deleting: 0, generation: 1,
           state: 'creating', actual_size_mib: null, observed_generation: 0, message: null, created_at: now, updated_at: now,
         };
         await db.insertInto('volumes').values(volume).onConflict((oc) => oc.columns(['pool_id', 'name']).doNothing()).execute();
