@@ -178,6 +178,14 @@ class QemuDriver implements HypervisorDriver {
     return new DriverError('BOOT_FAILED', `${err.message} under KVM; the accelerator was probed again (${now.reason}): ${outcome}`);
   }
 
+  /** A paused guest runs on: `cont`, and its RESUME event makes it running. */
+  private async resume(vm: QemuVm): Promise<DriverVmStatus> {
+    await vm.qmp!.call('cont', undefined);
+    vm.setState('running');
+    await vm.enableStats();
+    return vm.status();
+  }
+
   pidFile(vmId: string): string {
     return vmPaths(this.opts.dataDir, vmId).pidfile;
   }
@@ -199,6 +207,8 @@ class QemuDriver implements HypervisorDriver {
       const existing = this.vms.get(spec.id);
       if (existing?.state === 'incoming') throw new DriverError('VM_EXISTS', `${spec.id} is arriving by migration`);
       if (existing?.alive) {
+        // Control asks a guest left paused to run here: it resumes where it was.
+        if (existing.state === 'paused' && existing.qmp) return this.resume(existing);
         if (existing.state !== 'crashed') return existing.status();
         // A guest that panicked leaves QEMU running; starting it again means a fresh QEMU.
         await stopQemu(existing, { force: true, timeoutMs: 0, reason: existing.reason });

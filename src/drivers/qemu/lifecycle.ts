@@ -169,10 +169,10 @@ export async function reattach(ctx: LifecycleContext, record: VmRecord, paths: V
     await vm.waitExit(5000);
     return undefined;
   } else if (status?.status === 'paused' && (await pausedForFailedMigration(qmp))) {
-    // awan pauses a guest only to copy it; that copy failed while no agent watched, so it runs here again.
-    await qmp.call('cont', undefined);
-    vm.state = 'running';
-    await vm.enableStats();
+    // awan pauses a guest only to copy it; that copy failed while no agent watched. Whether this copy is
+    // still the VM is control's to say (it may run elsewhere by now): it stays paused until a start.
+    vm.state = 'paused';
+    vm.reason = 'paused by a migration that failed while no agent watched; a start resumes it';
   } else {
     vm.state = 'paused';
   }

@@ -270,7 +270,7 @@ describe('qemu driver', () => {
     }
   });
 
-  it('a guest left paused by a migration that failed while no agent watched runs again on re-attach', T, async () => {
+  it('a guest left paused by a migration that failed while no agent watched stays paused on re-attach, and a start resumes it', T, async () => {
     const { driver, dataDir } = await newDriver();
     await driver.start(guestSpec('stranded'));
     await driver.close();
@@ -286,7 +286,10 @@ describe('qemu driver', () => {
       qmp.close();
     }
     const { driver: again } = await newDriver(dataDir);
-    assert.equal((await again.status('stranded')).state, 'running');
+    const found = await again.status('stranded');
+    assert.equal(found.state, 'paused', 'control decides whether this copy runs');
+    assert.match(found.reason ?? '', /a start resumes it/);
+    assert.equal((await again.start(guestSpec('stranded'))).state, 'running');
     await again.consoleWrite('stranded', 'echo resumed-$((6*7))\n');
     await until(async () => (await again.consoleHistory('stranded')).includes('resumed-42'), { timeoutMs: 30_000, what: 'echo' });
   });
