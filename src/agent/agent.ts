@@ -367,6 +367,7 @@ export class Agent {
       ...(fenced ? { reason: 'fenced: the host lease ran out' } : vm.reason !== undefined ? { reason: vm.reason } : {}),
       ...(this.sending.has(vm.id) ? { migrating: true } : {}),
       ...(token !== undefined ? { token } : {}),
+      ...(vm.replicas ? { replicas: vm.replicas } : {}),
     };
   }
 

@@ -67,9 +67,38 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
       return storage.open(cmd.pool).export(cmd.name, cmd.address ?? (await address()));
     case 'volumeUnexport':
       return storage.open(cmd.pool).unexport(cmd.name);
+    case 'replicaExport':
+      return serveReplica(storage, cmd, cmd.address ?? (await address()));
+    case 'replicaUnexport': {
+      const pool = storage.open(cmd.pool);
+      if (cmd.delete) await pool.delete(cmd.name);
+      else await pool.unexport(cmd.name);
+      return { pool: await pool.stats() };
+    }
+    case 'replicaAttach':
+      return driver.attachReplica(cmd.vmId, cmd.disk, cmd.target);
+    case 'replicaDetach':
+      return driver.detachReplica(cmd.vmId, cmd.disk);
     case 'cancel':
       throw new DriverError('INTERNAL', 'cancel is handled by the agent, not the driver');
   }
+}
+
+/**
+ * The replica image must be exactly the primary's size (a mirror cannot resize an NBD target); an existing
+ * one is kept and served again, its old content is overwritten by the mirror's full copy.
+ */
+async function serveReplica(storage: HostStorage, cmd: Extract<Command, { op: 'replicaExport' }>, address: string) {
+  const pool = storage.open(cmd.pool);
+  const volume = await pool.create({ name: cmd.name, format: cmd.format, sizeMiB: cmd.sizeMiB });
+  if (volume.sizeMiB !== cmd.sizeMiB) {
+    throw new PoolError('VOLUME_INVALID', `replica ${cmd.name} is ${volume.sizeMiB} MiB, the primary's volume ${cmd.sizeMiB} MiB`);
+  }
+  // Writethrough: a write the guest saw complete is on the replica host's disk, not only in its memory.
+  const served = await pool.export(cmd.name, address, { writethrough: true });
+  const colon = served.nbd.lastIndexOf(':');
+  const replica = { host: served.nbd.slice(0, colon), port: Number(served.nbd.slice(colon + 1)), exportName: served.exportName };
+  return { replica, volume, pool: await pool.stats() };
 }
 
 export function errorOf(err: unknown): { code: string; message: string } {

@@ -19,6 +19,33 @@ export interface DiskSpec {
   backingPath?: string;
   backingFormat?: 'qcow2' | 'raw';
   sizeMiB?: number;
+  /** A synchronous copy on another host: every write reaches this NBD export too (see ReplicaTarget). */
+  replica?: ReplicaTarget;
+}
+
+/** Where a disk's synchronous replica is served: an NBD export on the replica host (its `replicaExport`). */
+export interface ReplicaTarget {
+  host: string;
+  port: number;
+  exportName: string;
+}
+
+/**
+ * `rebuilding`: the copy is being brought in step; `synced`: every write completes on both copies;
+ * `degraded`: the copy stopped (the replica host or its export went away); the VM runs on its own disk.
+ */
+export type ReplicaState = 'rebuilding' | 'synced' | 'degraded';
+
+export interface ReplicaStatus {
+  /** Index of the disk in the spec. */
+  disk: number;
+  target: ReplicaTarget;
+  state: ReplicaState;
+  /** Bytes copied of the disk so far while rebuilding. */
+  copiedBytes?: number;
+  totalBytes?: number;
+  /** Why it is degraded. */
+  reason?: string;
 }
 
 export interface NicSpec {
@@ -58,6 +85,8 @@ export interface DriverVmStatus {
   uptimeS?: number;
   /** Why the VM is crashed or stopped, when the driver knows. */
   reason?: string;
+  /** One entry per disk with a replica target, while the VM runs. */
+  replicas?: ReplicaStatus[];
 }
 
 export interface HostFacts {
@@ -72,7 +101,7 @@ export interface HostFacts {
   accelerator?: 'kvm' | 'tcg' | 'sim';
 }
 
-export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'console' | 'nbd-export';
+export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'console' | 'nbd-export' | 'replicas';
 
 /** Where an incoming migration listens; opaque to control. */
 export interface MigrationTarget {
@@ -124,6 +153,7 @@ export class DriverError extends Error {
       | 'BOOT_FAILED'
       | 'IMAGE_INVALID'
       | 'MIGRATION_FAILED'
+      | 'REPLICA_FAILED'
       | 'UNSUPPORTED'
       | 'INTERNAL',
     message: string,
@@ -166,6 +196,13 @@ export interface HypervisorDriver {
   consoleWrite(vmId: string, data: string): Promise<void>;
   /** The console output so far (the last bytes the driver keeps). */
   consoleHistory(vmId: string): Promise<string>;
+  /**
+   * Mirrors disk `disk` of a running VM into `target` from now on (a rebuild after degradation, or a new
+   * replica host); a replica it had is dropped first. The same target again while it mirrors is a no-op.
+   */
+  attachReplica(vmId: string, disk: number, target: ReplicaTarget): Promise<DriverVmStatus>;
+  /** Ends the mirror of disk `disk` cleanly and forgets its target. */
+  detachReplica(vmId: string, disk: number): Promise<DriverVmStatus>;
   /** Grows disk `index` of a VM that is not running (its next boot sees the new size). */
   growDisk(vmId: string, index: number, sizeMiB: number): Promise<void>;
   /** Releases sockets and timers; running VMs keep running (a later driver re-attaches). */

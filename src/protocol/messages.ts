@@ -7,6 +7,33 @@ const Strict = { additionalProperties: false } as const;
 const Id = Type.String({ minLength: 1, maxLength: 128 });
 const MiB = Type.Integer({ minimum: 0 });
 
+// ---- Synchronous volume replicas (replicated volumes): the replica's NBD address, its state per disk. ----
+// The commands that serve, attach and drop replicas are in the replica block of CommandSchema below.
+
+/** Where a replica host serves a disk's copy: what `replicaExport` answers and a disk's `replica` names. */
+export const ReplicaTargetSchema = Type.Object(
+  {
+    host: Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9.:-]+$' }),
+    port: Type.Integer({ minimum: 1, maximum: 65535 }),
+    exportName: Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-z0-9._-]+$' }),
+  },
+  Strict,
+);
+
+/** `rebuilding` (copying, not yet in step), `synced` (every write reaches both), `degraded` (copy stopped). */
+export const ReplicaStatusSchema = Type.Object(
+  {
+    disk: Type.Integer({ minimum: 0, maximum: 15 }),
+    target: ReplicaTargetSchema,
+    state: Type.Union([Type.Literal('rebuilding'), Type.Literal('synced'), Type.Literal('degraded')]),
+    copiedBytes: Type.Optional(Type.Integer({ minimum: 0 })),
+    totalBytes: Type.Optional(Type.Integer({ minimum: 0 })),
+    reason: Type.Optional(Type.String({ maxLength: 2048 })),
+  },
+  Strict,
+);
+// ---- end of the replica schemas ----
+
 
 /** A VM's placement token (fencing token). */
 const Token = Type.Integer({ minimum: 0 });
@@ -29,6 +56,8 @@ export const VmStatusSchema = Type.Object(
     migrating: Type.Optional(Type.Boolean()),
     /** The placement token this copy was started with (see VmSpec.token). */
     token: Type.Optional(Token),
+    /** Replica state of each disk with a replica target, while the VM runs. */
+    replicas: Type.Optional(Type.Array(ReplicaStatusSchema, { maxItems: 16 })),
   },
   Strict,
 );
@@ -55,6 +84,8 @@ const DiskSpecSchema = Type.Object(
     backingPath: Type.Optional(Type.String()),
     backingFormat: Type.Optional(Type.Union([Type.Literal('qcow2'), Type.Literal('raw')])),
     sizeMiB: Type.Optional(MiB),
+    /** Mirror every write synchronously into this export on another host. */
+    replica: Type.Optional(ReplicaTargetSchema),
   },
   Strict,
 );
@@ -146,6 +177,26 @@ export const CommandSchema = Type.Union([
   /** Start or stop streaming a VM's console output to control (only while someone watches it). */
   Type.Object({ op: Type.Literal('consoleAttach'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('consoleDetach'), vmId: Id }, Strict),
+  // ---- Synchronous volume replicas ----
+  /**
+   * Replica host: create the replica image if missing (the primary volume's format and size) and serve it
+   * writable over NBD on `address` (default: the host's). Answers `{ replica: ReplicaTarget, volume, pool }`;
+   * again for a volume already served, the same `replica`.
+   */
+  Type.Object(
+    {
+      op: Type.Literal('replicaExport'), pool: PoolRefSchema, name: VolumeName, format: Format, sizeMiB: Type.Integer({ minimum: 1 }),
+      address: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+    },
+    Strict,
+  ),
+  /** Replica host: stop serving it (`delete`: and remove the image). Answers `{ pool }`. */
+  Type.Object({ op: Type.Literal('replicaUnexport'), pool: PoolRefSchema, name: VolumeName, delete: Type.Optional(Type.Boolean()) }, Strict),
+  /** Primary host: mirror disk `disk` of a running VM into `target` (rebuilds from scratch). Answers the VM status. */
+  Type.Object({ op: Type.Literal('replicaAttach'), vmId: Id, disk: Type.Integer({ minimum: 0, maximum: 15 }), target: ReplicaTargetSchema }, Strict),
+  /** Primary host: end the mirror of disk `disk` cleanly and forget its target. Answers the VM status. */
+  Type.Object({ op: Type.Literal('replicaDetach'), vmId: Id, disk: Type.Integer({ minimum: 0, maximum: 15 }) }, Strict),
+  // ---- end of the replica commands ----
 ]);
 
 export const AgentMessageSchema = Type.Union([
@@ -211,6 +262,8 @@ export type VmSpecMsg = Static<typeof VmSpecSchema>;
 export type Command = Static<typeof CommandSchema>;
 export type PoolRefMsg = Static<typeof PoolRefSchema>;
 export type PoolReportMsg = Static<typeof PoolReportSchema>;
+export type ReplicaTargetMsg = Static<typeof ReplicaTargetSchema>;
+export type ReplicaStatusMsg = Static<typeof ReplicaStatusSchema>;
 export type AgentMessage = Static<typeof AgentMessageSchema>;
 export type ControlMessage = Static<typeof ControlMessageSchema>;
 

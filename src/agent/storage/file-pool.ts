@@ -1,19 +1,16 @@
 // A pool that is a directory of qcow2/raw files, made and grown with qemu-img and served over NBD by
 // qemu-storage-daemon: a host's own local pool, or a shared directory every host mounts (NFS, CephFS).
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdir, rm, rmdir, statfs } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { DriverError } from '../../drivers/types.ts';
 import { ensureDisk, exists, inspectImage, resizeVolume } from '../../drivers/qemu/images.ts';
-import { freePort } from '../../drivers/qemu/migrate.ts';
+import { type NbdDaemon, findDaemons, startDaemon, stopDaemon } from './nbd-export.ts';
 import {
-  type CreateVolume, PoolError, type PoolStats, type PoolType, type StoragePool, type VolumeExport, type VolumeInfo,
+  type CreateVolume, type ExportOptions, PoolError, type PoolStats, type PoolType, type StoragePool, type VolumeExport, type VolumeInfo,
   checkSize, checkVolumeName,
 } from './pool.ts';
 
 const MiB = 1024 * 1024;
-const EXPORT_READY_TIMEOUT_MS = 10_000;
 
 export interface FilePoolOptions {
   type: PoolType;
@@ -33,7 +30,7 @@ function poolError(err: unknown): never {
 }
 
 export function createFilePool(opts: FilePoolOptions): StoragePool {
-  const exports = new Map<string, { child: ChildProcess; result: VolumeExport }>();
+  const exports = new Map<string, NbdDaemon>();
   const fileOf = (name: string) => join(opts.path, checkVolumeName(name));
 
   async function info(name: string): Promise<VolumeInfo | undefined> {
@@ -44,16 +41,27 @@ export function createFilePool(opts: FilePoolOptions): StoragePool {
     return { name, format: i.format, sizeMiB: Math.ceil(i.virtualSizeBytes / MiB), path };
   }
 
+  /** This host's daemon serving the volume, if one runs (started by this agent or an earlier one). */
+  async function runningExport(name: string): Promise<NbdDaemon | undefined> {
+    const known = exports.get(name);
+    const v = await info(name);
+    if (!v) return undefined;
+    const [first, ...extra] = known && findDaemons(v.path, v.format).some((d) => d.pid === known.pid)
+      ? [known]
+      : findDaemons(v.path, v.format);
+    // Two daemons cannot both hold the image's write lock; should a race have left more, one is enough.
+    for (const d of extra) if (d.pid !== first?.pid) await stopDaemon(d.pid);
+    if (first) exports.set(name, first);
+    else exports.delete(name);
+    return first;
+  }
+
   async function stopExport(name: string): Promise<void> {
-    const e = exports.get(name);
-    if (!e) return;
+    const known = exports.get(name);
     exports.delete(name);
-    if (e.child.exitCode !== null || e.child.signalCode !== null) return;
-    await new Promise<void>((resolve) => {
-      e.child.once('exit', () => resolve());
-      e.child.kill('SIGTERM');
-      setTimeout(() => { e.child.kill('SIGKILL'); resolve(); }, 2000).unref();
-    });
+    const v = await info(name).catch(() => undefined);
+    const pids = new Set([...(known ? [known.pid] : []), ...(v ? findDaemons(v.path, v.format).map((d) => d.pid) : [])]);
+    await Promise.all([...pids].map(stopDaemon));
   }
 
   return {
@@ -97,42 +105,17 @@ export function createFilePool(opts: FilePoolOptions): StoragePool {
       if (dirname(path) !== opts.path) await rmdir(dirname(path)).catch(() => undefined);
     },
 
-    async export(name: string, address: string): Promise<VolumeExport> {
-      const running = exports.get(name);
-      if (running && running.child.exitCode === null) return running.result;
+    async export(name: string, address: string, exportOpts: ExportOptions = {}): Promise<VolumeExport> {
+      const running = await runningExport(name);
+      if (running) return running.result;
       const v = await info(name);
       if (!v) throw new PoolError('VOLUME_NOT_FOUND', `no volume ${name} in ${opts.path}`);
-      const port = await freePort(address);
-      const exportName = name.replaceAll('/', '-');
-      const blockdev = { driver: v.format, 'node-name': 'vol', file: { driver: 'file', filename: v.path } };
-      // --nbd-server must come before --export (FACTS.md).
-      const child = spawn(opts.storageDaemon ?? 'qemu-storage-daemon', [
-        '--blockdev', JSON.stringify(blockdev),
-        '--nbd-server', `addr.type=inet,addr.host=${address},addr.port=${port}`,
-        '--export', `type=nbd,id=vol,node-name=vol,name=${exportName},writable=on`,
-      ], { stdio: ['ignore', 'ignore', 'pipe'] });
-      let stderr = '';
-      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()).slice(-2000));
-      const failed = new Promise<never>((_, reject) => {
-        child.once('error', (err) => reject(new PoolError('EXPORT_FAILED', `qemu-storage-daemon: ${err.message}`)));
-        child.once('exit', (code) => reject(new PoolError('EXPORT_FAILED', `qemu-storage-daemon exited (${code}): ${stderr.trim()}`)));
+      const daemon = await startDaemon({
+        binary: opts.storageDaemon ?? 'qemu-storage-daemon', path: v.path, format: v.format, address,
+        exportName: name.replaceAll('/', '-'), writethrough: exportOpts.writethrough,
       });
-      failed.catch(() => undefined);
-      const deadline = Date.now() + EXPORT_READY_TIMEOUT_MS;
-      try {
-        for (;;) {
-          const up = await Promise.race([listening(address, port), failed]);
-          if (up) break;
-          if (Date.now() > deadline) throw new PoolError('EXPORT_FAILED', `the NBD server of ${name} did not listen within ${EXPORT_READY_TIMEOUT_MS} ms`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      } catch (err) {
-        child.kill('SIGKILL');
-        throw err;
-      }
-      const result = { nbd: `${address}:${port}`, exportName };
-      exports.set(name, { child, result });
-      return result;
+      exports.set(name, daemon);
+      return daemon.result;
     },
 
     unexport: stopExport,
@@ -141,14 +124,4 @@ export function createFilePool(opts: FilePoolOptions): StoragePool {
       await Promise.all([...exports.keys()].map(stopExport));
     },
   };
-}
-
-function listening(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host, port }, () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }

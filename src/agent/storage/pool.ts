@@ -40,6 +40,11 @@ export interface VolumeExport {
   exportName: string;
 }
 
+export interface ExportOptions {
+  /** Every write is flushed before it is acknowledged (a synchronous replica's export). */
+  writethrough?: boolean;
+}
+
 export interface StoragePool {
   readonly type: PoolType;
   readonly path: string;
@@ -51,8 +56,11 @@ export interface StoragePool {
   grow(name: string, sizeMiB: number): Promise<VolumeInfo>;
   /** Idempotent: a missing volume is already deleted. */
   delete(name: string): Promise<void>;
-  /** Serves the volume over NBD for another host; again while exported returns the same export. */
-  export(name: string, address: string): Promise<VolumeExport>;
+  /**
+   * Serves the volume over NBD for another host; again while exported returns the same export, also after
+   * an agent restart (file pools find the daemon that still serves it).
+   */
+  export(name: string, address: string, opts?: ExportOptions): Promise<VolumeExport>;
   unexport(name: string): Promise<void>;
   /** Ends exports and releases what the pool holds. */
   close(): Promise<void>;

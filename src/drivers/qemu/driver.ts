@@ -12,6 +12,7 @@ import {
   type MigrationProgress,
   type MigrationResult,
   type MigrationTarget,
+  type ReplicaTarget,
   type StopOptions,
 } from '../types.ts';
 import { type AccelChoice, type AccelLog, type AccelOptions, chooseAccel, currentAccel, reprobeAccel, type ProbeGuest } from './accel.ts';
@@ -26,6 +27,8 @@ import { checkVmId, vmPaths, vmsDir } from './paths.ts';
 import { QemuVm, readRecord, type VmHooks } from './vm.ts';
 import { DriverListeners } from '../listeners.ts';
 import { exists, resizeVolume } from './images.ts';
+import { DiskReplicas } from './disk-replicas.ts';
+import { replicaDisks } from './replicas.ts';
 
 export interface QemuDriverOptions {
   dataDir: string;
@@ -53,6 +56,10 @@ export interface QemuDriverOptions {
   probeCacheFile?: string;
   /** The KVM device; probing needs read and write access to it. */
   kvmDevice?: string;
+  /** How long guest writes wait for a replica that went away before it is degraded (QEMU's reconnect-delay). */
+  replicaReconnectDelayS?: number;
+  /** How often replica NBD servers are probed; one that stops accepting connections is cut off (replicas.ts). */
+  replicaWatchIntervalMs?: number;
   log?: AccelLog;
 }
 
@@ -95,6 +102,7 @@ class QemuDriver implements HypervisorDriver {
   private closed = false;
   /** A probe this driver started after a guest did not boot under KVM; later failures wait for it. */
   private reprobing: Promise<AccelChoice> | undefined;
+  private readonly replicas: DiskReplicas;
 
   constructor(
     private readonly opts: QemuDriverOptions,
@@ -116,6 +124,13 @@ class QemuDriver implements HypervisorDriver {
       guestReadyPattern: opts.guestReadyPattern,
       log: opts.log ?? (() => undefined),
     };
+    this.replicas = new DiskReplicas({
+      reconnectDelayS: opts.replicaReconnectDelayS ?? 10,
+      watchIntervalMs: opts.replicaWatchIntervalMs ?? 5000,
+      vms: () => this.vms.values(),
+      emit: (vm) => this.emit({ type: 'vm-state', vm: vm.snapshot() }),
+      log: this.ctx.log,
+    });
   }
 
   /** Finds the VMs earlier driver instances left running (or stopped) in the data dir. */
@@ -125,8 +140,15 @@ class QemuDriver implements HypervisorDriver {
       const record = await readRecord(paths.spec);
       if (!record || record.spec.id !== id) continue;
       const vm = await reattach(this.ctx, record, paths);
-      if (vm) this.vms.set(id, vm);
-      else await rm(paths.dir, { recursive: true, force: true });
+      if (!vm) {
+        await rm(paths.dir, { recursive: true, force: true });
+        continue;
+      }
+      this.vms.set(id, vm);
+      if (vm.qmp && (vm.state === 'running' || vm.state === 'paused')) {
+        this.replicas.watch(vm);
+        await this.replicas.ensure(vm);
+      }
     }
   }
 
@@ -139,7 +161,7 @@ class QemuDriver implements HypervisorDriver {
       memoryFreeMiB: await hostAvailableMiB(),
       driver: 'qemu',
       address: this.address,
-      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console'],
+      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console', 'replicas'],
       accelerator: this.accel,
     };
   }
@@ -192,11 +214,16 @@ class QemuDriver implements HypervisorDriver {
 
   async list(): Promise<DriverVmStatus[]> {
     this.checkOpen();
-    return Promise.all([...this.vms.values()].map((vm) => vm.status()));
+    return Promise.all([...this.vms.values()].map((vm) => this.statusOf(vm)));
   }
 
   async status(vmId: string): Promise<DriverVmStatus> {
-    return this.get(vmId).status();
+    return this.statusOf(this.get(vmId));
+  }
+
+  private async statusOf(vm: QemuVm): Promise<DriverVmStatus> {
+    await this.replicas.refresh(vm);
+    return vm.status();
   }
 
   start(spec: DriverVmSpec, signal?: AbortSignal): Promise<DriverVmStatus> {
@@ -234,7 +261,9 @@ class QemuDriver implements HypervisorDriver {
         vm.setState('stopped', err instanceof Error ? err.message : String(err));
         throw err instanceof DriverError ? err : new DriverError('BOOT_FAILED', String(err));
       }
+      this.replicas.watch(vm);
       vm.setState('running');
+      await this.replicas.ensure(vm);
       return vm.status();
     });
   }
@@ -246,7 +275,10 @@ class QemuDriver implements HypervisorDriver {
       const vm = this.get(vmId);
       if (vm.state === 'incoming') throw new DriverError('VM_NOT_RUNNING', `${vmId} has not arrived yet; abort the incoming migration`);
       if (!vm.alive) return; // stopped, or crashed and gone: nothing to stop
-      await stopQemu(vm, { force: opts.force ?? false, timeoutMs: opts.timeoutMs ?? this.opts.stopTimeoutMs ?? 60_000 });
+      await stopQemu(vm, {
+        force: opts.force ?? false, timeoutMs: opts.timeoutMs ?? this.opts.stopTimeoutMs ?? 60_000,
+        beforeQuit: (qmp) => this.replicas.end(vm, qmp),
+      });
       await tearDownNics(this.opts.dataDir, vmId, vm.spec.nics);
     });
   }
@@ -346,6 +378,8 @@ class QemuDriver implements HypervisorDriver {
       const vm = this.get(vmId);
       const qmp = vm.qmp;
       if (vm.state !== 'running' || !qmp) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+      // The mirror would not follow the VM: the copy on the replica host would silently fall behind.
+      if (replicaDisks(vm.spec).length > 0) throw new DriverError('MIGRATION_FAILED', `${vmId} has disk replicas; detach them before it moves`);
       vm.migrating = true;
       let result: MigrationResult;
       let finishMirrors: (() => Promise<void>) | undefined;
@@ -401,7 +435,7 @@ class QemuDriver implements HypervisorDriver {
 
   /** Ends this host's copy of a VM for good: QEMU, its NICs, its directory and local disks, and its entry. */
   private async retire(vm: QemuVm, reason: string): Promise<void> {
-    await stopQemu(vm, { force: true, timeoutMs: 0, reason });
+    await stopQemu(vm, { force: true, timeoutMs: 0, reason, beforeQuit: (qmp) => this.replicas.end(vm, qmp) });
     vm.detach();
     await tearDownNics(this.opts.dataDir, vm.id, vm.spec.nics);
     // Disks inside the VM directory and on this host's own pool go with it; shared pools belong to others.
@@ -452,9 +486,20 @@ class QemuDriver implements HypervisorDriver {
     return readHistory(this.get(vmId).paths.consoleLog);
   }
 
+  attachReplica(vmId: string, disk: number, target: ReplicaTarget): Promise<DriverVmStatus> {
+    this.get(vmId);
+    return this.locked(vmId, () => this.replicas.attach(this.get(vmId), disk, target));
+  }
+
+  detachReplica(vmId: string, disk: number): Promise<DriverVmStatus> {
+    this.get(vmId);
+    return this.locked(vmId, () => this.replicas.detach(this.get(vmId), disk));
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.replicas.close();
     await Promise.allSettled([...this.locks.values()]);
     for (const vm of this.vms.values()) vm.detach();
     this.listeners.clear();

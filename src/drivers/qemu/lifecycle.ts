@@ -101,7 +101,10 @@ async function waitForSerial(vm: QemuVm, from: number, pattern: RegExp, timeoutM
  * Makes QEMU exit. Graceful: ACPI powerdown, then `quit` after `timeoutMs` (a guest may ignore the button);
  * forced: `quit` at once. SIGKILL when QMP does not get it done.
  */
-export async function stopQemu(vm: QemuVm, opts: { force: boolean; timeoutMs: number; reason?: string }): Promise<void> {
+export async function stopQemu(
+  vm: QemuVm,
+  opts: { force: boolean; timeoutMs: number; reason?: string; beforeQuit?: (qmp: QmpClient) => Promise<void> },
+): Promise<void> {
   const qmp = vm.qmp;
   const pid = vm.pid;
   if (pid === undefined) return;
@@ -122,6 +125,8 @@ export async function stopQemu(vm: QemuVm, opts: { force: boolean; timeoutMs: nu
       if (await vm.waitExit(Math.min(POWERDOWN_REPEAT_MS, Math.max(0, deadline - Date.now())))) return;
     }
   }
+  // A guest that powered off took its block jobs along; one that did not has them ended cleanly first.
+  await opts.beforeQuit?.(qmp).catch(() => undefined);
   await qmp.call('quit', undefined, { timeoutMs: 5000 }).catch(() => undefined);
   if (await vm.waitExit(5000)) return;
   await killHard(pid, vm.paths.dir);

@@ -60,7 +60,8 @@ export async function mirrorLocalDisks(qmp: QmpClient, spec: DriverVmSpec, nbd: 
       // A ready mirror cancelled while the guest is paused completes without switching disks.
       await qmp.call('block-job-cancel', { device: `migrate-mirror${i}` }).catch(() => undefined);
     }
-    for (let n = 0; n < 100 && (await qmp.call('query-block-jobs', undefined).catch(() => [])).length > 0; n++) {
+    const mirrors = async () => (await qmp.call('query-block-jobs', undefined).catch(() => [])).filter((j) => j.device.startsWith('migrate-mirror'));
+    for (let n = 0; n < 100 && (await mirrors()).length > 0; n++) {
       await new Promise((r) => setTimeout(r, 50));
     }
     for (const i of started) await qmp.call('blockdev-del', { 'node-name': `migrate-target${i}` }).catch(() => undefined);

@@ -45,9 +45,19 @@ export interface QmpCommands {
   device_del: { args: { id: string }; ret: void };
   'blockdev-add': { args: Record<string, unknown>; ret: void };
   'blockdev-del': { args: { 'node-name': string }; ret: void };
-  'blockdev-mirror': { args: { 'job-id': string; device: string; target: string; sync: 'top' | 'full' }; ret: void };
+  'blockdev-mirror': {
+    args: {
+      'job-id': string; device: string; target: string; sync: 'top' | 'full';
+      'copy-mode'?: 'background' | 'write-blocking'; 'on-source-error'?: 'report' | 'stop'; 'on-target-error'?: 'report' | 'stop';
+      'auto-dismiss'?: boolean;
+    };
+    ret: void;
+  };
   'query-block-jobs': { args: NoArgs; ret: BlockJobInfo[] };
   'block-job-cancel': { args: { device: string; force?: boolean }; ret: void };
+  'job-dismiss': { args: { id: string }; ret: void };
+  /** Shuts a network block node's connection down at once (its requests then fail or wait to reconnect). */
+  yank: { args: { instances: Array<{ type: 'block-node'; 'node-name': string }> }; ret: void };
   'nbd-server-start': { args: { addr: { type: 'inet'; data: { host: string; port: string } } }; ret: void };
   'nbd-server-stop': { args: NoArgs; ret: void };
   'block-export-add': { args: { type: 'nbd'; id: string; 'node-name': string; name: string; writable: boolean }; ret: void };
@@ -58,6 +68,10 @@ export interface BlockJobInfo {
   ready: boolean;
   offset: number;
   len: number;
+  /** running, ready, paused, aborting, concluded, … (QEMU's JobStatus). */
+  status: string;
+  /** Set once a job ended without success. */
+  error?: string;
 }
 
 export class QmpDecodeError extends Error {
@@ -126,7 +140,12 @@ function queryBlockJobs(raw: unknown): BlockJobInfo[] {
   if (!Array.isArray(raw)) throw new QmpDecodeError('query-block-jobs', 'not a list');
   return raw.map((item) => {
     const r = record('query-block-jobs', item);
-    return { device: typeof r.device === 'string' ? r.device : '', ready: r.ready === true, offset: num(r.offset) ?? 0, len: num(r.len) ?? 0 };
+    const job: BlockJobInfo = {
+      device: typeof r.device === 'string' ? r.device : '', ready: r.ready === true, offset: num(r.offset) ?? 0, len: num(r.len) ?? 0,
+      status: typeof r.status === 'string' ? r.status : 'unknown',
+    };
+    if (typeof r.error === 'string') job.error = r.error;
+    return job;
   });
 }
 
@@ -156,6 +175,8 @@ export const decoders: { [K in keyof QmpCommands]: (raw: unknown) => QmpCommands
   'blockdev-mirror': none,
   'query-block-jobs': queryBlockJobs,
   'block-job-cancel': none,
+  'job-dismiss': none,
+  yank: none,
   'nbd-server-start': none,
   'nbd-server-stop': none,
   'block-export-add': none,

@@ -1,6 +1,6 @@
 // One QEMU-backed VM as the driver sees it: its persisted record, its QMP and console links, and how it ended.
 import { readFile, writeFile, rename } from 'node:fs/promises';
-import type { DriverVmSpec, DriverVmState, DriverVmStatus } from '../types.ts';
+import type { DriverVmSpec, DriverVmState, DriverVmStatus, ReplicaStatus } from '../types.ts';
 import { BALLOON_PATH, type Accel } from './args.ts';
 import { SerialConsole } from './console.ts';
 import { memorySnapshot } from './memory.ts';
@@ -55,6 +55,10 @@ export class QemuVm {
   bootedAtMs: number | undefined;
   /** While set, the pause at switchover is part of the migration, not a state the VM is in. */
   migrating = false;
+  /** The replica states last read from QEMU (replicas.ts), for status and state events. */
+  replicas: ReplicaStatus[] | undefined;
+  /** Why mirroring a disk into its replica could not start, by disk index. */
+  readonly replicaFailures = new Map<number, string>();
   /** Set before the driver makes QEMU exit on purpose: the exit is then a stop, not a crash. */
   expectedExit: { reason?: string } | undefined;
   private console: SerialConsole | undefined;
@@ -172,6 +176,7 @@ export class QemuVm {
     };
     if (up && this.bootedAtMs !== undefined) status.uptimeS = Math.max(0, (Date.now() - this.bootedAtMs) / 1000);
     if (this.reason !== undefined) status.reason = this.reason;
+    if (up && this.replicas?.length) status.replicas = this.replicas.map((r) => ({ ...r, target: { ...r.target } }));
     return status;
   }
 
@@ -218,6 +223,8 @@ export class QemuVm {
     this.pid = undefined;
     this.bootedAtMs = undefined;
     this.lastActualMiB = undefined;
+    this.replicas = undefined;
+    this.replicaFailures.clear();
     if (this.expectedExit) {
       this.setState('stopped', this.expectedExit.reason);
     } else if (this.record.mode === 'incoming') {

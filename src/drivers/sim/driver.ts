@@ -11,6 +11,7 @@ import {
   type MigrationProgress,
   type MigrationResult,
   type MigrationTarget,
+  type ReplicaTarget,
   type StopOptions,
 } from '../types.ts';
 import { realClock, TimerSet, type SimClock } from './clock.ts';
@@ -271,6 +272,31 @@ class SimHypervisor implements SimDriver {
 
   async consoleHistory(vmId: string): Promise<string> {
     return this.get(vmId).console;
+  }
+
+  async attachReplica(vmId: string, disk: number, target: ReplicaTarget): Promise<DriverVmStatus> {
+    return this.setReplica(vmId, disk, target);
+  }
+
+  async detachReplica(vmId: string, disk: number): Promise<DriverVmStatus> {
+    return this.setReplica(vmId, disk, undefined);
+  }
+
+  private setReplica(vmId: string, index: number, target: ReplicaTarget | undefined): DriverVmStatus {
+    const vm = this.get(vmId);
+    if (target && !isUp(vm.state)) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    if (!vm.spec.disks[index]) throw new DriverError('IMAGE_INVALID', `${vmId} has no disk ${index}`);
+    vm.spec = {
+      ...vm.spec,
+      disks: vm.spec.disks.map((d, i) => {
+        if (i !== index) return d;
+        const { replica: _old, ...rest } = d;
+        return target ? { ...rest, replica: { ...target } } : rest;
+      }),
+    };
+    const status = this.status_(vm);
+    this.emit({ type: 'vm-state', vm: status });
+    return status;
   }
 
   async growDisk(vmId: string, index: number, sizeMiB: number): Promise<void> {

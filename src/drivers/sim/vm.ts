@@ -47,6 +47,9 @@ export function toStatus(vm: SimVm, nowMs: number): DriverVmStatus {
   if (isUp(vm.state)) status.memoryUsedMiB = vm.usedMiB;
   if (isUp(vm.state) && vm.startedAt !== undefined) status.uptimeS = Math.max(0, (nowMs - vm.startedAt) / 1000);
   if (vm.reason !== undefined) status.reason = vm.reason;
+  // A simulated replica has nothing to copy: in step as soon as the VM runs.
+  const replicas = vm.spec.disks.flatMap((d, disk) => (d.replica ? [{ disk, target: { ...d.replica }, state: 'synced' as const }] : []));
+  if (isUp(vm.state) && replicas.length > 0) status.replicas = replicas;
   return status;
 }
 
