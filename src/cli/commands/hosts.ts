@@ -14,7 +14,7 @@ export function registerHosts(program: Command): void {
   const host = program.command('host').description('servers: list, inspect, join, drain and activate');
 
   jsonOption(host.command('list').description('list the servers'))
-    .option('--state <state>', 'only hosts in this state (ready, maintenance, unreachable, fenced, joining)')
+    .option('--state <state>', 'only hosts in this state (ready, maintenance, unreachable, failed, fenced, joining)')
     .action(run(async (o: ClientOptions & { state?: string }) => {
       const page = await client(o).get<Page<Host>>(`/api/v1/hosts${queryString({ state: o.state })}`);
       if (o.json) return printJson(page);
