@@ -290,19 +290,17 @@ export class Agent {
       this.send({ type: 'result', id, ok: true });
       return;
     }
+    try {
+      this.checkPlacement(command);
+    } catch (err) {
+      this.send({ type: 'result', id, ok: false, error: errorOf(err) });
+      return;
+    }
     // A stop or delete of a VM that boots abandons the boot at once instead of waiting for it.
     if (command.op === 'stop' || command.op === 'delete') this.booting.get(command.vmId)?.abort();
     const abort = new AbortController();
     this.inflight.set(id, abort);
     if (command.op === 'start') this.booting.set(command.spec.id, abort);
-    try {
-      this.checkPlacement(command);
-    } catch (err) {
-      this.inflight.delete(id);
-      if (command.op === 'start' && this.booting.get(command.spec.id) === abort) this.booting.delete(command.spec.id);
-      this.send({ type: 'result', id, ok: false, error: errorOf(err) });
-      return;
-    }
     if (command.op === 'migrate') await this.markSending(command.vmId, true);
     try {
       const value = await execute(command, {
