@@ -63,6 +63,8 @@ export class Agent {
   private readonly sending = new Set<string>();
   private readonly consoles = new Set<string>();
   private unsubscribe: (() => void) | null = null;
+  /** The hello on the current connection, sent or failed. */
+  private introduced: Promise<void> = Promise.resolve();
   /** The shared pools control named in its welcome: reported with the local pool. */
   private sharedPools: PoolRefMsg[] = [];
   readonly storage: HostStorage;
@@ -147,7 +149,7 @@ export class Agent {
     const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.creds.credential}` }, maxPayload: 1024 * 1024, followRedirects: false });
     this.socket = socket;
     socket.on('open', () => {
-      this.hello().catch((err: unknown) => {
+      this.introduced = this.hello().catch((err: unknown) => {
         // Without a hello control cannot trust this connection: drop it and try again.
         this.opts.log.error({ err }, 'could not describe this host to control');
         socket.terminate();
@@ -249,7 +251,8 @@ export class Agent {
         if (this.heartbeat) clearInterval(this.heartbeat);
         this.heartbeat = setInterval(() => void this.beat(), msg.heartbeatIntervalMs);
         this.sharedPools = msg.pools ?? [];
-        void this.reportPools();
+        // After the hello: control takes nothing else from a connection before it (a report sent earlier is lost).
+        void this.introduced.then(() => this.reportPools());
         return;
       case 'replicas':
         this.learnReplicas(msg.leader, msg.replicas);

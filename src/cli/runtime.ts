@@ -157,8 +157,13 @@ export async function makeDriver(
   const { createDriver } = await import('../drivers/index.ts');
   if (kind === 'sim') return createDriver('sim', { hostname: o.name, address: o.address, memoryMiB: o.memoryMiB, cpus: o.cpus });
   const logger = o.log;
+  const { localPoolPath } = await import('../agent/storage/index.ts');
+  const { localPool, moveLocalDisks } = await import('../drivers/qemu/local-disks.ts');
+  const moved = moveLocalDisks(localPool(join(o.dataDir, 'qemu')), localPoolPath(o.dataDir));
+  if (moved.length > 0) logger?.warn({ moved }, 'moved local disks into the host\'s pool');
   return createDriver('qemu', {
     dataDir: join(o.dataDir, 'qemu'),
+    localPoolDir: localPoolPath(o.dataDir),
     hostname: o.name,
     address: o.address,
     migrationMode: o.migrationMode,

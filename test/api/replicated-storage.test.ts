@@ -9,7 +9,7 @@ import { type Cluster, type TestHost, startCluster } from '../support/cluster.ts
 import { type Link, createLink } from '../support/link.ts';
 import { until } from '../until.ts';
 
-const control = { inspectImage: async (img: { path: string }) => ({ sizeMiB: 1024, path: img.path }), hostLeaseMs: 1000, failoverMarginMs: 500, haHostFailures: 0 };
+const control = { inspectImage: async (img: { path?: string }) => ({ sizeMiB: 1024, path: img.path! }), hostLeaseMs: 1000, failoverMarginMs: 500, haHostFailures: 0 };
 
 async function setUp(hosts: number): Promise<{ c: Cluster; link: Link; first: TestHost }> {
   const c = await startCluster({ control });

@@ -1,7 +1,8 @@
 // HA under real failures: three QEMU hosts in network namespaces, each HA guest stamping its disk on a shared
-// pool. For each fault (a host killed, cut from control, its agent hung, a flapping link, control restarted in
-// the middle of a failover) the guest must end running on one host, no two QEMUs of it may ever run at once,
-// and its disk must hold one writer's stamps at a time with every stamp a console saw acknowledged.
+// pool or on replicated storage (its host's disk with a synchronous copy on another). For each fault (a host
+// killed, cut from control, its agent hung, a flapping link, control restarted in the middle of a failover)
+// the guest must end running on one host, no two QEMUs of it may ever run at once, and its disk must hold
+// one writer's stamps at a time with every stamp a console saw acknowledged.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -314,7 +315,8 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
       }
     }
     for (const f of figures) console.log(JSON.stringify(f));
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    // AWAN_KEEP_TEST_DIR=1 keeps the hosts' data dirs and logs for a look after a failure.
+    if (dir && !process.env.AWAN_KEEP_TEST_DIR) rmSync(dir, { recursive: true, force: true });
   });
 
   it('three QEMU hosts join a control with short host leases', { timeout: 180_000 }, async () => {
@@ -334,14 +336,31 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
 
   let previousVm = '';
 
+  /** Where the guest's disk is now: the shared pool, or (replicated) the local pool of the host holding it. */
+  async function diskOf(vmId: string): Promise<string> {
+    const volumes = (await api<{ items: any[] }>('GET', `/api/v1/volumes?vm=${vmId}`)).body.items;
+    assert.equal(volumes.length, 1, JSON.stringify(volumes));
+    const pool = (await api('GET', `/api/v1/pools/${volumes[0].poolId}`)).body;
+    return join(pool.path, volumes[0].name);
+  }
+
+  /** Until the guest's replicated disk has a copy in step on a host other than `not`; that host's name. */
+  async function syncedCopy(vmId: string, not: string): Promise<string> {
+    return until(async () => {
+      const [v] = (await api<{ items: any[] }>('GET', `/api/v1/volumes?vm=${vmId}`)).body.items;
+      const on = v?.replica?.state === 'synced' ? await hostName(v.replica.hostId) : undefined;
+      return on && on !== not ? on : undefined;
+    }, { timeoutMs: 180_000, what: 'a synced copy of the guest\'s disk', ...POLL });
+  }
+
   /** A fresh HA guest stamping its disk, and where it runs; the previous scenario's guest is stopped first. */
-  async function stampingVm(name: string) {
+  async function stampingVm(name: string, storage: 'shared' | 'replicated' = 'shared') {
     if (previousVm) {
       const stop = await api('POST', `/api/v1/vms/${previousVm}/stop`, {});
       if (stop.status === 202) await waitTask(stop.body.task.id);
       await until(() => qemusOf(previousVm).length === 0, { timeoutMs: 60_000, what: `the previous guest's QEMU gone` });
     }
-    const res = await api('POST', '/api/v1/vms', { name, cpus: 1, memoryMiB: 128, image: 'stamp-guest', ha: true, diskGiB: 1 });
+    const res = await api('POST', '/api/v1/vms', { name, cpus: 1, memoryMiB: 128, image: 'stamp-guest', ha: true, diskGiB: 1, storage });
     assert.equal(res.status, 202, JSON.stringify(res.body));
     const id: string = res.body.vm.id;
     previousVm = id;
@@ -351,16 +370,16 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
     assert.equal(vm.phase, 'running');
     const host = await hostName(vm.hostId);
     assert.ok(host && HOSTS.includes(host), `the guest runs on one of our hosts (${vm.hostId})`);
-    const volumes = (await api<{ items: any[] }>('GET', `/api/v1/volumes?vm=${id}`)).body.items;
-    assert.equal(volumes.length, 1, JSON.stringify(volumes));
-    const disk = join(poolDir(), volumes[0].name);
-    assert.ok(existsSync(disk), `the guest's disk ${disk} is in the shared pool`);
+    const disk = await diskOf(id);
+    const home = storage === 'shared' ? poolDir() : join(hostDir(host), 'local-pool');
+    assert.ok(disk.startsWith(`${home}/`) && existsSync(disk), `the guest's disk ${disk} is in ${home}`);
     const consoles = collectConsoles(id);
     const firstBoot = await until(() => {
       const acks = [...consoles.acks()];
       return acks.length === 1 && acks[0][1] >= STAMPS_BEFORE ? acks[0][0] : undefined;
     }, { timeoutMs: 180_000, what: `${STAMPS_BEFORE} stamps on ${host}'s console` });
-    return { id, host, disk, consoles, firstBoot, qemu: qemusOf(id) };
+    const copyOn = storage === 'replicated' ? await syncedCopy(id, host) : undefined;
+    return { id, host, copyOn, consoles, firstBoot, qemu: qemusOf(id) };
   }
 
   /**
@@ -395,7 +414,7 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
   }
 
   /** The end state every scenario proves: running once, never two QEMUs, one writer at a time, nothing lost. */
-  async function proveOneWriter(t: TestContext, s: { id: string; disk: string; consoles: ReturnType<typeof collectConsoles> }, watch: QemuWatch, minBoots: number) {
+  async function proveOneWriter(t: TestContext, s: { id: string; consoles: ReturnType<typeof collectConsoles> }, watch: QemuWatch, minBoots: number) {
     const vm = await until(async () => {
       const v = await vmOf(s.id);
       return v.phase === 'running' ? v : undefined;
@@ -415,7 +434,10 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
     assert.equal((await waitTask(stop.body.task.id)).state, 'succeeded');
     await until(() => qemusOf(s.id).length === 0, { timeoutMs: 60_000, what: 'the guest stopped' });
     s.consoles.stop();
-    const report = verifyStamps({ disk: s.disk, consoles: s.consoles.texts(), format: 'qcow2', maxBytes: 8 << 20 });
+    // The disk as it is now: for a replicated one, the copy that became the disk when the guest failed over.
+    const disk = await diskOf(s.id);
+    t.diagnostic(`the disk: ${disk}; volume: ${JSON.stringify((await api('GET', `/api/v1/volumes?vm=${s.id}`)).body.items[0])}`);
+    const report = verifyStamps({ disk, consoles: s.consoles.texts(), format: 'qcow2', maxBytes: 8 << 20 });
     t.diagnostic(report.summary);
     assert.equal(report.ok, true, report.summary);
     assert.ok(report.boots.length >= minBoots, `at least ${minBoots} boot(s) on the disk:\n${report.summary}`);
@@ -492,6 +514,39 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
     await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
     await proveOneWriter(t, s, watch, 2);
     record('agent-hung', f, watch, old.pid, { fencedBy: why.trim() });
+  });
+
+  scenario('a host with a replicated disk killed: the guest restarts from the copy on its host, and a new copy is made on the third', async (t) => {
+    const s = await stampingVm('ha-rep-killed', 'replicated');
+    const [old] = s.qemu;
+    const watch = watchQemus(s.id);
+    const t0 = Date.now();
+    await faults!.killHost(s.host);
+    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
+    assert.equal(f.on, s.copyOn, 'it restarted where the copy of its disk was');
+    assert.ok((await diskOf(s.id)).startsWith(`${join(hostDir(f.on), 'local-pool')}/`), 'the copy became the disk');
+    const third = await syncedCopy(s.id, f.on);
+    assert.ok(third !== s.host && third !== f.on, `the new copy is on the third host, not ${third}`);
+    startAgent(s.host);
+    await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
+    await proveOneWriter(t, s, watch, 2);
+    assert.equal(processesWith('qemu-system', `${hostDir(s.host)}/`).length, 0, `${s.host} runs no QEMU after it came back`);
+    record('replicated-host-killed', f, watch, old.pid, { newCopyOn: third });
+  });
+
+  scenario('a host with a replicated disk cut from control while it still reaches its copy: it stops the guest itself, which restarts from the copy', async (t) => {
+    const s = await stampingVm('ha-rep-cut', 'replicated');
+    const [old] = s.qemu;
+    const watch = watchQemus(s.id);
+    const t0 = Date.now();
+    const cut = faults!.cutFromControl(s.host);
+    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
+    assert.equal(f.on, s.copyOn, 'it restarted where the copy of its disk was');
+    assert.ok(gone(old.pid), 'the cut-off host stopped its copy');
+    faults!.restore(cut);
+    await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
+    await proveOneWriter(t, s, watch, 2);
+    record('replicated-cut-from-control', f, watch, old.pid);
   });
 
   scenario('a flapping link to control, each cut shorter than the lease: never two writers, at most one restart', async (t) => {

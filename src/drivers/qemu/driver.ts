@@ -20,7 +20,7 @@ import type { Accel } from './args.ts';
 import { readHistory } from './console.ts';
 import { BootTimeoutError, hostAvailableMiB, launchVm, reattach, stopQemu, type LifecycleContext } from './lifecycle.ts';
 import { setGuestMemory } from './memory.ts';
-import { exportLocalDisks, hasLocalDisks, mirrorLocalDisks, removeLocalDisks, resolveLocalDisks, stopExports } from './local-disks.ts';
+import { exportLocalDisks, hasLocalDisks, localPool, mirrorLocalDisks, removeLocalDisks, resolveLocalDisks, stopExports } from './local-disks.ts';
 import { checkMigrationUri, freePort, runMigration } from './migrate.ts';
 import { tearDownNics } from './network.ts';
 import { checkVmId, vmPaths, vmsDir } from './paths.ts';
@@ -32,6 +32,8 @@ import { replicaDisks } from './replicas.ts';
 
 export interface QemuDriverOptions {
   dataDir: string;
+  /** Where disks that live on this host only are (`local` disks); the agent's local pool. <dataDir>/local-pool by default. */
+  localPoolDir?: string;
   hostname?: string;
   /** Address other hosts reach this one at; incoming migrations listen on it. */
   address?: string;
@@ -229,7 +231,7 @@ class QemuDriver implements HypervisorDriver {
   start(spec: DriverVmSpec, signal?: AbortSignal): Promise<DriverVmStatus> {
     this.checkOpen();
     checkSpec(spec);
-    spec = resolveLocalDisks(spec, this.opts.dataDir);
+    spec = resolveLocalDisks(spec, this.opts.localPoolDir ?? localPool(this.opts.dataDir));
     return this.locked(spec.id, async () => {
       const existing = this.vms.get(spec.id);
       if (existing?.state === 'incoming') throw new DriverError('VM_EXISTS', `${spec.id} is arriving by migration`);
@@ -318,7 +320,7 @@ class QemuDriver implements HypervisorDriver {
   prepareIncoming(spec: DriverVmSpec): Promise<MigrationTarget> {
     this.checkOpen();
     checkSpec(spec);
-    spec = resolveLocalDisks(spec, this.opts.dataDir);
+    spec = resolveLocalDisks(spec, this.opts.localPoolDir ?? localPool(this.opts.dataDir));
     return this.locked(spec.id, async () => {
       const existing = this.vms.get(spec.id);
       if (existing?.state === 'incoming' && existing.record.incomingUri && existing.alive) {

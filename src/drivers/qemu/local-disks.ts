@@ -1,8 +1,9 @@
 // Disks that live on one host only: where they are, and how a live migration carries them along (the
 // destination exports its fresh overlay over NBD, the source mirrors its top layer into it before the RAM
 // moves, and the mirror ends once the source is paused).
+import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { isAbsolute, join, normalize } from 'node:path';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
 import { DriverError, type DriverVmSpec } from '../types.ts';
 import { freePort } from './migrate.ts';
 import type { QmpClient } from './qmp.ts';
@@ -11,12 +12,39 @@ const MIRROR_READY_TIMEOUT_MS = 10 * 60_000;
 
 export const localPool = (dataDir: string) => join(dataDir, 'local-pool');
 
+/**
+ * Earlier releases kept local disks in the driver's own data dir while the agent's pool (which makes, grows
+ * and deletes them for control) was elsewhere: each disk there moves to the pool, replacing the blank one
+ * the pool may have made in its place. A running QEMU keeps its open file. Returns the files moved.
+ */
+export function moveLocalDisks(from: string, to: string): string[] {
+  if (from === to || !existsSync(from)) return [];
+  const moved: string[] = [];
+  const walk = (rel: string) => {
+    for (const e of readdirSync(join(from, rel), { withFileTypes: true })) {
+      const path = join(rel, e.name);
+      if (e.isDirectory()) walk(path);
+      else {
+        mkdirSync(dirname(join(to, path)), { recursive: true });
+        renameSync(join(from, path), join(to, path));
+        moved.push(path);
+      }
+    }
+    try {
+      rmdirSync(join(from, rel));
+    } catch {
+      // something new appeared meanwhile: left where it is
+    }
+  };
+  walk('');
+  return moved;
+}
+
 export const hasLocalDisks = (spec: DriverVmSpec) => spec.disks.some((d) => d.local);
 
 /** The spec with local disk paths made absolute under this host's pool; a path that escapes it is refused. */
-export function resolveLocalDisks(spec: DriverVmSpec, dataDir: string): DriverVmSpec {
+export function resolveLocalDisks(spec: DriverVmSpec, pool: string): DriverVmSpec {
   if (!hasLocalDisks(spec)) return spec;
-  const pool = localPool(dataDir);
   return {
     ...spec,
     disks: spec.disks.map((d) => {
