@@ -20,7 +20,7 @@ interface CreateOptions extends ClientOptions {
   ha?: boolean;
   label?: string[];
   antiAffinity?: string;
-  storage?: 'shared' | 'local';
+  storage?: 'shared' | 'local' | 'replicated';
   start: boolean;
 }
 
@@ -62,7 +62,7 @@ function registerCreate(vm: Command): void {
     .option('--ha', 'restart the VM on another server when its server fails')
     .option('--label <key=value>', 'run only on servers with this label; repeat for more', collect)
     .option('--anti-affinity <group>', 'keep VMs of this group on different servers')
-    .addOption(new Option('--storage <where>', 'disk on the shared pool, or on the server (copied along on migration)').choices(['shared', 'local']))
+    .addOption(new Option('--storage <where>', 'disk on the shared pool; on the server (copied along on migration); or on the server with a synchronous copy on a second one').choices(['shared', 'local', 'replicated']))
     .option('--no-start', 'create it stopped')
     .addHelpText('after', CREATE_HELP);
   fieldFlags(create, { placementLabels: '--label' })
