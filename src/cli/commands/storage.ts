@@ -41,7 +41,7 @@ export function registerStorage(program: Command): void {
     .action(run(async (o: ClientOptions & { pool?: string; vm?: string; limit?: number }) => {
       const page = await client(o).get<Page<Volume>>(`/api/v1/volumes${queryString({ pool: o.pool, vm: o.vm, limit: o.limit?.toString() })}`);
       if (o.json) return printJson(page);
-      printTable(['NAME', 'STATE', 'SIZE', 'ACTUAL', 'POOL', 'VM', 'ID'], page.items.map((v) => [v.name, v.state, mib(v.sizeMiB), mib(v.actualSizeMiB), v.poolId, orDash(v.vmId), v.id]), 'no volumes');
+      printTable(['NAME', 'STATE', 'SIZE', 'ACTUAL', 'POOL', 'COPY', 'VM', 'ID'], page.items.map((v) => [v.name, v.state, mib(v.sizeMiB), mib(v.actualSizeMiB), v.poolId, copyOf(v), orDash(v.vmId), v.id]), 'no volumes');
     }));
 
   jsonOption(volume.command('show <id>').description('show one volume'))
@@ -51,7 +51,11 @@ export function registerStorage(program: Command): void {
       printFields([
         ['name', v.name], ['id', v.id], ['state', v.state], ['pool', v.poolId], ['vm', orDash(v.vmId)], ['format', v.format],
         ['size', mib(v.sizeMiB)], ['actual', mib(v.actualSizeMiB)], ['backing', orDash(v.backingPath)], ['deleting', v.deleting ? 'yes' : 'no'],
+        ['copy', copyOf(v)], ['copy message', orDash(v.replica?.message ?? null)],
         ['message', orDash(v.message)], ['generation', `${v.observedGeneration}/${v.generation}`], ['updated', v.updatedAt],
       ]);
     }));
 }
+
+/** A replicated volume's copy: its state and host; `-` for a volume that is not replicated. */
+const copyOf = (v: Volume) => (!v.replicated ? '-' : v.replica ? `${v.replica.state} on ${v.replica.hostId}` : 'none yet');
