@@ -464,144 +464,130 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
     if (old && fresh) assert.ok(old.lastMs < fresh.firstMs, `the old QEMU was last seen at ${old.lastMs}, the new one first at ${fresh.firstMs}`);
   }
 
-  scenario('a host killed outright: the guest restarts elsewhere, and the host comes back without it', async (t) => {
-    const s = await stampingVm('ha-killed');
-    const [old] = s.qemu;
-    const watch = watchQemus(s.id);
-    const t0 = Date.now();
-    const killed = await faults!.killHost(s.host);
-    assert.ok(killed.includes(old.pid), 'the guest\'s QEMU was among the killed processes');
-    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
-    startAgent(s.host);
-    await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
-    const { on } = await proveOneWriter(t, s, watch, 2);
-    assert.equal(on, f.on);
-    assert.equal(processesWith('qemu-system', `${hostDir(s.host)}/`).length, 0, `${s.host} runs no QEMU after it came back`);
-    record('host-killed', f, watch, old.pid);
-  });
+  /** On replicated storage, the guest restarted where its disk's copy was, and a new copy is made on the third host. */
+  async function checkCopies(s: { id: string; host: string; copyOn?: string }, on: string): Promise<Record<string, unknown>> {
+    if (!s.copyOn) return {};
+    assert.equal(on, s.copyOn, 'it restarted where the copy of its disk was');
+    assert.ok((await diskOf(s.id)).startsWith(`${join(hostDir(on), 'local-pool')}/`), 'the copy became the disk');
+    const third = await syncedCopy(s.id, on);
+    assert.ok(third !== s.host && third !== on, `the new copy is on the third host, not ${third}`);
+    return { newCopyOn: third };
+  }
 
-  scenario('a host cut from control only: it stops the guest itself before the restart elsewhere, and returns ready', async (t) => {
-    const s = await stampingVm('ha-cut');
-    const [old] = s.qemu;
-    const watch = watchQemus(s.id);
-    const t0 = Date.now();
-    const cut = faults!.cutFromControl(s.host);
-    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
-    assert.ok(gone(old.pid), 'the cut-off host stopped its copy');
-    const fenced = join(hostDir(s.host), 'fence', 'fenced', s.id);
-    assert.ok(existsSync(fenced), `${s.host} recorded that it fenced the guest`);
-    faults!.restore(cut);
-    await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
-    await proveOneWriter(t, s, watch, 2);
-    record('cut-from-control', f, watch, old.pid, { fencedBy: readFileSync(fenced, 'utf8').trim() });
-  });
+  for (const storage of ['shared', 'replicated'] as const) {
+    const on = storage === 'shared' ? 'on a shared pool' : 'on replicated storage';
+    const tag = (name: string) => (storage === 'shared' ? name : `replicated-${name}`);
 
-  scenario('the agent hung: the watchdog kills the guest, which restarts elsewhere; the agent resumes without a second copy', async (t) => {
-    const s = await stampingVm('ha-hung');
-    const [old] = s.qemu;
-    const agentPid = children.get(s.host)!.pid!;
-    const watchdogPid = Number(readFileSync(join(hostDir(s.host), 'fence', 'watchdog.pid'), 'utf8'));
-    assert.ok(!gone(watchdogPid), 'the host\'s watchdog runs');
-    const watch = watchQemus(s.id);
-    const t0 = Date.now();
-    const hang = faults!.hang(agentPid);
-    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
-    assert.ok(gone(old.pid), 'the hung host\'s copy is gone');
-    const fenced = join(hostDir(s.host), 'fence', 'fenced', s.id);
-    const why = readFileSync(fenced, 'utf8');
-    assert.match(why, /watchdog/, 'the watchdog, not the hung agent, stopped the guest');
-    faults!.restore(hang);
-    await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
-    await proveOneWriter(t, s, watch, 2);
-    record('agent-hung', f, watch, old.pid, { fencedBy: why.trim() });
-  });
+    scenario(`${on}, a host killed outright: the guest restarts elsewhere, and the host comes back without it`, async (t) => {
+      const s = await stampingVm(tag('ha-killed'), storage);
+      const [old] = s.qemu;
+      const watch = watchQemus(s.id);
+      const t0 = Date.now();
+      const killed = await faults!.killHost(s.host);
+      assert.ok(killed.includes(old.pid), 'the guest\'s QEMU was among the killed processes');
+      const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
+      const copies = await checkCopies(s, f.on);
+      startAgent(s.host);
+      await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
+      const end = await proveOneWriter(t, s, watch, 2);
+      assert.equal(end.on, f.on);
+      assert.equal(processesWith('qemu-system', `${hostDir(s.host)}/`).length, 0, `${s.host} runs no QEMU after it came back`);
+      record(tag('host-killed'), f, watch, old.pid, copies);
+    });
 
-  scenario('a host with a replicated disk killed: the guest restarts from the copy on its host, and a new copy is made on the third', async (t) => {
-    const s = await stampingVm('ha-rep-killed', 'replicated');
-    const [old] = s.qemu;
-    const watch = watchQemus(s.id);
-    const t0 = Date.now();
-    await faults!.killHost(s.host);
-    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
-    assert.equal(f.on, s.copyOn, 'it restarted where the copy of its disk was');
-    assert.ok((await diskOf(s.id)).startsWith(`${join(hostDir(f.on), 'local-pool')}/`), 'the copy became the disk');
-    const third = await syncedCopy(s.id, f.on);
-    assert.ok(third !== s.host && third !== f.on, `the new copy is on the third host, not ${third}`);
-    startAgent(s.host);
-    await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
-    await proveOneWriter(t, s, watch, 2);
-    assert.equal(processesWith('qemu-system', `${hostDir(s.host)}/`).length, 0, `${s.host} runs no QEMU after it came back`);
-    record('replicated-host-killed', f, watch, old.pid, { newCopyOn: third });
-  });
+    scenario(`${on}, a host cut from control only (it still reaches its disk): it stops the guest itself before the restart elsewhere, and returns ready`, async (t) => {
+      const s = await stampingVm(tag('ha-cut'), storage);
+      const [old] = s.qemu;
+      const watch = watchQemus(s.id);
+      const t0 = Date.now();
+      const cut = faults!.cutFromControl(s.host);
+      const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
+      assert.ok(gone(old.pid), 'the cut-off host stopped its copy');
+      const fenced = join(hostDir(s.host), 'fence', 'fenced', s.id);
+      assert.ok(existsSync(fenced), `${s.host} recorded that it fenced the guest`);
+      const copies = await checkCopies(s, f.on);
+      faults!.restore(cut);
+      await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
+      await proveOneWriter(t, s, watch, 2);
+      record(tag('cut-from-control'), f, watch, old.pid, { fencedBy: readFileSync(fenced, 'utf8').trim(), ...copies });
+    });
 
-  scenario('a host with a replicated disk cut from control while it still reaches its copy: it stops the guest itself, which restarts from the copy', async (t) => {
-    const s = await stampingVm('ha-rep-cut', 'replicated');
-    const [old] = s.qemu;
-    const watch = watchQemus(s.id);
-    const t0 = Date.now();
-    const cut = faults!.cutFromControl(s.host);
-    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
-    assert.equal(f.on, s.copyOn, 'it restarted where the copy of its disk was');
-    assert.ok(gone(old.pid), 'the cut-off host stopped its copy');
-    faults!.restore(cut);
-    await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
-    await proveOneWriter(t, s, watch, 2);
-    record('replicated-cut-from-control', f, watch, old.pid);
-  });
+    scenario(`${on}, the agent hung: the watchdog kills the guest, which restarts elsewhere; the agent resumes without a second copy`, async (t) => {
+      const s = await stampingVm(tag('ha-hung'), storage);
+      const [old] = s.qemu;
+      const agentPid = children.get(s.host)!.pid!;
+      const watchdogPid = Number(readFileSync(join(hostDir(s.host), 'fence', 'watchdog.pid'), 'utf8'));
+      assert.ok(!gone(watchdogPid), 'the host\'s watchdog runs');
+      const watch = watchQemus(s.id);
+      const t0 = Date.now();
+      const hang = faults!.hang(agentPid);
+      const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
+      assert.ok(gone(old.pid), 'the hung host\'s copy is gone');
+      const fenced = join(hostDir(s.host), 'fence', 'fenced', s.id);
+      const why = readFileSync(fenced, 'utf8');
+      assert.match(why, /watchdog/, 'the watchdog, not the hung agent, stopped the guest');
+      const copies = await checkCopies(s, f.on);
+      faults!.restore(hang);
+      await until(allReady, { timeoutMs: 120_000, what: `${s.host} ready again`, ...POLL });
+      await proveOneWriter(t, s, watch, 2);
+      record(tag('agent-hung'), f, watch, old.pid, { fencedBy: why.trim(), ...copies });
+    });
 
-  scenario('a flapping link to control, each cut shorter than the lease: never two writers, at most one restart', async (t) => {
-    const s = await stampingVm('ha-flap');
-    const [old] = s.qemu;
-    const watch = watchQemus(s.id);
-    const t0 = Date.now();
-    let failed = 0;
-    const states = setInterval(() => void hosts().then((hs) => { if (hs.find((h) => h.name === s.host)?.state === 'failed') failed++; }).catch(() => undefined), 250);
-    timers.add(states);
-    try {
-      await faults!.flap(s.host, { times: 8, downMs: 1200, upMs: 1500 });
-    } finally {
-      clearInterval(states);
-      timers.delete(states);
-    }
-    await until(allReady, { timeoutMs: 120_000, what: 'every host ready after the flapping', ...POLL });
-    const { report, on } = await proveOneWriter(t, s, watch, 1);
-    const restarts = report.boots.length - 1;
-    assert.ok(restarts <= 1, `restarted at most once:\n${report.summary}`);
-    const qemus = watch.seen.size;
-    assert.equal(qemus, restarts + 1, `one QEMU per boot (${qemus} QEMUs, ${report.boots.length} boots)`);
-    const fig = { scenario: 'flapping-link', restarts, hostSeenFailed: failed > 0, endedOn: on, startedOn: s.host, flapSeconds: (Date.now() - t0) / 1000 };
-    figures.push(fig);
-    console.log(`ha-faults ${JSON.stringify(fig)}`);
-    if (restarts === 0) assert.ok(!gone(old.pid) || on === s.host, 'without a restart the same guest runs on');
-  });
+    scenario(`${on}, a flapping link to control, each cut shorter than the lease: never two writers, at most one restart`, async (t) => {
+      const s = await stampingVm(tag('ha-flap'), storage);
+      const [old] = s.qemu;
+      const watch = watchQemus(s.id);
+      const t0 = Date.now();
+      let failed = 0;
+      const states = setInterval(() => void hosts().then((hs) => { if (hs.find((h) => h.name === s.host)?.state === 'failed') failed++; }).catch(() => undefined), 250);
+      timers.add(states);
+      try {
+        await faults!.flap(s.host, { times: 8, downMs: 1200, upMs: 1500 });
+      } finally {
+        clearInterval(states);
+        timers.delete(states);
+      }
+      await until(allReady, { timeoutMs: 120_000, what: 'every host ready after the flapping', ...POLL });
+      const { report, on: endedOn } = await proveOneWriter(t, s, watch, 1);
+      const restarts = report.boots.length - 1;
+      assert.ok(restarts <= 1, `restarted at most once:\n${report.summary}`);
+      const qemus = watch.seen.size;
+      assert.equal(qemus, restarts + 1, `one QEMU per boot (${qemus} QEMUs, ${report.boots.length} boots)`);
+      const fig = { scenario: tag('flapping-link'), restarts, hostSeenFailed: failed > 0, endedOn, startedOn: s.host, flapSeconds: (Date.now() - t0) / 1000 };
+      figures.push(fig);
+      console.log(`ha-faults ${JSON.stringify(fig)}`);
+      if (restarts === 0) assert.ok(!gone(old.pid) || endedOn === s.host, 'without a restart the same guest runs on');
+    });
 
-  scenario('control killed in the middle of a failover and started again on its database: the guest runs once', async (t) => {
-    const s = await stampingVm('ha-control');
-    const [old] = s.qemu;
-    const watch = watchQemus(s.id);
-    const t0 = Date.now();
-    await faults!.killHost(s.host);
-    // The middle of the failover: control has declared the host failed and placed the guest elsewhere.
-    let killedControlAt = '';
-    await until(async () => {
-      const v = await vmOf(s.id);
-      if (v.hostId && (await hostName(v.hostId)) !== s.host) return true;
-      return undefined;
-    }, { timeoutMs: 120_000, what: 'control placing the guest on another host', intervalMs: 50 });
-    const vmThen = await vmOf(s.id);
-    await stopChild('control', 'SIGKILL');
-    killedControlAt = `${vmThen.phase}`;
-    const restartT = Date.now();
-    startControl();
-    await login();
-    const controlBackS = (Date.now() - restartT) / 1000;
-    const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
-    startAgent(s.host);
-    await until(allReady, { timeoutMs: 120_000, what: 'every host ready after control restarted', ...POLL });
-    await proveOneWriter(t, s, watch, 2);
-    assert.equal(processesWith('qemu-system', `${hostDir(s.host)}/`).length, 0, `${s.host} runs no QEMU after it came back`);
-    const fresh = [...watch.seen.keys()].filter((p) => p !== old.pid);
-    t.diagnostic(`QEMUs after the original: ${fresh.length}`);
-    record('control-restarted', { ...f, failedAtMs: f.failedAtMs || f.t0 }, watch, old.pid, { controlKilledWithGuestIn: killedControlAt, controlBackS, qemusAfterOriginal: fresh.length });
-  });
+    scenario(`${on}, control killed in the middle of a failover and started again on its database: the guest runs once`, async (t) => {
+      const s = await stampingVm(tag('ha-control'), storage);
+      const [old] = s.qemu;
+      const watch = watchQemus(s.id);
+      const t0 = Date.now();
+      await faults!.killHost(s.host);
+      // The middle of the failover: control has declared the host failed and placed the guest elsewhere.
+      await until(async () => {
+        const v = await vmOf(s.id);
+        if (v.hostId && (await hostName(v.hostId)) !== s.host) return true;
+        return undefined;
+      }, { timeoutMs: 120_000, what: 'control placing the guest on another host', intervalMs: 50 });
+      const vmThen = await vmOf(s.id);
+      await stopChild('control', 'SIGKILL');
+      const restartT = Date.now();
+      startControl();
+      await login();
+      const controlBackS = (Date.now() - restartT) / 1000;
+      const f = await failedOver(s.id, s.host, s.consoles, s.firstBoot, t0);
+      const copies = await checkCopies(s, f.on);
+      startAgent(s.host);
+      await until(allReady, { timeoutMs: 120_000, what: 'every host ready after control restarted', ...POLL });
+      await proveOneWriter(t, s, watch, 2);
+      assert.equal(processesWith('qemu-system', `${hostDir(s.host)}/`).length, 0, `${s.host} runs no QEMU after it came back`);
+      const fresh = [...watch.seen.keys()].filter((p) => p !== old.pid);
+      t.diagnostic(`QEMUs after the original: ${fresh.length}`);
+      record(tag('control-restarted'), { ...f, failedAtMs: f.failedAtMs || f.t0 }, watch, old.pid, {
+        controlKilledWithGuestIn: vmThen.phase, controlBackS, qemusAfterOriginal: fresh.length, ...copies,
+      });
+    });
+  }
 });

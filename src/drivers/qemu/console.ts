@@ -1,5 +1,5 @@
 // The serial console: live output and keystrokes over QEMU's chardev socket, and an exact history of it.
-import { closeSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { appendFileSync, closeSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { open } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
@@ -48,8 +48,7 @@ export interface ConsoleFiles {
  * (a busy host) finds characters doubled in the logfile — a hash, a number, a marker read from it is then
  * wrong. While no client is connected QEMU logs each byte once, so a new connection first copies what the
  * logfile gained since the last one closed. (Bytes in the moment between that copy and QEMU accepting the
- * connection can be missed or doubled; after a crash of this process the history repeats what the logfile
- * holds since the last connection.)
+ * connection can be missed or doubled.)
  */
 export class SerialConsole {
   private socket: Socket | undefined;
@@ -80,19 +79,11 @@ export class SerialConsole {
 
   /** Copies what QEMU logged while nobody was connected into the history; called before any socket data. */
   private catchUp(): void {
-    const size = fileSize(this.files.qemuLog);
-    let from = Number(readText(this.files.offset));
-    if (!Number.isInteger(from) || from < 0 || from > size) from = 0;
-    if (size > from) this.record(readRange(this.files.qemuLog, from, size - from));
-    this.saveOffset(size);
+    catchUpConsole(this.files, (chunk) => this.record(chunk), true);
   }
 
   private saveOffset(size: number): void {
-    try {
-      writeFileSync(this.files.offset, String(size));
-    } catch {
-      // as in record()
-    }
+    saveOffset(this.files, { log: size });
   }
 
   private connect(attempt: number): void {
@@ -141,6 +132,61 @@ export class SerialConsole {
     if (this.historyFd !== undefined) closeSync(this.historyFd);
     this.historyFd = undefined;
   }
+}
+
+/**
+ * Where the history stands against QEMU's logfile: `log`, the logfile's size when it was last caught up; and
+ * while a connection is open, `history`, the history's size then, so that what the connection delivered is
+ * known even if this process dies without closing it (the history grew by it).
+ */
+interface ConsoleOffset {
+  log: number;
+  history?: number;
+}
+
+function readOffset(files: ConsoleFiles): ConsoleOffset {
+  const text = readText(files.offset);
+  try {
+    const o = JSON.parse(text) as ConsoleOffset | number;
+    if (typeof o === 'number') return { log: o }; // as earlier releases wrote it
+    if (Number.isInteger(o?.log)) return o;
+  } catch {
+    // missing or torn: from the start
+  }
+  return { log: 0 };
+}
+
+function saveOffset(files: ConsoleFiles, o: ConsoleOffset): void {
+  try {
+    writeFileSync(files.offset, JSON.stringify(o));
+  } catch {
+    // The VM's directory is being removed: nothing left to keep a history for.
+  }
+}
+
+/**
+ * Brings the history up to QEMU's logfile: copies what the logfile holds beyond what the history has, minus
+ * what a connection that was open delivered itself. Called when a connection opens (`live`) and before a new
+ * QEMU starts writing the same logfile, so a boot never finds an earlier boot's output as if it were its own.
+ */
+export function catchUpConsole(files: ConsoleFiles, record: (chunk: Buffer) => void, live: boolean): void {
+  const size = fileSize(files.qemuLog);
+  const o = readOffset(files);
+  let from = o.log >= 0 && o.log <= size ? o.log : 0;
+  if (o.history !== undefined) from = Math.min(size, from + Math.max(0, fileSize(files.history) - o.history));
+  if (size > from) record(readRange(files.qemuLog, from, size - from));
+  saveOffset(files, live ? { log: size, history: fileSize(files.history) } : { log: size });
+}
+
+/** Appends to a console history file (for a catch-up without a connection). */
+export function appendHistory(path: string): (chunk: Buffer) => void {
+  return (chunk) => {
+    try {
+      appendFileSync(path, chunk);
+    } catch {
+      // as in SerialConsole.record
+    }
+  };
 }
 
 function fileSize(path: string): number {

@@ -9,6 +9,7 @@ import type { VmPaths } from './paths.ts';
 import { isQemuAlive, killHard, launchQemu, readPid, startedAtMs } from './process.ts';
 import { QmpClient } from './qmp.ts';
 import { QemuVm, type VmHooks, type VmRecord } from './vm.ts';
+import { appendHistory, catchUpConsole } from './console.ts';
 
 const POWERDOWN_REPEAT_MS = 5000;
 
@@ -57,6 +58,9 @@ export async function launchVm(
   const { backends, warnings } = await setUpNics(ctx.owner, spec.id, spec.nics);
   for (const w of warnings) ctx.log(w, { vmId: spec.id });
   const args = qemuArgs({ spec, paths: vm.paths, accel: opts.accel, nics: backends, incoming: opts.incoming });
+  // What an earlier QEMU of this VM logged is settled into the history first: this boot's ready text must be its own.
+  const files = { qemuLog: vm.paths.serialLog, history: vm.paths.consoleLog, offset: vm.paths.consoleOffset, socket: vm.paths.serialSocket };
+  catchUpConsole(files, appendHistory(vm.paths.consoleLog), false);
   let logSize = 0;
   try {
     logSize = (await stat(vm.paths.consoleLog)).size;
