@@ -19,6 +19,9 @@ export interface ExecuteContext {
 export async function execute(cmd: Command, { driver, consoles, signal, progress, storage, address }: ExecuteContext): Promise<unknown> {
   switch (cmd.op) {
     case 'start':
+      // A disk this host served as another's replica becomes the VM's own: the export lets go of it first
+      // (it holds the image's write lock, and no one else may write it while the VM runs on it).
+      for (const d of cmd.spec.disks) if (d.local) await storage.local.unexport(d.path);
       return driver.start(cmd.spec, signal);
     case 'stop':
       return driver.stop(cmd.vmId, { force: cmd.force, timeoutMs: cmd.timeoutMs });

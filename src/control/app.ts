@@ -42,6 +42,8 @@ import { createMetrics } from './metrics.ts';
 import { createLocalChangeFeed, createSharedChangeFeed } from './reconcile/changes.ts';
 import { createDrainController } from './reconcile/drain.ts';
 import { createHaManager } from './ha/ha-manager.ts';
+import { createReplicaFailover } from './storage/failover.ts';
+import { createReplicator } from './storage/replicator.ts';
 import { createControllerManager } from './reconcile/manager.ts';
 import { createVmController } from './reconcile/vm-controller.ts';
 import { resumeTasks } from './reconcile/resume.ts';
@@ -223,7 +225,12 @@ export async function createControl(config: ControlConfig) {
     migrate: (id, by) => vms.migrate(id, undefined, by),
     stop: (id, by) => vms.stop(id, false, by),
   }));
-  manager.register(createHaManager({ registry, store: vmStore, changes, capacity, events, metrics, log, policy: config.policy, marginMs: config.failoverMarginMs }));
+  const replicator = createReplicator({ db, registry, pools, events, changes, log, resyncMs: config.resyncIntervalMs });
+  replicator.attach(manager.register(replicator.controller));
+  const replicaFailover = createReplicaFailover({ db, registry, pools, events, changes, leftovers: replicator.leftovers });
+  manager.register(createHaManager({
+    registry, store: vmStore, changes, capacity, events, metrics, log, policy: config.policy, marginMs: config.failoverMarginMs, replicas: replicaFailover,
+  }));
   // A task that ends is a change of that task: controllers waiting on it (a drain) hear it on every
   // replica, each from the event it sees, so the note itself stays local.
   events.subscribe((e) => {

@@ -1,8 +1,9 @@
 // The HA manager, a controller beside the others. A host whose lease ran out is failed (the host registry
 // decides that); once a margin has passed beyond the lease too, the host's HA VMs have stopped themselves
 // (its agent or its watchdog did), so they are restarted on other hosts: highest priority first, each
-// placed within capacity and anti-affinity before the next, at most a few times an hour per VM. Non-HA VMs
-// of the host are failed with the reason and stay where they are, in case it comes back.
+// placed within capacity and anti-affinity before the next (a VM on replicated storage on its disk's copy's
+// host), at most a few times an hour per VM. Non-HA VMs of the host are failed with the reason and stay
+// where they are, in case it comes back.
 import { Histogram } from 'prom-client';
 import type { Logger } from '../../lib/logger.ts';
 import type { EventService } from '../features/events/service.ts';
@@ -13,6 +14,7 @@ import type { ChangeFeed } from '../reconcile/changes.ts';
 import type { Controller } from '../reconcile/manager.ts';
 import type { ReconcileResult } from '../reconcile/queue.ts';
 import type { CapacityIndex, PlacementPolicy } from '../scheduler/capacity-index.ts';
+import type { ReplicaFailover } from '../storage/failover.ts';
 import type { VmRow } from '../store/schema.ts';
 
 export interface HaDeps {
@@ -24,6 +26,8 @@ export interface HaDeps {
   metrics: Metrics;
   log: Logger;
   policy?: PlacementPolicy;
+  /** Where VMs on replicated storage may restart (their disk's copy), and making that copy their disk. */
+  replicas?: ReplicaFailover;
   /** Waited beyond a failed host's lease before its VMs restart elsewhere. */
   marginMs?: number;
   /** Restarts of one VM within `restartWindowMs` before HA gives up on it. */
@@ -89,9 +93,24 @@ export function createHaManager(deps: HaDeps): Controller {
       await events.emit({ type: 'vm.ha.gave-up', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name}: ${message}` });
       return true;
     }
+    // A VM on replicated storage can only restart where its disk's copy is, and only from a copy in step.
+    const pinned = await deps.replicas?.hostFor(vm);
+    if (pinned && 'fail' in pinned) {
+      if (vm.phase === 'failed') return true;
+      const message = `host ${hostName} failed and the VM cannot restart elsewhere: ${pinned.fail}; it starts again when the host is back`;
+      await writeStatus(vm, { phase: 'failed', op: null, message });
+      await events.emit({ type: 'vm.failed', objectKind: 'vm', objectId: vm.id, message: `VM ${vm.name}: ${message}` });
+      return true;
+    }
+    if (pinned && 'wait' in pinned) {
+      const message = `host ${hostName} failed; waiting to restart the VM: ${pinned.wait}`;
+      if (vm.message !== message) await writeStatus(vm, { message });
+      return false;
+    }
+    const others = pinned ? registry.all().map((h) => h.row.id).filter((id) => id !== pinned.hostId) : [];
     const placement = capacity.place({
       memoryMiB: vm.memory_mib, cpus: vm.cpus, labels: JSON.parse(vm.placement_labels) as Record<string, string>,
-      antiAffinity: vm.anti_affinity, exclude: [vm.host_id!],
+      antiAffinity: vm.anti_affinity, exclude: [vm.host_id!, ...others],
     }, deps.policy ?? 'spread');
     if (!placement.ok) {
       const message = `host ${hostName} failed; waiting for room to restart the VM: ${placement.reason}`;
@@ -99,6 +118,7 @@ export function createHaManager(deps: HaDeps): Controller {
       return false;
     }
     capacity.assign(vm.id, placement.hostId, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: vm.anti_affinity });
+    if (pinned) await deps.replicas!.promote(vm, placement.hostId);
     const to = registry.get(placement.hostId)?.row.name ?? placement.hostId;
     const row = await writeStatus(vm, {
       host_id: placement.hostId, phase: 'pending', op: null, message: `restarting on ${to}: host ${hostName} failed`,

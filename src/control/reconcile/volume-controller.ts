@@ -66,7 +66,8 @@ export function createVolumeController(deps: VolumeControllerDeps) {
 
   /** A host-local disk moves with its VM (the driver mirrors it): the row follows once the VM has arrived. */
   async function follow(v: VolumeRow, pool: PoolRow): Promise<boolean> {
-    if (pool.type !== 'local' || !v.vm_id || v.deleting) return false;
+    // A replicated disk moves only by a failover, which moves its row itself (storage/failover.ts).
+    if (pool.type !== 'local' || !v.vm_id || v.deleting || v.replicated) return false;
     const vm = await db.selectFrom('vms').select(['host_id', 'target_host_id']).where('id', '=', v.vm_id).executeTakeFirst();
     if (!vm?.host_id || vm.target_host_id || vm.host_id === pool.host_id) return false;
     const there = await pools.localPoolOf(vm.host_id);

@@ -89,6 +89,8 @@ export interface VmsTable {
   image_id: string | null;
   disk_gib: number;
   local_disk: number;
+  /** Spec: the disk (on the host, as with local_disk) keeps a synchronous copy on a second host. */
+  replicated: number;
   ha: number;
   placement_labels: string;
   anti_affinity: string | null;
@@ -161,8 +163,29 @@ export interface VolumesTable {
   actual_size_mib: number | null;
   observed_generation: number;
   message: string | null;
+  /** A VM disk on its host with a synchronous copy on another one; the rest is the replicator's status. */
+  replicated: number;
+  replica_host_id: string | null;
+  replica_state: ReplicaState | null;
+  replica_message: string | null;
+  /** JSON: where the copy is served (a ReplicaTarget), once served. */
+  replica_target: string | null;
+  replica_changed_at: string | null;
+  /** The VM's placement token when its host last reported the state: a copy counts for that run only. */
+  replica_token: number | null;
   created_at: string;
   updated_at: string;
+}
+
+/** `placing`: a host is chosen and the copy being set up; then as the primary's QEMU reports it. */
+export type ReplicaState = 'placing' | 'rebuilding' | 'synced' | 'degraded';
+
+/** A copy of a volume that no longer counts, on a host that was away: deleted once the host is back. */
+export interface VolumeLeftoversTable {
+  host_id: string;
+  /** The volume's name in the host's local pool. */
+  name: string;
+  created_at: string;
 }
 
 export interface TasksTable {
@@ -203,6 +226,7 @@ export interface Database {
   vms: VmsTable;
   pools: PoolsTable;
   volumes: VolumesTable;
+  volume_leftovers: VolumeLeftoversTable;
   tasks: TasksTable;
   events: EventsTable;
 }

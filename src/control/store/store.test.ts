@@ -11,7 +11,7 @@ import type { VmRow } from './schema.ts';
 import { untouched } from '../features/vms/store.ts';
 
 const vm = (id: string, name: string): VmRow => ({
-  id, name, cpus: 1, memory_mib: 256, max_memory_mib: 256, image_id: null, disk_gib: 1, local_disk: 0, ha: 0, ha_priority: 0, placement_labels: '{}', anti_affinity: null,
+  id, name, cpus: 1, memory_mib: 256, max_memory_mib: 256, image_id: null, disk_gib: 1, local_disk: 0, replicated: 0, ha: 0, ha_priority: 0, placement_labels: '{}', anti_affinity: null,
   nics: '[]', desired_power: 'running', deleting: 0, host_id: null, target_host_id: null, phase: 'pending', message: null,
   memory_actual_mib: null, ...untouched, generation: 1, observed_generation: 0, created_at: new Date().toISOString(), updated_at: new Date().toISOString(),
 });

@@ -14,7 +14,7 @@ import { untouched } from '../features/vms/store.ts';
 
 const now = () => new Date().toISOString();
 const vm = (id: string, name: string): VmRow => ({
-  id, name, cpus: 1, memory_mib: 256, max_memory_mib: 256, image_id: null, disk_gib: 1, local_disk: 0, ha: 0, ha_priority: 0, placement_labels: '{}', anti_affinity: null,
+  id, name, cpus: 1, memory_mib: 256, max_memory_mib: 256, image_id: null, disk_gib: 1, local_disk: 0, replicated: 0, ha: 0, ha_priority: 0, placement_labels: '{}', anti_affinity: null,
   nics: '[]', desired_power: 'running', deleting: 0, host_id: null, target_host_id: null, phase: 'pending', message: null,
   memory_actual_mib: null, ...untouched, generation: 1, observed_generation: 0, created_at: now(), updated_at: now(),
 });
@@ -48,7 +48,7 @@ for (const engine of ['sqlite', 'postgres'] as const) {
       // The schema as version 4 left it (the runner of those releases), with what a check-then-insert race could leave behind.
       const { db } = await legacyDatabase(url, 4);
       // Only the columns version 4 had.
-      const { memory_target_mib, reboot_request, migrate_request, op, reboot_handled, migrate_handled, memory_applied_mib, resource_version, placement_token, ha_priority, ha_restarts, ...old } = vm('v1', 'one');
+      const { memory_target_mib, reboot_request, migrate_request, op, reboot_handled, migrate_handled, memory_applied_mib, resource_version, placement_token, ha_priority, ha_restarts, replicated, ...old } = vm('v1', 'one');
       await db.insertInto('vms').values(old as VmRow).execute();
       await db.insertInto('tasks').values([
         task('t1', 'v1', { kind: 'start', created_at: '2026-01-01T00:00:01.000Z' }),

@@ -46,6 +46,9 @@ export const NicSchema = Type.Object({
   mac: Type.String(),
 });
 
+/** Where a VM's disk lives: see CreateVmBody's `storage`. */
+export const storageKinds = ['shared', 'local', 'replicated'] as const;
+
 export const VmSchema = Type.Object({
   id: Type.String(),
   name: Type.String(),
@@ -55,7 +58,7 @@ export const VmSchema = Type.Object({
   memoryActualMiB: Type.Union([Type.Integer(), Type.Null()]),
   imageId: Type.Union([Type.String(), Type.Null()]),
   diskGiB: Type.Integer(),
-  storage: Type.Enum(['shared', 'local'] as const),
+  storage: Type.Enum(storageKinds),
   ha: Type.Boolean(),
   haPriority: Type.Integer(),
   /** Grows with each placement; a host's copy with an older token is stale and is stopped. */
@@ -83,7 +86,7 @@ export const CreateVmBody = Type.Object(
     maxMemoryMiB: Type.Optional(Type.Integer({ minimum: 16, maximum: 4 * 1024 * 1024 })),
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'image id or name' })),
     diskGiB: Type.Optional(Type.Integer({ minimum: 1, maximum: 65536 })),
-    storage: Type.Optional(Type.Enum(['shared', 'local'] as const, { description: 'where the disk lives: the shared pool, or the host (copied along on migration)' })),
+    storage: Type.Optional(Type.Enum(storageKinds, { description: 'where the disk lives: the shared pool; the host (copied along on migration); or the host with a synchronous copy on a second host, where HA restarts the VM when its host fails' })),
     ha: Type.Optional(Type.Boolean({ description: 'restart the VM on another host when its host fails' })),
     haPriority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000, description: 'HA VMs of a failed host restart highest first' })),
     placementLabels: Type.Optional(Labels),
@@ -113,7 +116,7 @@ export function vmFromRow(r: VmRow): Vm {
     memoryActualMiB: r.memory_actual_mib,
     imageId: r.image_id,
     diskGiB: r.disk_gib,
-    storage: r.local_disk ? 'local' : 'shared',
+    storage: r.replicated ? 'replicated' : r.local_disk ? 'local' : 'shared',
     ha: r.ha === 1,
     haPriority: r.ha_priority,
     placementToken: r.placement_token,

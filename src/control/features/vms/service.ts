@@ -137,6 +137,9 @@ export function createVmService(deps: VmServiceDeps) {
       }) : undefined;
       // A VM booted from a kernel has no disk unless it asks for one: then a blank data disk of that size.
       const hasDisk = image?.format !== 'kernel';
+      if (body.storage === 'replicated' && (!image || (!hasDisk && !body.diskGiB))) {
+        throw new AppError('VALIDATION_FAILED', 'a replicated VM needs a disk to replicate: give it a disk image, or diskGiB with a kernel image', { storage: body.storage });
+      }
 
       const id = newId();
       const now = new Date().toISOString();
@@ -150,7 +153,9 @@ export function createVmService(deps: VmServiceDeps) {
         max_memory_mib: maxMemoryMiB,
         image_id: image?.id ?? null,
         disk_gib: hasDisk ? (body.diskGiB ?? Math.max(1, Math.ceil((image?.size_mib ?? 0) / 1024))) : (body.diskGiB ?? 0),
-        local_disk: body.storage === 'local' ? 1 : 0,
+        // A replicated disk lives on its host as a local one does; the replicator keeps its copy elsewhere.
+        local_disk: body.storage === 'local' || body.storage === 'replicated' ? 1 : 0,
+        replicated: body.storage === 'replicated' ? 1 : 0,
         ha: body.ha ? 1 : 0,
         ha_priority: body.haPriority ?? 0,
         placement_labels: JSON.stringify(body.placementLabels ?? {}),
@@ -218,6 +223,9 @@ export function createVmService(deps: VmServiceDeps) {
       return request(idOrName, 'migrate', by, (vm) => {
         assertPhase(vm, ['running'], 'migrate');
         if (vm.desired_power !== 'running') throw new AppError('INVALID_STATE', `VM ${vm.name} is being stopped`);
+        if (vm.replicated) {
+          throw new AppError('UNSUPPORTED', `VM ${vm.name} is on replicated storage, which does not live-migrate yet; HA moves it to its replica's host when its host fails`);
+        }
         if (target) {
           if (target.id === vm.host_id) throw new AppError('INVALID_STATE', `VM ${vm.name} already runs on ${target.name}`);
           if (target.state !== 'ready' || target.maintenance) throw new AppError('HOST_NOT_READY', `host ${target.name} is ${target.maintenance ? 'in maintenance' : target.state}`);

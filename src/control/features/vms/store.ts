@@ -6,7 +6,7 @@ import type { Kysely } from 'kysely';
 import type { Database, VmRow } from '../../store/schema.ts';
 
 export const specColumns = [
-  'name', 'cpus', 'memory_mib', 'max_memory_mib', 'image_id', 'disk_gib', 'local_disk', 'ha', 'placement_labels',
+  'name', 'cpus', 'memory_mib', 'max_memory_mib', 'image_id', 'disk_gib', 'local_disk', 'replicated', 'ha', 'placement_labels',
   'anti_affinity', 'nics', 'desired_power', 'deleting', 'memory_target_mib', 'reboot_request', 'migrate_request',
   'ha_priority',
 ] as const;

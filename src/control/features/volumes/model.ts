@@ -2,6 +2,7 @@
 import { type Static, Type } from 'typebox';
 import type { VolumeRow } from '../../store/schema.ts';
 
+export const replicaStates = ['placing', 'rebuilding', 'synced', 'degraded'] as const;
 export const volumeStates = ['creating', 'ready', 'growing', 'deleting', 'failed'] as const;
 
 export const VolumeSchema = Type.Object({
@@ -16,6 +17,16 @@ export const VolumeSchema = Type.Object({
   state: Type.Enum(volumeStates),
   deleting: Type.Boolean(),
   message: Type.Union([Type.String(), Type.Null()]),
+  replicated: Type.Boolean({ description: 'the disk of a VM on replicated storage: a synchronous copy is kept on a second host' }),
+  replica: Type.Union([
+    Type.Object({
+      hostId: Type.String({ description: 'the host that holds the copy' }),
+      state: Type.Enum(replicaStates, { description: '`placing`: being set up; `rebuilding`: copying; `synced`: every write reaches both; `degraded`: the copy stopped' }),
+      message: Type.Union([Type.String(), Type.Null()]),
+      changedAt: Type.Union([Type.String(), Type.Null()]),
+    }),
+    Type.Null(),
+  ], { description: 'the copy of a replicated volume; null while it has none' }),
   generation: Type.Integer(),
   observedGeneration: Type.Integer(),
   createdAt: Type.String(),
@@ -35,6 +46,10 @@ export const volumeFromRow = (r: VolumeRow): Volume => ({
   state: r.state,
   deleting: r.deleting === 1,
   message: r.message,
+  replicated: r.replicated === 1,
+  replica: r.replica_host_id && r.replica_state
+    ? { hostId: r.replica_host_id, state: r.replica_state, message: r.replica_message, changedAt: r.replica_changed_at }
+    : null,
   generation: r.generation,
   observedGeneration: r.observed_generation,
   createdAt: r.created_at,

@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import type { Kysely } from 'kysely';
 import { newId } from '../../../lib/ids.ts';
-import type { VmSpecMsg } from '../../../protocol/messages.ts';
+import type { ReplicaTargetMsg as ReplicaTarget, VmSpecMsg } from '../../../protocol/messages.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
 import type { ChangeFeed } from '../../reconcile/changes.ts';
@@ -19,6 +19,9 @@ export interface ListVolumes {
   poolId?: string;
   vmId?: string;
 }
+
+/** The replica status of a volume that has no copy (yet). */
+export const noReplica = { replica_host_id: null, replica_state: null, replica_message: null, replica_target: null, replica_changed_at: null, replica_token: null } as const;
 
 /** A VM's first disk, in whichever pool it lives. */
 export const vmDiskName = (vmId: string) => `vms/${vmId}/disk0.qcow2`;
@@ -81,15 +84,19 @@ export function createVolumes({ db, pools, changes }: { db: Kysely<Database>; po
         volume = {
           id: newId(), pool_id: pool.id, name: vmDiskName(vm.id), vm_id: vm.id, format: 'qcow2',
           backing_path: backing?.path ?? null, backing_format: backing ? backing.format : null, size_mib: sizeMiB, deleting: 0, generation: 1,
-          state: 'creating', actual_size_mib: null, observed_generation: 0, message: null, created_at: now, updated_at: now,
+          state: 'creating', actual_size_mib: null, observed_generation: 0, message: null, ...noReplica, replicated: vm.replicated,
+          created_at: now, updated_at: now,
         };
         await db.insertInto('volumes').values(volume).onConflict((oc) => oc.columns(['pool_id', 'name']).doNothing()).execute();
         volume = (await diskOf(vm.id)) ?? volume;
         touched(volume.id);
       }
       const where = pool.type === 'local' ? { path: volume.name, local: true } : { path: join(pool.path, volume.name) };
+      // A replicated disk mirrors into its copy from boot on (not on the copy's own host: there it is the disk).
+      const replica = volume.replicated && volume.replica_target && volume.replica_host_id !== vm.host_id
+        ? { replica: JSON.parse(volume.replica_target) as ReplicaTarget } : {};
       return [{
-        ...where, format: volume.format,
+        ...where, ...replica, format: volume.format,
         ...(volume.backing_path ? { backingPath: volume.backing_path } : {}),
         ...(volume.backing_format ? { backingFormat: volume.backing_format } : {}),
         sizeMiB: Math.max(sizeMiB, volume.size_mib),
@@ -142,7 +149,8 @@ export function createVolumes({ db, pools, changes }: { db: Kysely<Database>; po
       const format = path.endsWith('.raw') ? 'raw' : 'qcow2';
       await db.insertInto('volumes').values({
         id, pool_id: pool.id, name: path.slice(prefix.length), vm_id: null, format, backing_path: null, backing_format: null,
-        size_mib: 1, deleting: 1, generation: 1, state: 'deleting', actual_size_mib: null, observed_generation: 0, message: null, created_at: now, updated_at: now,
+        size_mib: 1, deleting: 1, generation: 1, state: 'deleting', actual_size_mib: null, observed_generation: 0, message: null,
+        replicated: 0, ...noReplica, created_at: now, updated_at: now,
       }).onConflict((oc) => oc.columns(['pool_id', 'name']).doUpdateSet({ deleting: 1, updated_at: now })).execute();
       const row = await db.selectFrom('volumes').select('id').where('pool_id', '=', pool.id).where('name', '=', path.slice(prefix.length)).executeTakeFirst();
       if (row) touched(row.id);

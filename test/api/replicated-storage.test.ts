@@ -1,0 +1,153 @@
+// Replicated storage with simulated hosts: a VM's disk lives on its host with a synchronous copy on a second
+// one; when its host fails the VM restarts on the copy's host, the copy becomes its disk and a new copy is
+// made on a third host; the failed host's disk is deleted once it is back. A VM whose copy was not in step
+// is not restarted from it. The links are real loopback TCP that the tests cut.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { type Cluster, type TestHost, startCluster } from '../support/cluster.ts';
+import { type Link, createLink } from '../support/link.ts';
+import { until } from '../until.ts';
+
+const control = { inspectImage: async (img: { path: string }) => ({ sizeMiB: 1024, path: img.path }), hostLeaseMs: 1000, failoverMarginMs: 500, haHostFailures: 0 };
+
+async function setUp(hosts: number): Promise<{ c: Cluster; link: Link; first: TestHost }> {
+  const c = await startCluster({ control });
+  const link = await createLink(c.url);
+  const first = await c.addHost('host-1', undefined, link.url);
+  assert.equal((await c.api('POST', '/api/v1/images', { name: 'tmpl', format: 'qcow2', path: join(c.dir, 'tmpl.qcow2') })).status, 201);
+  return { c, link, first, ...(await addHosts(c, hosts - 1)) };
+}
+
+async function addHosts(c: Cluster, n: number): Promise<object> {
+  for (let i = 2; i <= n + 1; i++) await c.addHost(`host-${i}`);
+  return {};
+}
+
+const hostName = (c: Cluster, id: string) => c.hosts.find((h) => h.agent.hostId === id)?.name;
+const localPool = (c: Cluster, name: string) => c.memory.pool(join(c.hosts.find((h) => h.name === name)!.dataDir, 'local-pool'))!;
+const volumeOf = async (c: Cluster, vmId: string) => (await c.api('GET', `/api/v1/volumes?vm=${vmId}`)).body.items[0];
+const vmOf = async (c: Cluster, name: string) => (await c.api('GET', `/api/v1/vms/${name}`)).body;
+
+async function createOnFirst(c: Cluster, name: string): Promise<any> {
+  const r = await c.api('POST', '/api/v1/vms', { name, cpus: 1, memoryMiB: 128, image: 'tmpl', storage: 'replicated', ha: true });
+  assert.equal(r.status, 202, JSON.stringify(r.body));
+  assert.equal((await c.waitTask(r.body.task.id)).state, 'succeeded');
+  return r.body.vm;
+}
+
+async function syncedCopy(c: Cluster, vmId: string, what: string): Promise<any> {
+  return until(async () => {
+    const v = await volumeOf(c, vmId);
+    return v?.replica?.state === 'synced' ? v : undefined;
+  }, { what, timeoutMs: 15_000 });
+}
+
+describe('a VM on replicated storage', () => {
+  let c: Cluster;
+  let link: Link;
+  let first: TestHost;
+  let vmId: string;
+  let diskName: string;
+  let copyHost: string;
+
+  before(async () => {
+    ({ c, link, first } = await setUp(1));
+    vmId = (await createOnFirst(c, 'rep')).id;
+    await addHosts(c, 2);
+  });
+  after(async () => {
+    await c?.close();
+    await link?.close();
+  });
+
+  it('keeps its disk on its host and a synced copy on a second host', async () => {
+    const vm = await vmOf(c, 'rep');
+    assert.equal(vm.storage, 'replicated');
+    assert.equal(vm.hostId, first.agent.hostId);
+    const v = await syncedCopy(c, vmId, 'a synced copy');
+    assert.equal(v.replicated, true);
+    assert.notEqual(v.replica.hostId, vm.hostId, 'the copy is on another host');
+    copyHost = hostName(c, v.replica.hostId)!;
+    diskName = v.name;
+    assert.ok(localPool(c, 'host-1').names().includes(diskName), 'the disk is in its host\'s local pool');
+    assert.ok(localPool(c, copyHost).names().includes(diskName), 'the copy is in the second host\'s local pool');
+    const status = (await first.driver.list()).find((s) => s.id === vmId);
+    assert.equal(status?.replicas?.[0]?.state, 'synced', 'the VM mirrors into the copy');
+    const events = (await c.api('GET', `/api/v1/events?object=${v.id}`)).body.items.map((e: { type: string }) => e.type);
+    assert.ok(events.includes('volume.replica.synced'), events.join(', '));
+  });
+
+  it('refuses a live migration, which replicated storage does not do yet', async () => {
+    const r = await c.api('POST', '/api/v1/vms/rep/migrate');
+    assert.equal(r.status, 422);
+    assert.equal(r.body.error.code, 'UNSUPPORTED');
+  });
+
+  it('restarts on the copy\'s host when its host fails, and makes a new copy on a third host', async () => {
+    link.cut();
+    const vm = await until(async () => {
+      const v = await vmOf(c, 'rep');
+      return v.phase === 'running' && v.hostId !== first.agent.hostId ? v : undefined;
+    }, { what: 'rep running elsewhere', timeoutMs: 15_000 });
+    assert.equal(hostName(c, vm.hostId), copyHost, 'it restarted where its copy was');
+    const v = await syncedCopy(c, vmId, 'a new synced copy');
+    const copyPool = (await c.api('GET', `/api/v1/pools/${copyHost}-local`)).body;
+    assert.equal(v.poolId, copyPool.id, 'the copy became the disk');
+    const third = hostName(c, v.replica.hostId)!;
+    assert.ok(third !== copyHost && third !== 'host-1', `the new copy is on a third host, not ${third}`);
+    assert.ok(localPool(c, third).names().includes(diskName));
+    const events = (await c.api('GET', `/api/v1/events?object=${v.id}`)).body.items.map((e: { type: string }) => e.type);
+    assert.ok(events.includes('volume.replica.promoted'), events.join(', '));
+  });
+
+  it('deletes the failed host\'s disk once that host is back, and runs the VM once', async () => {
+    assert.ok(localPool(c, 'host-1').names().includes(diskName), 'host-1 still has its old disk while it is away');
+    link.restore();
+    await until(async () => (await c.api('GET', '/api/v1/hosts/host-1')).body.state === 'ready', { what: 'host-1 back' });
+    await until(async () => !localPool(c, 'host-1').names().includes(diskName), { what: 'the old disk deleted', timeoutMs: 15_000 });
+    const running = [];
+    for (const h of c.hosts) if ((await h.driver.list()).some((s) => s.id === vmId && s.state === 'running')) running.push(h.name);
+    assert.deepEqual(running, [copyHost]);
+  });
+
+  it('deletes its disk and its copy with the VM', async () => {
+    const v = await volumeOf(c, vmId);
+    const where = [hostName(c, (await vmOf(c, 'rep')).hostId)!, hostName(c, v.replica.hostId)!];
+    assert.equal((await c.waitTask((await c.api('DELETE', '/api/v1/vms/rep')).body.task.id)).state, 'succeeded');
+    for (const h of where) await until(async () => !localPool(c, h).names().includes(diskName), { what: `the copy on ${h} deleted`, timeoutMs: 15_000 });
+  });
+});
+
+describe('a VM on replicated storage whose copy is lost', () => {
+  let c: Cluster;
+  let link: Link;
+  let first: TestHost;
+
+  before(async () => {
+    ({ c, link, first } = await setUp(1));
+  });
+  after(async () => {
+    await c?.close();
+    await link?.close();
+  });
+
+  it('is failed with the reason, not restarted from an outdated copy, when its host fails', async () => {
+    const vm = await createOnFirst(c, 'alone');
+    const second = await c.addHost('host-2');
+    const v = await syncedCopy(c, vm.id, 'a synced copy');
+    assert.equal(v.replica.hostId, second.agent.hostId);
+    // The copy's host goes: with no third host, the disk has no copy.
+    await c.stopAgent(second);
+    await until(async () => (await volumeOf(c, vm.id)).replica === null, { what: 'the copy given up', timeoutMs: 15_000 });
+    link.cut();
+    await c.startAgent(second); // back, with room, while host-1 is away: still no copy to restart from
+    const failed = await until(async () => {
+      const x = await vmOf(c, 'alone');
+      return x.phase === 'failed' ? x : undefined;
+    }, { what: 'alone failed', timeoutMs: 15_000 });
+    assert.equal(failed.hostId, first.agent.hostId, 'it stays with its disk');
+    assert.match(failed.message, /cannot restart elsewhere/);
+    assert.ok(!(await second.driver.list()).some((s) => s.id === vm.id), 'nothing runs on host-2');
+  });
+});
