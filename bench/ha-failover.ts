@@ -1,8 +1,8 @@
 // ha.failover: a host of a real three-host QEMU cluster on loopback dies (SIGKILL of its agent's process group,
-// its QEMUs and its watchdog) and its HA guest comes back on another host. Measured end to end, from the kill
-// until the guest runs and stamps its disk there, and per step (detection, fencing, restart), with the
-// product's default host lease and with a short one; against the floor of the same run (the lease plus a
-// plain create-to-running of the same guest on the same cluster).
+// its QEMUs and its watchdog) and its HA guest, on shared or on replicated storage, comes back on another host.
+// Measured end to end, from the kill until the guest runs and stamps its disk there, and per step (detection,
+// fencing, restart), with the product's default host lease and with a short one; against the floor of the
+// same run (the lease plus a plain create-to-running of the same guest on the same cluster).
 import { loadavg } from 'node:os';
 import { requireGuest } from '../src/drivers/qemu/test-support.ts';
 import { acknowledgedStamps, stampSwitch } from '../test/support/stamps.ts';
@@ -11,15 +11,16 @@ import { quantile, report } from './support/report.ts';
 import { waitFor } from './support/wait.ts';
 
 /**
- * Where the HA guest's disk lives. `shared`: the shared pool, seen by every host. `replicated` (a disk with a
- * synchronous replica on a second host, restarted on the replica's host) is what control is about to accept:
- * once `POST /api/v1/vms` takes `storage: 'replicated'`, add it to STORAGES and every figure is measured for it too.
+ * Where the HA guest's disk lives: `shared`, the shared pool every host sees; `replicated`, on its host with a
+ * synchronous copy on a second host, where HA restarts it (from a copy in step only). Every figure is measured
+ * for each kind listed.
  */
 export type FailoverStorage = 'shared' | 'replicated';
-export const STORAGES: FailoverStorage[] = ['shared'];
+export const STORAGES: FailoverStorage[] = ['shared', 'replicated'];
 
 const HOSTS = ['h1', 'h2', 'h3'];
-const ROUNDS = 3;
+/** Host deaths per storage kind and timings (AWAN_BENCH_HA_ROUNDS, 1–3): one guest takes them all, and HA restarts a VM at most three times an hour. */
+const ROUNDS = Math.min(3, Math.max(1, Number(process.env.AWAN_BENCH_HA_ROUNDS ?? 3) || 3));
 const FLOOR_RUNS = 3;
 const IMAGE = 'bench-stamp-guest';
 const READY_TEXT = 'AWAN-BOOTED';
@@ -31,6 +32,8 @@ const POLL_MS = 100;
 const EARLY_TOLERANCE_MS = 500;
 const BOOT_TIMEOUT_MS = 180_000;
 const FAILOVER_TIMEOUT_MS = 180_000;
+/** A replicated disk's copy in step (first made, or rebuilt on a third host after a failover). */
+const REPLICA_SYNC_TIMEOUT_MS = 180_000;
 
 /** `awan serve`'s own defaults, started without the flags; the numbers only label the figures. */
 const SERVE_DEFAULTS = { hostLeaseMs: 5000, failoverMarginMs: 1500, heartbeatMs: 1000 } as const;
@@ -64,6 +67,8 @@ interface Round {
   readyAt: number;
   /** That boot's stamps advanced (STAMPS_BACK acknowledged writes). */
   stampingAt: number;
+  /** Replicated storage: the host of the disk's copy when the host died (where HA must restart the guest). */
+  copyOn?: string;
 }
 
 interface BootSample {
@@ -159,12 +164,34 @@ async function deleteGuest(c: QemuCluster, id: string): Promise<void> {
   await c.waitTask(res.body.task.id, 60_000);
 }
 
+interface VolumeRow {
+  replicated: boolean;
+  replica: { hostId: string; state: string } | null;
+}
+
+/**
+ * Replicated storage: waits until the guest's disk has a copy in step on another host (after a failover the
+ * replicator builds a new one on a third host) and returns that host's name; shared storage has none.
+ */
+async function copyInStep(c: QemuCluster, vmId: string, storage: FailoverStorage): Promise<string | undefined> {
+  if (storage !== 'replicated') return undefined;
+  let copy: string | undefined;
+  await waitFor(async () => {
+    const vols = (await c.api<{ items: VolumeRow[] }>('GET', `/api/v1/volumes?vm=${vmId}`)).body.items.filter((v) => v.replicated);
+    const r = vols.length === 1 ? vols[0].replica : null;
+    copy = r?.state === 'synced' ? await hostNameOf(c, r.hostId) : undefined;
+    return copy !== undefined;
+  }, `a copy in step of ${vmId}'s disk`, REPLICA_SYNC_TIMEOUT_MS, 200);
+  return copy;
+}
+
 /**
  * Kills the host the guest runs on and follows the failover: the host declared failed (its failedAt), the
  * guest released for a restart and said running again (the HA manager's events), a new boot on the console
  * of another host and its stamps advancing. The killed host is started again afterwards.
  */
-async function failoverRound(c: QemuCluster, vmId: string): Promise<Round> {
+async function failoverRound(c: QemuCluster, vmId: string, storage: FailoverStorage): Promise<Round> {
+  const copyOn = await copyInStep(c, vmId, storage);
   const before = await vmOf(c, vmId);
   const from = await hostNameOf(c, before.hostId);
   if (before.phase !== 'running' || !from) throw new Error(`the guest is not running on a known host: ${JSON.stringify(before)}`);
@@ -192,7 +219,8 @@ async function failoverRound(c: QemuCluster, vmId: string): Promise<Round> {
 
   c.startAgent(from);
   await waitFor(() => c.allReady(), `${from} ready again`, 120_000, 200);
-  return { from, to: back.host, killedAt, failedAt: failedAt || releasedAt, releasedAt, runningAt, readyAt: back.readyAt, stampingAt: back.stampingAt };
+  if (copyOn && back.host !== copyOn) throw new Error(`the guest restarted on ${back.host}, not on ${copyOn} where its disk's copy was`);
+  return { from, to: back.host, killedAt, failedAt: failedAt || releasedAt, releasedAt, runningAt, readyAt: back.readyAt, stampingAt: back.stampingAt, ...(copyOn ? { copyOn } : {}) };
 }
 
 /** Plain create-to-running of the guest, FLOOR_RUNS times, each deleted after. */
@@ -246,7 +274,7 @@ async function failoverCase(c: QemuCluster, storage: FailoverStorage, timing: (t
   try {
     const rounds: Round[] = [];
     // At most three HA restarts an hour per VM (the HA manager's limit): one guest covers ROUNDS = 3.
-    for (let i = 0; i < ROUNDS; i++) rounds.push(await failoverRound(c, g.id));
+    for (let i = 0; i < ROUNDS; i++) rounds.push(await failoverRound(c, g.id, storage));
     return rounds;
   } finally {
     await deleteGuest(c, g.id).catch((err: unknown) => console.error(`could not delete ${g.id}:`, err));
