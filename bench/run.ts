@@ -1,8 +1,10 @@
 // Runs the benchmarks, one JSON line per figure: all of them, or those whose name contains a word given.
 import { agentsHeartbeats } from './agents-heartbeats.ts';
 import { apiVmCreates } from './api-vm-creates.ts';
+import { haFailover } from './ha-failover.ts';
 import { leaderFailover } from './leader-failover.ts';
 import { qemuCreateToRunning, qemuMigration } from './qemu.ts';
+import { haReplicaWrite } from './replica-write.ts';
 import { schedulerPlacements } from './scheduler.ts';
 
 const benches: { name: string; run: () => Promise<void> }[] = [
@@ -13,6 +15,9 @@ const benches: { name: string; run: () => Promise<void> }[] = [
   { name: 'control.leader_failover', run: leaderFailover },
   { name: 'qemu.create_to_running', run: qemuCreateToRunning },
   { name: 'qemu.migration', run: qemuMigration },
+  // `npm run bench -- ha.failover` runs both: host deaths on a QEMU cluster, and a replicated disk's write rate.
+  { name: 'ha.failover', run: haFailover },
+  { name: 'ha.failover.replica_write', run: haReplicaWrite },
 ];
 
 const words = process.argv.slice(2);
