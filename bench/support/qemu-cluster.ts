@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, cpSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { freePort, pidsMentioning } from '../../test/support/processes.ts';
+import { apiRequest } from '../../test/support/http.ts';
 import { makeTempDir, removeTempDir } from './tmp.ts';
 import { delay, waitFor } from './wait.ts';
 
@@ -112,16 +113,7 @@ export async function startQemuCluster(prefix: string, hostNames: string[], imag
     }
   }
 
-  async function api<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
-    const res = await fetch(url + path, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(15_000),
-    });
-    const text = await res.text();
-    return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
-  }
+  const api = <T>(method: string, path: string, body?: unknown) => apiRequest<T>(url, token, method, path, body, 15_000);
 
   const hostDir = (name: string) => join(dir, name);
   const hosts = async () => (await api<{ items: HostInfo[] }>('GET', '/api/v1/hosts')).body.items;

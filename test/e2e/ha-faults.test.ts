@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { createFaults, type Faults } from '../support/faults.ts';
+import { apiRequest } from '../support/http.ts';
 import { createTestNetwork, removeTestNetwork, type TestNetwork } from '../support/netns.ts';
 import { acknowledgedStamps, stampSwitch, verifyStamps } from '../support/stamps.ts';
 import { requireCommand } from '../support/system.ts';
@@ -164,16 +165,7 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
     token = ((await res.json()) as { token: string }).token;
   }
 
-  async function api<T = any>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
-    const res = await fetch(url + path, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(15_000),
-    });
-    const text = await res.text();
-    return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
-  }
+  const api = <T = any>(method: string, path: string, body?: unknown) => apiRequest<T>(url, token, method, path, body, 15_000);
 
   async function waitTask(id: string, timeoutMs = 180_000): Promise<any> {
     return until(async () => {

@@ -10,6 +10,7 @@ import { createSimDriver, type SimDriver, type SimDriverOptions } from '../../sr
 import type { HypervisorDriver } from '../../src/drivers/types.ts';
 import { createLogger } from '../../src/lib/logger.ts';
 import { until } from '../until.ts';
+import { apiRequest } from './http.ts';
 
 export const TEST_SCRYPT_COST = { N: 2 ** 10, r: 8, p: 1 };
 
@@ -70,15 +71,7 @@ export async function startCluster<D extends HypervisorDriver = SimDriver>(opts:
   const port = typeof address === 'object' && address ? address.port : 0;
   const url = `http://127.0.0.1:${port}`;
 
-  async function api<T>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
-    const res = await fetch(url + path, {
-      method,
-      headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(token !== '' ? { authorization: `Bearer ${token ?? cluster.token}` } : {}) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
-  }
+  const api = <T>(method: string, path: string, body?: unknown, token?: string) => apiRequest<T>(url, token ?? cluster.token, method, path, body);
 
   const memory = createMemoryStorage();
   const storageFor = (dataDir: string) => (opts.makeDriver ? {} : { storage: opts.fileStorage ? createFileStorage(dataDir) : memory.forHost(dataDir) });
