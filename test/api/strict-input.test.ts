@@ -103,8 +103,8 @@ describe('strict input', () => {
   describe('filters name their allowed values', () => {
     it('an unknown host state is a 400 listing the states', async () => {
       const r = await c.api('GET', '/api/v1/hosts?state=bogus');
-      expectValidation(r, 'querystring.state', /^querystring\.state must be one of joining, ready, maintenance, unreachable, failed, fenced \(got 'bogus'\)$/);
-      assert.deepEqual(r.body.error.details?.allowed, ['joining', 'ready', 'maintenance', 'unreachable', 'failed', 'fenced']);
+      expectValidation(r, 'querystring.state', /^querystring\.state must be one of joining, ready, maintenance, unreachable, failed, quarantined, fenced \(got 'bogus'\)$/);
+      assert.deepEqual(r.body.error.details?.allowed, ['joining', 'ready', 'maintenance', 'unreachable', 'failed', 'quarantined', 'fenced']);
       const ready = await c.api('GET', '/api/v1/hosts?state=ready');
       assert.equal(ready.status, 200);
       assert.deepEqual(ready.body.items.map((h: { name: string }) => h.name).sort(), ['host-1', 'host-2']);
