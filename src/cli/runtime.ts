@@ -27,7 +27,7 @@ const intOption = (v: string) => {
 /** Collects a repeatable option's values. */
 const collect = (v: string, previous: string[]) => [...previous, v];
 
-async function startControl(opts: { db: string; port: number; host: string; advertiseUrl?: string; leaseMs?: number; leaseRenewMs?: number; leaseRetryMs?: number; hostLeaseMs?: number; failoverMarginMs?: number; haHostFailures?: number; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; adminPassword?: string; logLevel?: string; json?: boolean }) {
+async function startControl(opts: { db: string; port: number; host: string; advertiseUrl?: string; leaseMs?: number; leaseRenewMs?: number; leaseRetryMs?: number; hostLeaseMs?: number; failoverMarginMs?: number; haHostFailures?: number; hostFlapFailures?: number; hostFlapWindowMs?: number; hostQuarantineQuietMs?: number; haRestartBackoffMs?: number; haRestartBackoffMaxMs?: number; heartbeatMs?: number; poolDir?: string; imageDirs?: string[]; overcommit?: number; policy?: 'spread' | 'pack'; defaultImage?: string; adminPassword?: string; logLevel?: string; json?: boolean }) {
   const log = await createLogger('control', { level: opts.logLevel, json: opts.json });
   const { createControl } = await import('../control/app.ts');
   const control = await createControl({
@@ -44,6 +44,11 @@ async function startControl(opts: { db: string; port: number; host: string; adve
     hostLeaseMs: opts.hostLeaseMs,
     failoverMarginMs: opts.failoverMarginMs,
     haHostFailures: opts.haHostFailures,
+    hostFlapFailures: opts.hostFlapFailures,
+    hostFlapWindowMs: opts.hostFlapWindowMs,
+    hostQuarantineQuietMs: opts.hostQuarantineQuietMs,
+    haRestartBackoffMs: opts.haRestartBackoffMs,
+    haRestartBackoffMaxMs: opts.haRestartBackoffMaxMs,
     log,
   });
   const { generatedAdminPassword } = await control.start();
@@ -86,9 +91,14 @@ export function registerRuntimeCommands(program: Command): void {
     .addOption(new Option('--host-lease-ms <ms>', 'how long a heartbeat keeps a host\'s lease; past it the host is failed and stops its HA VMs').env('AWAN_HOST_LEASE_MS').default(5000).argParser(intOption))
     .addOption(new Option('--failover-margin-ms <ms>', 'waited beyond a failed host\'s lease before its HA VMs restart elsewhere').env('AWAN_FAILOVER_MARGIN_MS').default(1500).argParser(intOption))
     .addOption(new Option('--ha-host-failures <n>', 'host failures the HA VMs must survive: a new HA VM that would break it is refused (0: no check)').env('AWAN_HA_HOST_FAILURES').default(1).argParser(intOption))
+    .addOption(new Option('--host-flap-failures <n>', 'a host declared failed this often within the flap window is quarantined when it comes back (0: never)').env('AWAN_HOST_FLAP_FAILURES').default(3).argParser(intOption))
+    .addOption(new Option('--host-flap-window-ms <ms>', 'the window host failures are counted in').env('AWAN_HOST_FLAP_WINDOW_MS').default(600_000).argParser(intOption))
+    .addOption(new Option('--host-quarantine-quiet-ms <ms>', 'a quarantined host is taken back after this long up without failing (0: only `awan host activate`)').env('AWAN_HOST_QUARANTINE_QUIET_MS').default(1_800_000).argParser(intOption))
+    .addOption(new Option('--ha-restart-backoff-ms <ms>', 'wait before an HA VM\'s second restart; each later one within the hour waits twice as long (0: no wait)').env('AWAN_HA_RESTART_BACKOFF_MS').default(10_000).argParser(intOption))
+    .addOption(new Option('--ha-restart-backoff-max-ms <ms>', 'the longest wait between restarts of one HA VM').env('AWAN_HA_RESTART_BACKOFF_MAX_MS').default(300_000).argParser(intOption))
     .option('--default-image <name>', 'image of VMs created without one')
     .addOption(new Option('--placement <policy>', 'spread VMs over hosts, or pack them to leave hosts empty').choices(['spread', 'pack']).default('spread'))
-    .action(async (o: { port: number; host: string; db: string; advertiseUrl?: string; leaseMs: number; leaseRenewMs: number; leaseRetryMs: number; hostLeaseMs: number; failoverMarginMs: number; haHostFailures: number; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string; json?: boolean }) => {
+    .action(async (o: { port: number; host: string; db: string; advertiseUrl?: string; leaseMs: number; leaseRenewMs: number; leaseRetryMs: number; hostLeaseMs: number; failoverMarginMs: number; haHostFailures: number; hostFlapFailures: number; hostFlapWindowMs: number; hostQuarantineQuietMs: number; haRestartBackoffMs: number; haRestartBackoffMaxMs: number; poolDir: string; imageDir: string[]; memoryOvercommit: number; heartbeatMs: number; placement: 'spread' | 'pack'; defaultImage?: string; json?: boolean }) => {
       const imageDirs = o.imageDir.map((d) => resolve(d));
       if (o.advertiseUrl !== undefined && !/^https?:\/\/[^/]+/.test(o.advertiseUrl)) throw new Error(`--advertise-url ${o.advertiseUrl} is not an http(s) URL`);
       // Listening on every address says nothing about which one agents reach: name the port's host.

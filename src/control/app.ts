@@ -41,9 +41,11 @@ import { replicaRoutes } from './leader/routes.ts';
 import { createMetrics } from './metrics.ts';
 import { createLocalChangeFeed, createSharedChangeFeed } from './reconcile/changes.ts';
 import { createDrainController } from './reconcile/drain.ts';
+import { checkFlapPolicy, defaultFlapPolicy } from './ha/flap-quarantine.ts';
 import { createHaManager } from './ha/ha-manager.ts';
 import { createReplicaFailover } from './storage/failover.ts';
 import { createReplicator } from './storage/replicator.ts';
+import { checkRestartBackoff, defaultRestartBackoff } from './ha/restart-backoff.ts';
 import { createControllerManager } from './reconcile/manager.ts';
 import { createVmController } from './reconcile/vm-controller.ts';
 import { resumeTasks } from './reconcile/resume.ts';
@@ -103,6 +105,16 @@ export interface ControlConfig {
   failoverMarginMs?: number;
   /** HA admission control: host failures the HA VMs must survive (default 1; 0 turns the check off). */
   haHostFailures?: number;
+  /** A host declared failed this often within `hostFlapWindowMs` is quarantined when it comes back (default 3; 0: never). */
+  hostFlapFailures?: number;
+  /** The window failures are counted in (default 10 minutes). */
+  hostFlapWindowMs?: number;
+  /** A quarantine lifts itself after this long up without a failure (default 30 minutes; 0: only an admin lifts it). */
+  hostQuarantineQuietMs?: number;
+  /** The wait before an HA VM's second restart; each later restart within the hour waits twice as long (default 10 s). */
+  haRestartBackoffMs?: number;
+  /** The longest wait between restarts of one HA VM (default 5 minutes). */
+  haRestartBackoffMaxMs?: number;
 }
 
 export type Control = Awaited<ReturnType<typeof createControl>>;
@@ -110,6 +122,16 @@ export type Control = Awaited<ReturnType<typeof createControl>>;
 export async function createControl(config: ControlConfig) {
   const log = config.log ?? createLogger('control');
   const heartbeatIntervalMs = config.heartbeatIntervalMs ?? 1000;
+  // Settings are checked before anything is opened.
+  const flaps = checkFlapPolicy({
+    failures: config.hostFlapFailures ?? defaultFlapPolicy.failures,
+    windowMs: config.hostFlapWindowMs ?? defaultFlapPolicy.windowMs,
+    quietMs: config.hostQuarantineQuietMs ?? defaultFlapPolicy.quietMs,
+  });
+  const backoff = checkRestartBackoff({
+    baseMs: config.haRestartBackoffMs ?? defaultRestartBackoff.baseMs,
+    maxMs: config.haRestartBackoffMaxMs ?? Math.max(defaultRestartBackoff.maxMs, config.haRestartBackoffMs ?? 0),
+  });
   const store = await openStore(config.db);
   const { db } = store;
   const metrics = createMetrics();
@@ -134,7 +156,7 @@ export async function createControl(config: ControlConfig) {
   const replicas = createReplicaDirectory(leadership, log, selfUrl);
   /** The epoch of this leadership: the lease's, unless the caller drives leadership itself (autoLead: false). */
   const epoch = config.epoch ?? (() => leadership.epoch);
-  const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch, statusFlushMs: config.hostStatusFlushMs, leaseMs: config.hostLeaseMs });
+  const registry = new HostRegistry({ store: hostStore, events, capacity, changes, log, heartbeatIntervalMs, epoch, statusFlushMs: config.hostStatusFlushMs, leaseMs: config.hostLeaseMs, flaps });
   // Connected agents hear of replicas that come and go, so they know where to go when this one dies.
   replicas.onChange((view) => {
     if (!registry.leading) return;
@@ -229,7 +251,7 @@ export async function createControl(config: ControlConfig) {
   replicator.attach(manager.register(replicator.controller));
   const replicaFailover = createReplicaFailover({ db, registry, pools, events, changes, leftovers: replicator.leftovers });
   manager.register(createHaManager({
-    registry, store: vmStore, changes, capacity, events, metrics, log, policy: config.policy, marginMs: config.failoverMarginMs, replicas: replicaFailover,
+    registry, store: vmStore, changes, capacity, events, metrics, log, policy: config.policy, marginMs: config.failoverMarginMs, replicas: replicaFailover, backoff,
   }));
   // A task that ends is a change of that task: controllers waiting on it (a drain) hear it on every
   // replica, each from the event it sees, so the note itself stays local.

@@ -143,18 +143,48 @@ describe('HA admission control', () => {
   after(async () => { await c?.close(); });
 
   it('refuses an HA VM the cluster could not restart after losing its largest host, with the figures', async () => {
-    // Two hosts of 16 GiB: after losing one, 16 GiB is left for every HA VM.
-    const fits = await c.api('POST', '/api/v1/vms', { name: 'big', cpus: 1, memoryMiB: 12288, ha: true, start: false });
+    // Two hosts of 16 GiB: after losing one, 16 GiB is left for every HA VM that is to run.
+    const fits = await c.api('POST', '/api/v1/vms', { name: 'big', cpus: 1, memoryMiB: 12288, ha: true });
     assert.equal(fits.status, 202, JSON.stringify(fits.body));
-    const refused = await c.api('POST', '/api/v1/vms', { name: 'bigger', cpus: 1, memoryMiB: 8192, ha: true, start: false });
+    assert.equal((await c.waitTask(fits.body.task.id)).state, 'succeeded');
+    const refused = await c.api('POST', '/api/v1/vms', { name: 'bigger', cpus: 1, memoryMiB: 8192, ha: true });
     assert.equal(refused.status, 409, JSON.stringify(refused.body));
     assert.equal(refused.body.error.code, 'HA_ADMISSION');
     assert.match(refused.body.error.message, /would not survive losing the largest host: HA VMs would need 20480 MiB, and the other 1 ready hosts hold 16384 MiB/);
     assert.equal((await c.api('GET', '/api/v1/vms/bigger')).status, 404, 'nothing was recorded');
     // The same VM without HA promises nothing and is accepted.
     assert.equal((await c.api('POST', '/api/v1/vms', { name: 'bigger', cpus: 1, memoryMiB: 8192, start: false })).status, 202);
-    // A third host makes room.
+  });
+
+  it('counts a stopped HA VM for nothing and checks it when it is started', async () => {
+    // Created stopped, it reserves nothing, so it is accepted beside big.
+    const cold = await c.api('POST', '/api/v1/vms', { name: 'cold', cpus: 1, memoryMiB: 8192, ha: true, start: false });
+    assert.equal(cold.status, 202, JSON.stringify(cold.body));
+    const refused = await c.api('POST', '/api/v1/vms/cold/start');
+    assert.equal(refused.status, 409, JSON.stringify(refused.body));
+    assert.equal(refused.body.error.code, 'HA_ADMISSION');
+    assert.match(refused.body.error.message, /HA VM cold would not survive losing the largest host: HA VMs would need 20480 MiB, and the other 1 ready hosts hold 16384 MiB/);
+    const still = (await c.api('GET', '/api/v1/vms/cold')).body;
+    assert.equal(still.phase, 'stopped');
+    assert.deepEqual((await c.api('GET', `/api/v1/tasks?targetId=${still.id}&kind=start`)).body.items, [], 'no start task was made');
+
+    // Once big is stopped it holds nothing back: cold may start, and then big may not.
+    assert.equal((await c.waitTask((await c.api('POST', '/api/v1/vms/big/stop')).body.task.id)).state, 'succeeded');
+    const started = await c.api('POST', '/api/v1/vms/cold/start');
+    assert.equal(started.status, 202, JSON.stringify(started.body));
+    assert.equal((await c.waitTask(started.body.task.id)).state, 'succeeded');
+    const bigRefused = await c.api('POST', '/api/v1/vms/big/start');
+    assert.equal(bigRefused.status, 409, JSON.stringify(bigRefused.body));
+    assert.equal(bigRefused.body.error.code, 'HA_ADMISSION');
+    assert.equal((await c.api('GET', '/api/v1/vms/big')).body.phase, 'stopped');
+
+    // A third host makes room for both.
     await c.addHost('host-3');
-    assert.equal((await c.api('POST', '/api/v1/vms', { name: 'also-ha', cpus: 1, memoryMiB: 8192, ha: true, start: false })).status, 202);
+    const ok = await c.api('POST', '/api/v1/vms/big/start');
+    assert.equal(ok.status, 202, JSON.stringify(ok.body));
+    assert.equal((await c.waitTask(ok.body.task.id)).state, 'succeeded');
+    const tooMuch = await c.api('POST', '/api/v1/vms', { name: 'also-ha', cpus: 1, memoryMiB: 16384, ha: true });
+    assert.equal(tooMuch.status, 409, JSON.stringify(tooMuch.body));
+    assert.match(tooMuch.body.error.message, /HA VMs would need 36864 MiB, and the other 2 ready hosts hold 32768 MiB/);
   });
 });

@@ -57,7 +57,7 @@ describe('strict input', () => {
       expectValidation(await c.api('PATCH', '/api/v1/hosts/host-1', { zone: 5 }), 'body.zone', /^body\.zone must be string or null \(got 5\)$/);
       expectValidation(await c.api('PATCH', '/api/v1/hosts/host-1', { zone: '' }), 'body.zone', /^body\.zone must not be empty/);
       expectValidation(await c.api('POST', '/api/v1/vms', { cpus: 1, memoryMiB: 256 }), 'body.name', /^body\.name is required$/);
-      expectValidation(await c.api('POST', '/api/v1/vms', { name: 'x', cpus: 1, memoryMiB: 256, storage: 'nfs' }), 'body.storage', /^body\.storage must be one of shared, local \(got 'nfs'\)$/);
+      expectValidation(await c.api('POST', '/api/v1/vms', { name: 'x', cpus: 1, memoryMiB: 256, storage: 'nfs' }), 'body.storage', /^body\.storage must be one of shared, local, replicated \(got 'nfs'\)$/);
     });
 
     it('query strings still take numbers written as text', async () => {
@@ -103,8 +103,8 @@ describe('strict input', () => {
   describe('filters name their allowed values', () => {
     it('an unknown host state is a 400 listing the states', async () => {
       const r = await c.api('GET', '/api/v1/hosts?state=bogus');
-      expectValidation(r, 'querystring.state', /^querystring\.state must be one of joining, ready, maintenance, unreachable, failed, fenced \(got 'bogus'\)$/);
-      assert.deepEqual(r.body.error.details?.allowed, ['joining', 'ready', 'maintenance', 'unreachable', 'failed', 'fenced']);
+      expectValidation(r, 'querystring.state', /^querystring\.state must be one of joining, ready, maintenance, unreachable, failed, quarantined, fenced \(got 'bogus'\)$/);
+      assert.deepEqual(r.body.error.details?.allowed, ['joining', 'ready', 'maintenance', 'unreachable', 'failed', 'quarantined', 'fenced']);
       const ready = await c.api('GET', '/api/v1/hosts?state=ready');
       assert.equal(ready.status, 200);
       assert.deepEqual(ready.body.items.map((h: { name: string }) => h.name).sort(), ['host-1', 'host-2']);

@@ -1,4 +1,4 @@
-// awan host: the fleet view, join tokens, and maintenance (drain, activate).
+// awan host: the fleet view, join tokens, and maintenance and quarantine (drain, activate).
 import type { Command } from 'commander';
 import type { Host } from '../../control/features/hosts/model.ts';
 import type { Task } from '../../control/features/tasks/service.ts';
@@ -6,19 +6,25 @@ import { type Page, queryString, seg } from './client.ts';
 import { ago, labels, mib, orDash, printFields, printJson, printTable, yesNo } from './output.ts';
 import { type ClientOptions, client, followTask, jsonOption, run, waitOption } from './shared.ts';
 
+/** The state, and since when for a state that needs an eye on it. */
+function stateText(h: Host): string {
+  const since = h.state === 'quarantined' ? h.quarantinedAt : h.state === 'failed' ? h.failedAt : null;
+  return since ? `${h.state} (${ago(since)})` : h.state;
+}
+
 export function hostRow(h: Host): string[] {
-  return [h.name, h.state, String(h.cpus), mib(h.memoryMiB), mib(h.memoryAllocatedMiB), mib(h.memoryFreeMiB), String(h.vmCount), ago(h.lastHeartbeatAt)];
+  return [h.name, stateText(h), String(h.cpus), mib(h.memoryMiB), mib(h.memoryAllocatedMiB), mib(h.memoryFreeMiB), String(h.vmCount), String(h.recentFailures.length), ago(h.lastHeartbeatAt)];
 }
 
 export function registerHosts(program: Command): void {
   const host = program.command('host').description('servers: list, inspect, join, drain and activate');
 
   jsonOption(host.command('list').description('list the servers'))
-    .option('--state <state>', 'only hosts in this state (ready, maintenance, unreachable, failed, fenced, joining)')
+    .option('--state <state>', 'only hosts in this state (ready, maintenance, unreachable, failed, quarantined, fenced, joining)')
     .action(run(async (o: ClientOptions & { state?: string }) => {
       const page = await client(o).get<Page<Host>>(`/api/v1/hosts${queryString({ state: o.state })}`);
       if (o.json) return printJson(page);
-      printTable(['NAME', 'STATE', 'CPUS', 'MEMORY', 'ALLOCATED', 'FREE', 'VMS', 'HEARTBEAT'], page.items.map(hostRow), 'no hosts; add one with awan host join-token and awan agent');
+      printTable(['NAME', 'STATE', 'CPUS', 'MEMORY', 'ALLOCATED', 'FREE', 'VMS', 'FAILURES', 'HEARTBEAT'], page.items.map(hostRow), 'no hosts; add one with awan host join-token and awan agent');
     }));
 
   jsonOption(host.command('show <name>').description('show one server (name or id)'))
@@ -26,7 +32,9 @@ export function registerHosts(program: Command): void {
       const h = await client(o).get<Host>(`/api/v1/hosts/${seg(name)}`);
       if (o.json) return printJson(h);
       printFields([
-        ['name', h.name], ['id', h.id], ['state', h.state], ['connected', yesNo(h.connected)],
+        ['name', h.name], ['id', h.id], ['state', stateText(h)], ['reason', orDash(h.stateReason)], ['connected', yesNo(h.connected)],
+        ['recent failures', h.recentFailures.join(', ') || '-'],
+        ['power fence', h.powerFence ? `${h.powerFence.command.join(' ')} (timeout ${h.powerFence.timeoutS} s)` : '-'],
         ['address', h.address], ['driver', `${h.driver}${h.accelerator ? ` (${h.accelerator})` : ''}`],
         ['cpus', String(h.cpus)], ['memory', mib(h.memoryMiB)], ['allocated', mib(h.memoryAllocatedMiB)], ['free', mib(h.memoryFreeMiB)],
         ['vms', String(h.vmCount)], ['zone', orDash(h.zone)], ['labels', labels(h.labels)],
@@ -51,7 +59,7 @@ export function registerHosts(program: Command): void {
       await followTask(api, r, `drain host ${r.host.name}`, o);
     }));
 
-  jsonOption(host.command('activate <name>').description('take a server out of maintenance so it receives VMs again (admin)'))
+  jsonOption(host.command('activate <name>').description('take a server out of maintenance or quarantine so it receives VMs again (admin)'))
     .action(run(async (name: string, o: ClientOptions) => {
       const h = await client(o).post<Host>(`/api/v1/hosts/${seg(name)}/activate`);
       if (o.json) return printJson(h);

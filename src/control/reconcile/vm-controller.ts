@@ -158,6 +158,16 @@ export function createVmController(deps: VmControllerDeps) {
         return { requeueAfterMs: 0 };
       }
       if (!vm.host_id) return schedule(vm, active);
+      // An HA VM starts only on a ready host: one that just reconnected after it failed may be about to be
+      // quarantined (it flaps), and a quarantined one is not trusted with it (the HA manager moves it).
+      // The host's next state change queues a pass.
+      if (vm.ha === 1 && host!.row.state !== 'ready') {
+        const message = host!.row.state === 'quarantined'
+          ? `host ${host!.row.name} is quarantined; HA restarts the VM on another host`
+          : `waiting for host ${host!.row.name} to be ready (it is ${host!.row.state})`;
+        if (vm.message !== message) await write(vm, { message });
+        return;
+      }
       return startOn(vm, host!, active);
     }
 

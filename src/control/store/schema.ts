@@ -62,6 +62,14 @@ export interface HostsTable {
   /** Status: since when the host is failed (its lease ran out), and why it is in its state. */
   failed_at: string | null;
   state_reason: string | null;
+  /** Status: when the host was declared failed lately (a JSON array of ISO times, within the flap window). */
+  recent_failures: string | null;
+  /** Status: since when the host is quarantined for flapping (null unless it is). */
+  quarantined_at: string | null;
+  /** Spec: when an admin last lifted the host's quarantine (activate); a quarantine older than this ends. */
+  quarantine_lifted_at: string | null;
+  /** Spec: the command that powers the host off before HA restarts its VMs (JSON `{command, timeoutS}`). */
+  power_fence: string | null;
 }
 
 export interface ImagesTable {

@@ -9,6 +9,7 @@ import type { AgentMessage, HostFactsMsg, PoolReportMsg, VmStatusMsg } from '../
 import type { ChangeFeed } from '../../reconcile/changes.ts';
 import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
 import type { HostRow } from '../../store/schema.ts';
+import { type FlapPolicy, defaultFlapPolicy, liftReason, quarantineReason, staysOut, withFailure } from '../../ha/flap-quarantine.ts';
 import { AgentConnection } from '../agents/connection.ts';
 import type { EventService } from '../events/service.ts';
 import { type HostState, canTransition } from './model.ts';
@@ -50,6 +51,8 @@ export interface HostRegistryDeps {
   followRefreshMs?: number;
   /** How long a beat keeps a host's lease (default 5 s). */
   leaseMs?: number;
+  /** When a host that fails again and again is quarantined on its return. */
+  flaps?: FlapPolicy;
 }
 
 type Mode = 'idle' | 'leading' | 'following';
@@ -244,7 +247,7 @@ export class HostRegistry {
         host.lastHeartbeatMs = host.heardAtMs = Date.now();
         host.memoryFreeMiB = msg.memoryFreeMiB;
         this.renewLease(host, conn, msg.seq);
-        if (host.row.state !== 'ready' && host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'heartbeats resumed');
+        if (host.row.state !== 'ready') await this.cameBack(hostId, 'heartbeats resumed');
         return;
       case 'hello':
         host.lastHeartbeatMs = host.heardAtMs = Date.now();
@@ -255,7 +258,7 @@ export class HostRegistry {
         } else if (host.connection !== conn) return;
         this.replaceVms(host, msg.vms, true);
         this.renewLease(host, conn);
-        if (host.row.state !== 'fenced') await this.transition(hostId, 'ready', 'agent connected');
+        await this.cameBack(hostId, 'agent connected');
         return;
       case 'vms':
         if (msg.full) this.replaceVms(host, msg.vms, false);
@@ -289,14 +292,44 @@ export class HostRegistry {
     conn.send({ type: 'lease', ttlMs: this.leaseMs, ...(seq === undefined ? {} : { seq }) });
   }
 
-  async transition(hostId: string, to: HostState, why: string): Promise<void> {
+  async transition(hostId: string, to: HostState, why: string, also: Partial<HostStatus> = {}): Promise<void> {
     const host = this.hosts.get(hostId);
     if (!host || this.stopped || !this.leading) return;
     const from = host.row.state as HostState;
     if (from === to || !canTransition(from, to)) return;
-    const row = await this.writeStatus(host, { ...this.liveStatus(host), state: to, state_reason: why, failed_at: null });
+    const row = await this.writeStatus(host, { ...this.liveStatus(host), state: to, state_reason: why, failed_at: null, ...also });
     if (!row) return;
     await this.announce(host, row, from, to, why);
+  }
+
+  private get flaps(): FlapPolicy {
+    return this.deps.flaps ?? defaultFlapPolicy;
+  }
+
+  /**
+   * The agent is heard from again: the host is ready, unless it failed too often lately (quarantined on
+   * its return, and it stays so), or an admin fenced it.
+   */
+  private async cameBack(hostId: string, why: string): Promise<void> {
+    const host = this.hosts.get(hostId)!;
+    const { state } = host.row;
+    if (state === 'fenced' || state === 'quarantined') return;
+    const now = Date.now();
+    if (state === 'failed' && staysOut(host.row, now, this.flaps)) {
+      const since = host.row.quarantined_at ? Date.parse(host.row.quarantined_at) : now;
+      return this.transition(hostId, 'quarantined', quarantineReason(host.row, since, this.flaps), { quarantined_at: new Date(since).toISOString() });
+    }
+    await this.transition(hostId, 'ready', why);
+  }
+
+  /** A quarantined host: its beats are watched (it stays quarantined without them), and its quarantine ends when due. */
+  private async watchQuarantine(host: LiveHost, now: number): Promise<void> {
+    if (host.connection && host.lastHeartbeatMs !== null && now - host.lastHeartbeatMs > this.limitMs) {
+      host.connection.close('heartbeats missed');
+      host.connection = null;
+    }
+    const why = liftReason(host.row, now, this.flaps, !!host.connection);
+    if (why) await this.transition(host.row.id, host.connection ? 'ready' : 'unreachable', why, { quarantined_at: null, recent_failures: null });
   }
 
   /** A state change written: logged, an event, and the listeners told. */
@@ -409,8 +442,12 @@ export class HostRegistry {
     const limit = this.limitMs;
     const now = Date.now();
     for (const host of this.hosts.values()) {
-      if (['joining', 'ready', 'unreachable'].includes(host.row.state) && now > host.leaseExpiresMs) {
+      if (['joining', 'ready', 'unreachable', 'quarantined'].includes(host.row.state) && now > host.leaseExpiresMs) {
         await this.leaseRanOut(host).catch((err: unknown) => this.deps.log.error({ err, hostId: host.row.id }, 'could not mark host failed'));
+        continue;
+      }
+      if (host.row.state === 'quarantined') {
+        await this.watchQuarantine(host, now).catch((err: unknown) => this.deps.log.error({ err, hostId: host.row.id }, 'could not lift a quarantine'));
         continue;
       }
       if (host.row.state !== 'ready' && host.row.state !== 'joining') continue;
@@ -444,7 +481,7 @@ export class HostRegistry {
     host.connection = host.attaching = null;
     const why = `no heartbeat since ${iso(host.heardAtMs) ?? 'control started'}; its lease ran out at ${iso(host.leaseExpiresMs)}`;
     const epoch = this.deps.epoch?.() ?? 0;
-    const patch = { ...this.liveStatus(host), state: 'failed', state_reason: why, failed_at: new Date().toISOString() };
+    const patch = { ...this.liveStatus(host), state: 'failed', state_reason: why, failed_at: new Date().toISOString(), recent_failures: withFailure(fresh, Date.now(), this.flaps) };
     const row = await this.deps.store.updateStatus({ id: fresh.id, statusVersion: fresh.status_version, patch }, epoch);
     if (!row) return; // someone wrote first: look again on the next tick
     host.row = row;

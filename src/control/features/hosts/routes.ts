@@ -1,10 +1,11 @@
-// Host routes: the fleet view, join tokens, and maintenance (drain/activate).
+// Host routes: the fleet view, join tokens, a host's spec (labels, zone, power fence), and maintenance and
+// quarantine (drain/activate).
 import { Type } from 'typebox';
 import { type App, IdParams, errors, requireRole } from '../../http/types.ts';
 import { TaskSchema } from '../tasks/routes.ts';
 import { OneOf } from '../../http/choice.ts';
 import { Labels } from './labels.ts';
-import { HostSchema, hostStates } from './model.ts';
+import { HostSchema, PowerFenceInput, hostStates } from './model.ts';
 import type { HostService } from './service.ts';
 
 export function hostRoutes(app: App, hosts: HostService): void {
@@ -25,6 +26,8 @@ export function hostRoutes(app: App, hosts: HostService): void {
         {
           labels: Type.Optional(Labels),
           zone: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 63 }), Type.Null()])),
+          /** null removes it. */
+          powerFence: Type.Optional(Type.Union([PowerFenceInput, Type.Null()])),
         },
         { additionalProperties: false },
       ),

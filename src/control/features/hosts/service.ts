@@ -11,7 +11,7 @@ import type { Kysely } from 'kysely';
 import type { EventService } from '../events/service.ts';
 import type { Task, TaskService } from '../tasks/service.ts';
 import { isFinished } from '../tasks/service.ts';
-import { type Host, hostFromRow } from './model.ts';
+import { type Host, type PowerFenceRequest, hostFromRow } from './model.ts';
 import type { HostRegistry } from './registry.ts';
 import type { HostSpec, HostStore } from './store.ts';
 
@@ -132,6 +132,10 @@ export function createHostService(deps: HostServiceDeps) {
         status_epoch: 0,
         failed_at: null,
         state_reason: null,
+        recent_failures: null,
+        quarantined_at: null,
+        quarantine_lifted_at: null,
+        power_fence: null,
       };
       await store.join(req.joinToken, row);
       registry.add(row);
@@ -170,19 +174,30 @@ export function createHostService(deps: HostServiceDeps) {
       return { host: view(row), task: task! };
     },
 
-    async update(idOrName: string, patch: { labels?: Record<string, string>; zone?: string | null }): Promise<Host> {
+    async update(idOrName: string, patch: { labels?: Record<string, string>; zone?: string | null; powerFence?: PowerFenceRequest | null }): Promise<Host> {
+      if (patch.powerFence) checkPowerFence(patch.powerFence);
       const row = await changeSpec(idOrName, async () => ({
         ...(patch.labels ? { labels: JSON.stringify(patch.labels) } : {}),
         ...(patch.zone !== undefined ? { zone: patch.zone } : {}),
+        ...(patch.powerFence !== undefined ? { power_fence: patch.powerFence ? JSON.stringify({ command: patch.powerFence.command, timeoutS: patch.powerFence.timeoutS ?? 30 }) : null } : {}),
       }));
-      await events.emit({ type: 'host.updated', objectKind: 'host', objectId: row.id, message: `host ${row.name} updated`, data: { labels: JSON.parse(row.labels), zone: patch.zone } });
+      const data = { labels: JSON.parse(row.labels), zone: patch.zone, ...(patch.powerFence !== undefined ? { powerFence: patch.powerFence ? { program: patch.powerFence.command[0] } : null } : {}) };
+      await events.emit({ type: 'host.updated', objectKind: 'host', objectId: row.id, message: `host ${row.name} updated`, data });
       return view(row);
     },
 
-    /** Leaves maintenance; a drain under way is cancelled by the drain controller, which sees this. */
+    /**
+     * Leaves maintenance, and lifts a quarantine (the leader's host registry sees the lift in spec and
+     * takes the host back); a drain under way is cancelled by the drain controller, which sees this.
+     */
     async activate(idOrName: string): Promise<Host> {
-      const row = await changeSpec(idOrName, async () => ({ maintenance: 0 }));
-      await events.emit({ type: 'host.activated', objectKind: 'host', objectId: row.id, message: `host ${row.name} leaves maintenance` });
+      let lifts = false;
+      const row = await changeSpec(idOrName, async (r) => {
+        lifts = r.state === 'quarantined';
+        return { maintenance: 0, ...(lifts ? { quarantine_lifted_at: new Date().toISOString() } : {}) };
+      });
+      const message = lifts ? `host ${row.name} leaves its quarantine${row.maintenance ? '' : ' and maintenance'}` : `host ${row.name} leaves maintenance`;
+      await events.emit({ type: 'host.activated', objectKind: 'host', objectId: row.id, message, data: { quarantineLifted: lifts } });
       return view(row);
     },
   };
@@ -190,6 +205,17 @@ export function createHostService(deps: HostServiceDeps) {
 
 class LostRace extends Error {}
 
+/** What the schema cannot say: the program is named by an absolute path (no PATH lookup), and has no NUL. */
+function checkPowerFence(p: PowerFenceRequest): void {
+  if (!p.command[0].startsWith('/')) {
+    throw new AppError('VALIDATION_FAILED', `powerFence.command[0] must be an absolute path to a program, not ${JSON.stringify(p.command[0])}`, { field: 'powerFence.command' });
+  }
+  if (p.command.some((a) => a.includes('\0'))) throw new AppError('VALIDATION_FAILED', 'powerFence.command must not contain NUL characters', { field: 'powerFence.command' });
+}
+
 function pickSpec(row: HostRow): Partial<HostRow> {
-  return { maintenance: row.maintenance, labels: row.labels, zone: row.zone, drain_task_id: row.drain_task_id, generation: row.generation, updated_at: row.updated_at };
+  return {
+    maintenance: row.maintenance, labels: row.labels, zone: row.zone, drain_task_id: row.drain_task_id, power_fence: row.power_fence,
+    quarantine_lifted_at: row.quarantine_lifted_at, generation: row.generation, updated_at: row.updated_at,
+  };
 }

@@ -1,5 +1,5 @@
 // All host SQL. A host row has two sides with one writer each: the spec (what the user wants:
-// maintenance, labels, zone, a drain request) written by the API with compare-and-set on `generation`,
+// maintenance, labels, zone, a drain request, a power fence, a lifted quarantine) written by the API with compare-and-set on `generation`,
 // and the status (state, facts, heartbeat, connection, lease) written only by the leader's host registry
 // with compare-and-set on `status_version`, fenced by the leader's epoch. The sides share no column, so
 // neither write can undo the other.
@@ -8,16 +8,17 @@ import { hashToken } from '../../../lib/ids.ts';
 import { AppError } from '../../errors.ts';
 import type { Database, HostRow } from '../../store/schema.ts';
 
-export type HostSpec = Pick<HostRow, 'maintenance' | 'labels' | 'zone' | 'drain_task_id'>;
+export type HostSpec = Pick<HostRow, 'maintenance' | 'labels' | 'zone' | 'drain_task_id' | 'power_fence' | 'quarantine_lifted_at'>;
 export type HostStatus = Pick<
   HostRow,
-  'state' | 'cpus' | 'memory_mib' | 'memory_free_mib' | 'address' | 'driver' | 'accelerator' | 'capabilities' | 'last_heartbeat_at' | 'connected' | 'lease_expires_at' | 'vm_count' | 'memory_allocated_mib' | 'failed_at' | 'state_reason'
+  'state' | 'cpus' | 'memory_mib' | 'memory_free_mib' | 'address' | 'driver' | 'accelerator' | 'capabilities' | 'last_heartbeat_at' | 'connected' | 'lease_expires_at' | 'vm_count' | 'memory_allocated_mib' | 'failed_at' | 'state_reason' | 'recent_failures' | 'quarantined_at'
 >;
 
-export const specColumns = ['maintenance', 'labels', 'zone', 'drain_task_id', 'generation', 'updated_at'] as const satisfies readonly (keyof HostRow)[];
+export const specColumns = ['maintenance', 'labels', 'zone', 'drain_task_id', 'power_fence', 'quarantine_lifted_at', 'generation', 'updated_at'] as const satisfies readonly (keyof HostRow)[];
 export const statusColumns = [
   'state', 'cpus', 'memory_mib', 'memory_free_mib', 'address', 'driver', 'accelerator', 'capabilities', 'last_heartbeat_at',
   'connected', 'lease_expires_at', 'vm_count', 'memory_allocated_mib', 'status_version', 'status_epoch', 'failed_at', 'state_reason',
+  'recent_failures', 'quarantined_at',
 ] as const satisfies readonly (keyof HostRow)[];
 
 /** One host's status as the leader wants it written, checked against the version it last wrote. */

@@ -1,6 +1,7 @@
-// HA admission control: the HA VMs (running or not: a start is not checked again) must still fit when the
-// largest `failures` hosts are gone, or the promise that they restart elsewhere is empty. A new HA VM that would break that is refused with 409 and
-// the figures. Read from SQL, so every replica decides the same.
+// HA admission control: the HA VMs meant to run must still fit when the largest `failures` hosts are gone,
+// or the promise that they restart elsewhere is empty. A stopped HA VM reserves nothing, so the check is
+// made when an HA VM is to run: created with start, or started. One that would break it is refused with
+// 409 and the figures. Read from SQL, so every replica decides the same.
 import type { Kysely } from 'kysely';
 import { AppError } from '../../errors.ts';
 import type { Database } from '../../store/schema.ts';
@@ -11,13 +12,16 @@ export interface HaAdmission {
   memoryOvercommit: number;
 }
 
-export async function admitHaVm(db: Kysely<Database>, policy: HaAdmission, name: string, memoryMiB: number): Promise<void> {
+/** Refuses to run HA VM `name` (of `memoryMiB`; `id` when it exists already, a stopped VM being started). */
+export async function admitHaVm(db: Kysely<Database>, policy: HaAdmission, name: string, memoryMiB: number, id?: string): Promise<void> {
   if (policy.failures <= 0) return;
   const hosts = await db.selectFrom('hosts').select(['memory_mib']).where('state', '=', 'ready').where('maintenance', '=', 0).execute();
   const sizes = hosts.map((h) => Math.floor(h.memory_mib * policy.memoryOvercommit)).sort((a, b) => b - a);
   const left = sizes.slice(policy.failures).reduce((n, s) => n + s, 0);
   const ha = await db.selectFrom('vms').select((eb) => eb.fn.coalesce(eb.fn.sum<number>('memory_mib'), eb.lit(0)).as('mib'))
-    .where('ha', '=', 1).where('deleting', '=', 0).executeTakeFirstOrThrow();
+    .where('ha', '=', 1).where('deleting', '=', 0).where('desired_power', '=', 'running')
+    .$if(id !== undefined, (q) => q.where('id', '!=', id!))
+    .executeTakeFirstOrThrow();
   const needed = Number(ha.mib) + memoryMiB;
   if (needed <= left) return;
   const hostsWord = policy.failures === 1 ? 'the largest host' : `the ${policy.failures} largest hosts`;

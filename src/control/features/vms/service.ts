@@ -130,7 +130,7 @@ export function createVmService(deps: VmServiceDeps) {
       if (capacity.size > 0 && body.cpus > mostCpus) {
         throw new AppError('NO_CAPACITY', `a VM of ${body.cpus} CPUs is larger than any host (the largest can give ${mostCpus} CPUs)`, { largestHostCpus: mostCpus });
       }
-      if (body.ha) await admitHaVm(deps.db, deps.haAdmission, body.name, body.memoryMiB);
+      if (body.ha && (body.start ?? true)) await admitHaVm(deps.db, deps.haAdmission, body.name, body.memoryMiB);
       const imageRef = body.image ?? deps.defaultImage;
       const image = imageRef ? await deps.images.find(imageRef).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });
@@ -190,7 +190,10 @@ export function createVmService(deps: VmServiceDeps) {
 
 
     /** Starts a stopped VM, tries a failed one again, or takes back a stop not finished yet. */
-    start(idOrName: string, by: string | null) {
+    async start(idOrName: string, by: string | null) {
+      // An HA VM that is to run again is counted from now on: it must fit after the hosts HA survives losing.
+      const before = await find(idOrName);
+      if (before.ha === 1 && before.desired_power !== 'running' && !before.deleting) await admitHaVm(deps.db, deps.haAdmission, before.name, before.memory_mib, before.id);
       return request(idOrName, 'start', by, (vm) => {
         assertLive(vm);
         if (vm.desired_power === 'running' && vm.phase !== 'failed') throw new AppError('INVALID_STATE', `VM ${vm.name} is already ${vm.phase === 'running' ? 'running' : 'starting'}`, { phase: vm.phase });

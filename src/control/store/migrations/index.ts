@@ -26,6 +26,7 @@ export const migrations: Record<string, () => Promise<MigrationModule>> = {
   '010_control_leader': () => import('./010_control_leader.ts'),
   '011_host_status': () => import('./011_host_status.ts'),
   '012_high_availability': () => import('./012_high_availability.ts'),
+  '013_host_flaps_and_power_fence': () => import('./013_host_flaps_and_power_fence.ts'),
   '014_replicated_volumes': () => import('./014_replicated_volumes.ts'),
 };
 
