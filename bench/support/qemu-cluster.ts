@@ -135,6 +135,8 @@ export async function startQemuCluster(prefix: string, hostNames: string[], imag
       'serve', '--host', '127.0.0.1', '--port', String(port), '--db', `sqlite:${join(dir, 'awan.db')}`, '--pool-dir', poolDir,
       ...imageDirs.flatMap((d) => ['--image-dir', d]),
       ...opt('--host-lease-ms', t.hostLeaseMs), ...opt('--failover-margin-ms', t.failoverMarginMs), ...opt('--heartbeat-ms', t.heartbeatMs),
+      // The bench kills the same hosts again and again on purpose: no quarantine for flapping.
+      '--host-flap-failures', '0',
     ]);
     await waitFor(async () => {
       if (child.exitCode !== null) throw new Error(`control exited (${child.exitCode}); see ${join(dir, 'control.log')}`);

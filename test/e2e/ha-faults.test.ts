@@ -139,6 +139,8 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
       'serve', '--host', net.bridgeAddress, '--port', String(PORT), '--db', `sqlite:${join(dir, 'awan.db')}`, '--pool-dir', poolDir(),
       '--image-dir', dirname(guest.kernelPath), '--image-dir', dirname(guest.initrdPath),
       '--host-lease-ms', String(LEASE_MS), '--failover-margin-ms', String(MARGIN_MS), '--heartbeat-ms', String(HEARTBEAT_MS), '--ha-host-failures', '0',
+      // The scenarios fail the same hosts again and again on purpose: no quarantine for flapping.
+      '--host-flap-failures', '0',
     ]);
   }
 
