@@ -1,4 +1,5 @@
 // Runs one command from control against the driver and turns the outcome into a result message.
+import { isAbsolute, relative } from 'node:path';
 import { DriverError, type HypervisorDriver } from '../drivers/types.ts';
 import { StaleToken } from './fence/keeper.ts';
 import type { Command } from '../protocol/messages.ts';
@@ -34,9 +35,12 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
     case 'prepareIncoming':
       return driver.prepareIncoming(cmd.spec);
     case 'migrate':
-      return driver.migrate(cmd.vmId, { uri: cmd.uri, ...(cmd.nbd ? { nbd: cmd.nbd } : {}) }, (p) => progress(p.fraction, `${p.transferredMiB} MiB sent, ${p.remainingMiB} MiB left`), signal);
+      return driver.migrate(cmd.vmId, { uri: cmd.uri, ...(cmd.nbd ? { nbd: cmd.nbd } : {}), ...(cmd.viaReplica ? { viaReplica: true } : {}) }, (p) => progress(p.fraction, `${p.transferredMiB} MiB sent, ${p.remainingMiB} MiB left`), signal);
     case 'completeIncoming':
-      return driver.completeIncoming(cmd.vmId, cmd.timeoutMs);
+      // Copies this host served for the VM become its disks: their servers let go before the guest runs.
+      return driver.completeIncoming(cmd.vmId, cmd.timeoutMs, async (disks) => {
+        for (const d of disks) await storage.local.unexport(isAbsolute(d.path) ? relative(storage.local.path, d.path) : d.path);
+      });
     case 'abortIncoming':
       return driver.abortIncoming(cmd.vmId);
     case 'consoleWrite':

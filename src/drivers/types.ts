@@ -21,6 +21,11 @@ export interface DiskSpec {
   sizeMiB?: number;
   /** A synchronous copy on another host: every write reaches this NBD export too (see ReplicaTarget). */
   replica?: ReplicaTarget;
+  /**
+   * Incoming migration only: this host serves the disk's synchronous copy (a local disk's replica), which
+   * becomes the disk as the VM arrives; nothing of it is sent, and it is never deleted as a stale copy.
+   */
+  replicaHere?: boolean;
 }
 
 /** Where a disk's synchronous replica is served: an NBD export on the replica host (its `replicaExport`). */
@@ -108,6 +113,11 @@ export interface MigrationTarget {
   uri: string;
   /** host:port of the destination's NBD server that receives local disks. */
   nbd?: string;
+  /**
+   * The destination holds the copy of each replicated disk and takes it over: the source keeps mirroring
+   * into it until it is paused, sends no disk, and the destination runs once that copy's server let go.
+   */
+  viaReplica?: boolean;
 }
 
 export interface MigrationProgress {
@@ -187,8 +197,11 @@ export interface HypervisorDriver {
     onProgress?: (p: MigrationProgress) => void,
     signal?: AbortSignal,
   ): Promise<MigrationResult>;
-  /** Destination side: wait for the received VM to run. */
-  completeIncoming(vmId: string, timeoutMs?: number): Promise<DriverVmStatus>;
+  /**
+   * Destination side: wait for the received VM to run. A VM that takes over disk copies served on this host
+   * (`replicaHere`) waits paused until `release` has stopped their servers (which hold their write locks).
+   */
+  completeIncoming(vmId: string, timeoutMs?: number, release?: (disks: DiskSpec[]) => Promise<void>): Promise<DriverVmStatus>;
   /** Destination side: drop a prepared incoming VM that will not arrive. */
   abortIncoming(vmId: string): Promise<void>;
   subscribe(listener: (event: DriverEvent) => void): () => void;

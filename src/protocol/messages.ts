@@ -86,6 +86,8 @@ const DiskSpecSchema = Type.Object(
     sizeMiB: Type.Optional(MiB),
     /** Mirror every write synchronously into this export on another host. */
     replica: Type.Optional(ReplicaTargetSchema),
+    /** Incoming migration: this host serves the disk's copy, which becomes the disk. */
+    replicaHere: Type.Optional(Type.Boolean()),
   },
   Strict,
 );
@@ -154,7 +156,11 @@ export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('delete'), vmId: Id, token: Type.Optional(Token) }, Strict),
   Type.Object({ op: Type.Literal('setMemory'), vmId: Id, targetMiB: Type.Integer({ minimum: 1 }) }, Strict),
   Type.Object({ op: Type.Literal('prepareIncoming'), spec: VmSpecSchema }, Strict),
-  Type.Object({ op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }), nbd: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })) }, Strict),
+  Type.Object({
+    op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }), nbd: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
+    /** The destination takes over the copies of the VM's replicated disks (MigrationTarget.viaReplica). */
+    viaReplica: Type.Optional(Type.Boolean()),
+  }, Strict),
   Type.Object({ op: Type.Literal('completeIncoming'), vmId: Id, timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })) }, Strict),
   Type.Object({ op: Type.Literal('abortIncoming'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('cancel'), commandId: Id }, Strict),

@@ -14,6 +14,8 @@ export interface QemuLaunch {
   nics: NicBackend[];
   /** Destination of a live migration: `tcp:host:port` to listen on. */
   incoming?: string;
+  /** Stay paused once the migration is in (`-S`): the caller runs the guest when its disks are free. */
+  paused?: boolean;
 }
 
 /** QOM ids the driver addresses over QMP. */
@@ -108,5 +110,6 @@ export function qemuArgs(l: QemuLaunch): string[] {
     args.push('-device', `virtio-net-pci,id=nic${i},netdev=net${i},mac=${nic.mac}`);
   });
   if (l.incoming) args.push('-incoming', l.incoming);
+  if (l.paused) args.push('-S');
   return args;
 }

@@ -127,7 +127,9 @@ export class QemuVm {
   /** An incoming migration completed (QEMU resumed the guest): from now on this is the VM. */
   async arrived(): Promise<void> {
     if (this.state !== 'incoming') return;
-    this.record = { spec: this.spec, accel: this.record.accel, mode: 'run' };
+    // A disk copy taken over is this VM's own disk from now on (deleted with it, like any local disk).
+    const disks = this.spec.disks.map(({ replicaHere: _taken, ...d }) => d);
+    this.record = { spec: { ...this.spec, disks }, accel: this.record.accel, mode: 'run' };
     this.bootedAtMs = Date.now();
     this.setState('running');
     await this.saveRecord().catch(() => undefined);

@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   DriverError,
+  type DiskSpec,
   type DriverEvent,
   type DriverVmSpec,
   type DriverVmState,
@@ -222,11 +223,12 @@ class SimHypervisor implements SimDriver {
     this.checkOpen();
     checkSpec(spec);
     const existing = this.vms.get(spec.id);
-    if (existing?.state === 'incoming') return { uri: migrationUri(this.migration, spec.id) };
+    const viaReplica = spec.disks.some((d) => d.replicaHere) ? { viaReplica: true } : {};
+    if (existing?.state === 'incoming') return { uri: migrationUri(this.migration, spec.id), ...viaReplica };
     if (existing && holdsMemory(existing.state)) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
     const vm = this.admit(spec, 'incoming', existing);
     this.setState(vm, 'incoming');
-    return { uri: migrationUri(this.migration, spec.id) };
+    return { uri: migrationUri(this.migration, spec.id), ...viaReplica };
   }
 
   async migrate(
@@ -240,11 +242,16 @@ class SimHypervisor implements SimDriver {
     return runMigration(this.migration, vm, target, onProgress, signal);
   }
 
-  async completeIncoming(vmId: string): Promise<DriverVmStatus> {
+  async completeIncoming(vmId: string, _timeoutMs?: number, release?: (disks: DiskSpec[]) => Promise<void>): Promise<DriverVmStatus> {
     // Sim hosts cannot see each other, so the control plane's word that the source finished is taken as arrival.
     const vm = this.get(vmId);
     if (isUp(vm.state)) return this.status_(vm);
     if (vm.state !== 'incoming') throw new DriverError('MIGRATION_FAILED', `${vmId} is ${vm.state}, not incoming`);
+    const copies = vm.spec.disks.filter((d) => d.replicaHere);
+    if (copies.length > 0) {
+      await release?.(copies);
+      vm.spec = { ...vm.spec, disks: vm.spec.disks.map(({ replicaHere: _taken, ...d }) => d) };
+    }
     vm.startedAt = this.clock.now();
     this.setState(vm, 'running');
     this.print(vm, `\r\n[migrated in from another host]\r\n${vm.spec.name} login: `);
