@@ -1,7 +1,7 @@
 // Memory loans on the donor: a swap image on tmpfs served by a detached daemon, found again by a new agent,
 // refused under the reserve, and gone without a trace when returned; the simulator keeps the same contract.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
 import { createSimDriver } from '../../drivers/sim/index.ts';
 import type { HypervisorDriver } from '../../drivers/types.ts';
@@ -17,6 +17,7 @@ import type { MemoryLoan } from './lender.ts';
 const root = tempDir('lend');
 after(() => {
   killMentioning(loanDir({ dataDir: root.path }));
+  rmSync(loanDir({ dataDir: root.path }), { recursive: true, force: true });
   root.remove();
 });
 

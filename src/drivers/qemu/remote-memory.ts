@@ -30,7 +30,8 @@ export const swaponScript = (slot: number) => `${findDisk(slot, 20)}
 [ -n "$dev" ] || { echo "no disk with serial $serial appeared" >&2; exit 3; }
 grep -q "^$dev " /proc/swaps && { echo "$dev"; exit 0; }
 [ "$(dd if="$dev" bs=1 skip=4086 count=10 2>/dev/null)" = SWAPSPACE2 ] || mkswap -L awan-rmem "$dev" >/dev/null || exit 4
-swapon -p ${SWAP_PRIORITY} "$dev" || exit 5
+# Guests whose swapon has no -p (busybox) get the kernel's default priority.
+swapon -p ${SWAP_PRIORITY} "$dev" 2>/dev/null || swapon "$dev" || exit 5
 echo "$dev"`;
 
 /** Swapoff of the slot's disk: its pages come back into the guest's RAM (or other swap) first. */
