@@ -53,6 +53,27 @@ export interface ReplicaStatus {
   reason?: string;
 }
 
+/** Where a donor host serves lent memory: an NBD export (what `memoryExport` answers). */
+export type RemoteMemoryTarget = ReplicaTarget;
+
+/**
+ * `attaching`: plugged or being plugged, not yet swap in the guest; `active`: the guest swaps to it;
+ * `detaching`: being taken back (guest swapoff, then unplug); `failed`: nothing is plugged, `reason` says why.
+ */
+export type RemoteMemoryState = 'attaching' | 'active' | 'detaching' | 'failed';
+
+/** One remote-memory slot of a VM: a neighbour's RAM, hot-plugged as a disk the guest swaps to. */
+export interface RemoteMemoryStatus {
+  slot: number;
+  target: RemoteMemoryTarget;
+  sizeMiB: number;
+  state: RemoteMemoryState;
+  reason?: string;
+}
+
+/** Slots a VM has for remote memory: 0..REMOTE_MEMORY_SLOTS-1. */
+export const REMOTE_MEMORY_SLOTS = 8;
+
 export interface NicSpec {
   /** `user` is QEMU's user-mode network; `bridge` attaches a tap to the named Linux bridge. */
   mode: 'user' | 'bridge';
@@ -92,6 +113,13 @@ export interface DriverVmStatus {
   reason?: string;
   /** One entry per disk with a replica target, while the VM runs. */
   replicas?: ReplicaStatus[];
+  /** The VM's remote-memory slots in use, while it runs. */
+  remoteMemory?: RemoteMemoryStatus[];
+  /** The guest's swap (all of it: remote memory and local disks), when the driver can ask the guest. */
+  swapTotalMiB?: number;
+  swapUsedMiB?: number;
+  /** Page faults the guest served from swap or disk since it booted (balloon statistics). */
+  majorFaults?: number;
 }
 
 export interface HostFacts {
@@ -164,6 +192,7 @@ export class DriverError extends Error {
       | 'IMAGE_INVALID'
       | 'MIGRATION_FAILED'
       | 'REPLICA_FAILED'
+      | 'REMOTE_MEMORY_FAILED'
       | 'UNSUPPORTED'
       | 'INTERNAL',
     message: string,
@@ -216,6 +245,16 @@ export interface HypervisorDriver {
   attachReplica(vmId: string, disk: number, target: ReplicaTarget): Promise<DriverVmStatus>;
   /** Ends the mirror of disk `disk` cleanly and forgets its target. */
   detachReplica(vmId: string, disk: number): Promise<DriverVmStatus>;
+  /**
+   * Hot-plugs the donor's export `target` into slot `slot` (0..7) of a running VM and has the guest swap to
+   * it; resolves once the guest does. On failure nothing stays plugged. The same target again is a no-op.
+   */
+  attachRemoteMemory(vmId: string, slot: number, target: RemoteMemoryTarget, sizeMiB: number): Promise<DriverVmStatus>;
+  /**
+   * Takes slot `slot` back: the guest stops swapping to it (its pages come back into RAM), then it is
+   * unplugged. A free slot, or a VM that is gone (undefined then), is fine.
+   */
+  detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus | undefined>;
   /** Grows disk `index` of a VM that is not running (its next boot sees the new size). */
   growDisk(vmId: string, index: number, sizeMiB: number): Promise<void>;
   /** Releases sockets and timers; running VMs keep running (a later driver re-attaches). */

@@ -34,6 +34,24 @@ export const ReplicaStatusSchema = Type.Object(
 );
 // ---- end of the replica schemas ----
 
+// ---- Remote memory (a donor's RAM as a borrower VM's swap): the commands are in CommandSchema below. ----
+
+/** Where a donor serves lent memory: what `memoryExport` answers and `remoteMemoryAttach` names. */
+export const RemoteMemoryTargetSchema = ReplicaTargetSchema;
+const RemoteMemorySlot = Type.Integer({ minimum: 0, maximum: 7 });
+
+export const RemoteMemoryStatusSchema = Type.Object(
+  {
+    slot: RemoteMemorySlot,
+    target: RemoteMemoryTargetSchema,
+    sizeMiB: Type.Integer({ minimum: 1 }),
+    state: Type.Union([Type.Literal('attaching'), Type.Literal('active'), Type.Literal('detaching'), Type.Literal('failed')]),
+    reason: Type.Optional(Type.String({ maxLength: 2048 })),
+  },
+  Strict,
+);
+// ---- end of the remote memory schemas ----
+
 
 /** A VM's placement token (fencing token). */
 const Token = Type.Integer({ minimum: 0 });
@@ -58,6 +76,13 @@ export const VmStatusSchema = Type.Object(
     token: Type.Optional(Token),
     /** Replica state of each disk with a replica target, while the VM runs. */
     replicas: Type.Optional(Type.Array(ReplicaStatusSchema, { maxItems: 16 })),
+    /** Remote-memory slots in use, while the VM runs. */
+    remoteMemory: Type.Optional(Type.Array(RemoteMemoryStatusSchema, { maxItems: 8 })),
+    /** The guest's swap, all devices together (asked of guests with remote memory). */
+    swapTotalMiB: Type.Optional(MiB),
+    swapUsedMiB: Type.Optional(MiB),
+    /** Major page faults since the guest booted (balloon statistics). */
+    majorFaults: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   Strict,
 );
@@ -203,11 +228,39 @@ export const CommandSchema = Type.Union([
   /** Primary host: end the mirror of disk `disk` cleanly and forget its target. Answers the VM status. */
   Type.Object({ op: Type.Literal('replicaDetach'), vmId: Id, disk: Type.Integer({ minimum: 0, maximum: 15 }) }, Strict),
   // ---- end of the replica commands ----
+  // ---- Remote memory ----
+  /**
+   * Donor host: set aside `sizeMiB` of RAM (a tmpfs image with a swap signature) and serve it writable over
+   * NBD on `address` (default: the host's). Answers `{ target: RemoteMemoryTarget, sizeMiB }`; the same name
+   * again answers the same target.
+   * Refused with DONOR_RESERVE when the host's available memory would fall under its reserve.
+   */
+  Type.Object(
+    { op: Type.Literal('memoryExport'), name: VolumeName, sizeMiB: Type.Integer({ minimum: 1 }), address: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) },
+    Strict,
+  ),
+  /** Donor host: stop serving it and free the RAM. Idempotent. */
+  Type.Object({ op: Type.Literal('memoryUnexport'), name: VolumeName }, Strict),
+  /** Borrower host: hot-plug `target` into slot `slot` of a running VM as swap. Answers the VM status once the guest swaps to it. */
+  Type.Object(
+    { op: Type.Literal('remoteMemoryAttach'), vmId: Id, slot: RemoteMemorySlot, target: RemoteMemoryTargetSchema, sizeMiB: Type.Integer({ minimum: 1 }) },
+    Strict,
+  ),
+  /** Borrower host: guest swapoff, then unplug. Idempotent; answers the VM status (nothing for a VM that is gone). */
+  Type.Object({ op: Type.Literal('remoteMemoryDetach'), vmId: Id, slot: RemoteMemorySlot }, Strict),
+  // ---- end of the remote memory commands ----
 ]);
 
 export const AgentMessageSchema = Type.Union([
   Type.Object({ type: Type.Literal('hello'), facts: HostFactsSchema, vms: Type.Array(VmStatusSchema), agentVersion: Type.String() }, Strict),
-  Type.Object({ type: Type.Literal('heartbeat'), seq: Type.Integer({ minimum: 0 }), memoryFreeMiB: MiB }, Strict),
+  Type.Object(
+    {
+      type: Type.Literal('heartbeat'), seq: Type.Integer({ minimum: 0 }), memoryFreeMiB: MiB,
+      /** RAM this host lends to others now (the sum of its memory exports). */
+      memoryLentMiB: Type.Optional(MiB),
+    },
+    Strict,
+  ),
   Type.Object({ type: Type.Literal('vms'), full: Type.Boolean(), vms: Type.Array(VmStatusSchema) }, Strict),
   Type.Object({ type: Type.Literal('result'), id: Id, ok: Type.Literal(true), value: Type.Optional(Type.Unknown()) }, Strict),
   Type.Object(
@@ -222,7 +275,10 @@ export const AgentMessageSchema = Type.Union([
   Type.Object({ type: Type.Literal('progress'), id: Id, fraction: Type.Number({ minimum: 0, maximum: 1 }), message: Type.Optional(Type.String()) }, Strict),
   Type.Object({ type: Type.Literal('console'), vmId: Id, data: Type.String() }, Strict),
   /** The pools this host reaches (its local one and the shared ones control named), with their free space. */
-  Type.Object({ type: Type.Literal('pools'), pools: Type.Array(PoolReportSchema, { maxItems: 64 }) }, Strict),
+  Type.Object(
+    { type: Type.Literal('pools'), pools: Type.Array(PoolReportSchema, { maxItems: 64 }), memoryLentMiB: Type.Optional(MiB) },
+    Strict,
+  ),
 ]);
 
 const Url = Type.String({ minLength: 1, maxLength: 2048 });
@@ -270,6 +326,7 @@ export type PoolRefMsg = Static<typeof PoolRefSchema>;
 export type PoolReportMsg = Static<typeof PoolReportSchema>;
 export type ReplicaTargetMsg = Static<typeof ReplicaTargetSchema>;
 export type ReplicaStatusMsg = Static<typeof ReplicaStatusSchema>;
+export type RemoteMemoryStatusMsg = Static<typeof RemoteMemoryStatusSchema>;
 export type AgentMessage = Static<typeof AgentMessageSchema>;
 export type ControlMessage = Static<typeof ControlMessageSchema>;
 

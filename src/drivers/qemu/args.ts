@@ -72,6 +72,10 @@ export function qemuArgs(l: QemuLaunch): string[] {
     '-chardev', `socket,id=ser0,path=${esc(paths.serialSocket)},server=on,wait=off,logfile=${esc(paths.serialLog)},logappend=on`,
     '-serial', 'chardev:ser0',
     '-device', `virtio-balloon-pci,id=${BALLOON_ID},deflate-on-oom=on`,
+    // The guest agent's port: the host runs commands in the guest through it (swapon of remote memory).
+    '-chardev', `socket,id=qga0,path=${esc(paths.guestAgent)},server=on,wait=off`,
+    '-device', 'virtio-serial-pci,id=vser0',
+    '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
     // Without the run state in the migration stream the destination starts the guest the moment it has it,
     // also one paused for the copy (QEMU would otherwise keep it paused there, as it was here).
     '-global', 'migration.store-global-state=off',

@@ -13,9 +13,12 @@ import {
   type MigrationProgress,
   type MigrationResult,
   type MigrationTarget,
+  type RemoteMemoryTarget,
   type ReplicaTarget,
   type StopOptions,
 } from '../types.ts';
+import { checkRemoteMemory } from '../remote-memory.ts';
+import { type RemoteMemoryOptions, attachRemoteMemory, detachRemoteMemory, settleInterrupted } from './remote-memory-slots.ts';
 import { type AccelChoice, type AccelLog, type AccelOptions, chooseAccel, currentAccel, reprobeAccel, type ProbeGuest } from './accel.ts';
 import type { Accel } from './args.ts';
 import { readHistory } from './console.ts';
@@ -65,6 +68,8 @@ export interface QemuDriverOptions {
   replicaReconnectDelayS?: number;
   /** How often replica NBD servers are probed; one that stops accepting connections is cut off (replicas.ts). */
   replicaWatchIntervalMs?: number;
+  /** How long the guest's swap waits for a donor that went away to come back (QEMU's reconnect-delay). */
+  remoteMemoryReconnectDelayS?: number;
   log?: AccelLog;
 }
 
@@ -108,6 +113,7 @@ class QemuDriver implements HypervisorDriver {
   /** A probe this driver started after a guest did not boot under KVM; later failures wait for it. */
   private reprobing: Promise<AccelChoice> | undefined;
   private readonly replicas: DiskReplicas;
+  private readonly remoteMemory: RemoteMemoryOptions;
 
   constructor(
     private readonly opts: QemuDriverOptions,
@@ -136,6 +142,12 @@ class QemuDriver implements HypervisorDriver {
       emit: (vm) => this.emit({ type: 'vm-state', vm: vm.snapshot() }),
       log: this.ctx.log,
     });
+    this.remoteMemory = {
+      reconnectDelayS: opts.remoteMemoryReconnectDelayS ?? 30,
+      swaponTimeoutMs: 60_000,
+      swapoffTimeoutMs: 300_000,
+      emit: (vm) => this.emit({ type: 'vm-state', vm: vm.snapshot() }),
+    };
   }
 
   /** Finds the VMs earlier driver instances left running (or stopped) in the data dir. */
@@ -150,6 +162,7 @@ class QemuDriver implements HypervisorDriver {
         continue;
       }
       this.vms.set(id, vm);
+      await settleInterrupted(vm);
       if (vm.qmp && (vm.state === 'running' || vm.state === 'paused')) {
         this.replicas.watch(vm);
         await this.replicas.ensure(vm);
@@ -398,6 +411,8 @@ class QemuDriver implements HypervisorDriver {
       if (replicaDisks(vm.spec).length > 0 && !viaReplica) throw new DriverError('MIGRATION_FAILED', `${vmId} has disk replicas; it moves only to the host of their copies`);
       if (viaReplica) await this.replicas.requireInStep(vm);
       const sent = disksToSend(vm.spec, viaReplica);
+      // The plugged export would not follow the VM, and its swapped pages are the guest's memory.
+      if (vm.record.remoteMemory?.length) throw new DriverError('MIGRATION_FAILED', `${vmId} has remote memory; detach it before it moves`);
       vm.migrating = true;
       let result: MigrationResult;
       let finishMirrors: (() => Promise<void>) | undefined;
@@ -528,6 +543,28 @@ class QemuDriver implements HypervisorDriver {
   detachReplica(vmId: string, disk: number): Promise<DriverVmStatus> {
     this.get(vmId);
     return this.locked(vmId, () => this.replicas.detach(this.get(vmId), disk));
+  }
+
+  attachRemoteMemory(vmId: string, slot: number, target: RemoteMemoryTarget, sizeMiB: number): Promise<DriverVmStatus> {
+    checkRemoteMemory(slot, target, sizeMiB);
+    this.get(vmId);
+    return this.locked(vmId, async () => {
+      const vm = this.get(vmId);
+      await attachRemoteMemory(vm, slot, target, sizeMiB, this.remoteMemory);
+      return vm.status();
+    });
+  }
+
+  detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus | undefined> {
+    checkRemoteMemory(slot);
+    this.checkOpen();
+    if (!this.vms.has(vmId)) return Promise.resolve(undefined);
+    return this.locked(vmId, async () => {
+      const vm = this.vms.get(vmId);
+      if (!vm) return undefined;
+      await detachRemoteMemory(vm, slot, this.remoteMemory);
+      return vm.status();
+    });
   }
 
   async close(): Promise<void> {

@@ -12,9 +12,11 @@ import {
   type MigrationProgress,
   type MigrationResult,
   type MigrationTarget,
+  type RemoteMemoryTarget,
   type ReplicaTarget,
   type StopOptions,
 } from '../types.ts';
+import { checkRemoteMemory, sameRemoteTarget } from '../remote-memory.ts';
 import { realClock, TimerSet, type SimClock } from './clock.ts';
 import { appendHistory, bootedLines, earlyBootLines, echo, rebootLines, shutdownLines } from './console.ts';
 import { migrationUri, runMigration, type MigrationContext } from './migration.ts';
@@ -304,6 +306,27 @@ class SimHypervisor implements SimDriver {
     const status = this.status_(vm);
     this.emit({ type: 'vm-state', vm: status });
     return status;
+  }
+
+  async attachRemoteMemory(vmId: string, slot: number, target: RemoteMemoryTarget, sizeMiB: number): Promise<DriverVmStatus> {
+    checkRemoteMemory(slot, target, sizeMiB);
+    const vm = this.get(vmId);
+    if (!isUp(vm.state)) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    vm.remoteMemory ??= new Map();
+    const now = vm.remoteMemory.get(slot);
+    if (!now || !sameRemoteTarget(now.target, target) || now.sizeMiB !== sizeMiB || now.state !== 'active') {
+      vm.remoteMemory.set(slot, { slot, target: { ...target }, sizeMiB, state: 'active' });
+      this.emit({ type: 'vm-state', vm: this.status_(vm) });
+    }
+    return this.status_(vm);
+  }
+
+  async detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus | undefined> {
+    checkRemoteMemory(slot);
+    const vm = this.vms.get(vmId);
+    if (!vm) return undefined;
+    if (vm.remoteMemory?.delete(slot)) this.emit({ type: 'vm-state', vm: this.status_(vm) });
+    return this.status_(vm);
   }
 
   async growDisk(vmId: string, index: number, sizeMiB: number): Promise<void> {

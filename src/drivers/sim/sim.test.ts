@@ -333,3 +333,23 @@ describe('sim driver', () => {
       assert.equal(gone, 0);
     }));
 });
+
+describe('sim driver: remote memory', () => {
+  it('attaches at once as active swap, is idempotent, and detaches (also of a VM that is gone)', () =>
+    withHosts(async (a) => {
+      await a.start(vmSpec('r1'));
+      const target = { host: '10.0.0.2', port: 30000, exportName: 'rmem-loan' };
+      const attached = await a.attachRemoteMemory('r1', 3, target, 512);
+      assert.deepEqual(attached.remoteMemory, [{ slot: 3, target, sizeMiB: 512, state: 'active' }]);
+      assert.equal(attached.swapTotalMiB, 512);
+      assert.deepEqual((await a.attachRemoteMemory('r1', 3, target, 512)).remoteMemory, attached.remoteMemory);
+      await assert.rejects(a.attachRemoteMemory('r1', 8, target, 512), isDriverError('REMOTE_MEMORY_FAILED'));
+      assert.equal((await a.detachRemoteMemory('r1', 3))?.remoteMemory, undefined);
+      assert.equal((await a.detachRemoteMemory('r1', 3))?.remoteMemory, undefined);
+      assert.equal(await a.detachRemoteMemory('gone', 0), undefined);
+      await a.attachRemoteMemory('r1', 0, target, 256);
+      await a.stop('r1', { force: true });
+      await a.start(vmSpec('r1'));
+      assert.equal((await a.status('r1')).remoteMemory, undefined, 'a new boot has nothing plugged');
+    }));
+});

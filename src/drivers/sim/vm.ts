@@ -1,5 +1,5 @@
 // One simulated VM: its record, how it reports itself, and the pending boot a start() waits on.
-import { DriverError, type DriverVmSpec, type DriverVmState, type DriverVmStatus } from '../types.ts';
+import { DriverError, type DriverVmSpec, type DriverVmState, type DriverVmStatus, type RemoteMemoryStatus } from '../types.ts';
 
 /** A boot in progress; every start() of the same VM waits on the same one. */
 export interface PendingBoot {
@@ -23,6 +23,8 @@ export interface SimVm {
   /** A memory change the guest has not reached yet. */
   resize?: PendingResize;
   migration?: { cancel(err: DriverError): void };
+  /** Remote memory by slot: the simulated guest swaps to it as soon as it is attached. */
+  remoteMemory?: Map<number, RemoteMemoryStatus>;
 }
 
 /** States in which the VM holds host memory; an incoming VM holds it so the migration cannot be outbid. */
@@ -50,6 +52,12 @@ export function toStatus(vm: SimVm, nowMs: number): DriverVmStatus {
   // A simulated replica has nothing to copy: in step as soon as the VM runs.
   const replicas = vm.spec.disks.flatMap((d, disk) => (d.replica ? [{ disk, target: { ...d.replica }, state: 'synced' as const }] : []));
   if (isUp(vm.state) && replicas.length > 0) status.replicas = replicas;
+  const remote = [...(vm.remoteMemory?.values() ?? [])].sort((a, b) => a.slot - b.slot);
+  if (isUp(vm.state) && remote.length > 0) {
+    status.remoteMemory = remote.map((r) => ({ ...r, target: { ...r.target } }));
+    status.swapTotalMiB = remote.reduce((n, r) => n + r.sizeMiB, 0);
+    status.swapUsedMiB = 0;
+  }
   return status;
 }
 
@@ -89,6 +97,8 @@ export function reservedMiB(vm: SimVm): number {
 
 /** Ends whatever the VM was doing in the background, failing the callers that wait on it. */
 export function interrupt(vm: SimVm, why: string): void {
+  // Plugged devices go with the guest; a new boot starts with none.
+  vm.remoteMemory = undefined;
   if (vm.boot) {
     const boot = vm.boot;
     vm.boot = undefined;
