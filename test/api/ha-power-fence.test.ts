@@ -3,7 +3,8 @@
 // runs past its timeout leaves HA waiting for lease + margin as it does without one. It runs once per
 // failure, with the host in its environment, without a shell. Setting it is strict and admin only.
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type Cluster, type TestHost, startCluster } from '../support/cluster.ts';
@@ -59,14 +60,16 @@ const runningOff = (c: Cluster, vm: string, hostId: string | undefined, timeoutM
 
 describe('a failed host whose power fence works', () => {
   const marginMs = 20_000;
+  const dir = mkdtempSync(join(tmpdir(), 'awan-fence-'));
   let c: Cluster;
   let link: Link;
   before(async () => {
-    c = await startCluster({ control: { hostLeaseMs: 1000, failoverMarginMs: marginMs, haHostFailures: 0 } });
+    c = await startCluster({ db: `sqlite:${join(dir, 'awan.db')}`, control: { hostLeaseMs: 1000, failoverMarginMs: marginMs, haHostFailures: 0 } });
   });
   after(async () => {
     await c?.close();
     await link?.close();
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('is powered off once, with its name in the environment, and its HA VM restarts without waiting for the margin', async () => {
@@ -88,6 +91,45 @@ describe('a failed host whose power fence works', () => {
     const [restart] = await eventsOf(c, 'vm.ha.restarting', made.vmId);
     assert.ok(Date.parse(restart.at) < Date.parse(failed.leaseExpiresAt) + marginMs, `restarted at ${restart.at}, before lease + margin`);
     assert.ok(Date.parse(restart.at) >= Date.parse(fenced.at), 'after the host was off');
+    assert.equal((await hostOf(c, 'host-1')).poweredOff, true, 'the host shows it was switched off');
+  });
+});
+
+describe('a host switched off by its power fence, when control changes hands', () => {
+  const marginMs = 30_000;
+  const dir = mkdtempSync(join(tmpdir(), 'awan-fence-'));
+  let c: Cluster;
+  let link: Link;
+  before(async () => {
+    c = await startCluster({ db: `sqlite:${join(dir, 'awan.db')}`, control: { hostLeaseMs: 1000, failoverMarginMs: marginMs, haHostFailures: 0 } });
+  });
+  after(async () => {
+    await c?.close();
+    await link?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('is not switched off again by the new leader, which restarts its HA VM without waiting for the margin', async () => {
+    const marker = join(c.dir, 'fenced.txt');
+    const off = script(c.dir, 'power-off.sh', `echo off >> "$1"`);
+    // The only host: its VM has nowhere to go while control changes hands.
+    const made = await fencedHost(c, 'host-1', 'solo', [off, marker]);
+    link = made.link;
+    await fail(c, link, 'host-1');
+    await until(async () => (await hostOf(c, 'host-1')).poweredOff === true, { what: 'host-1 recorded as off', timeoutMs: 10_000 });
+    assert.equal(lines(marker).length, 1);
+
+    await c.restartControl();
+    await until(async () => (await hostOf(c, 'host-1')).state === 'failed', { what: 'the new leader sees host-1 failed', timeoutMs: 10_000 });
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(lines(marker).length, 1, 'the new leader did not run the command again');
+    assert.equal((await hostOf(c, 'host-1')).poweredOff, true);
+
+    const roomAt = Date.now();
+    await c.addHost('host-2');
+    await runningOff(c, 'solo', made.host.agent.hostId, 15_000);
+    assert.ok(Date.now() - roomAt < marginMs, 'restarted as soon as there was room, not after the margin');
+    assert.equal((await eventsOf(c, 'host.power-fenced', made.host.agent.hostId)).length, 1);
   });
 });
 

@@ -51,7 +51,7 @@ export function createHaManager(deps: HaDeps): Controller {
   const maxRestarts = deps.maxRestarts ?? 3;
   const windowMs = deps.restartWindowMs ?? 3600_000;
   const backoff = deps.backoff ?? defaultRestartBackoff;
-  const fencer = new PowerFencer({ events, changes: deps.changes, log });
+  const fencer = new PowerFencer({ events, changes: deps.changes, log, poweredOff: (id, at) => registry.notePoweredOff(id, at) });
   /** VMs restarted by this process and not yet seen running: when their host failed and when HA acted. */
   const restarting = new Map<string, { failedAtMs: number; releasedAtMs: number; from: string }>();
 

@@ -1,7 +1,7 @@
 // Power fencing: a failed host whose spec names a power-off command (IPMI, a PDU, a cloud API) is switched
 // off before HA restarts its VMs, so they need not wait for the lease margin. The command runs once per
 // failure, on the leader (the controllers run there), without a shell, with a timeout; its outcome is an
-// event. A failure or a timeout only means HA waits as it would without one: self-fencing still holds.
+// event, and a success is in the host's status (a new leader does not run it again). A failure or a timeout only means HA waits as it would without one: self-fencing still holds.
 import { spawn } from 'node:child_process';
 import type { Logger } from '../../lib/logger.ts';
 import type { EventService } from '../features/events/service.ts';
@@ -70,12 +70,17 @@ export class PowerFencer {
   private readonly runs = new Map<string, { failedAt: string; state: FenceState }>();
   private abort = new AbortController();
 
-  constructor(private readonly deps: { events: EventService; changes: ChangeFeed; log: Logger }) {}
+  constructor(private readonly deps: {
+    events: EventService; changes: ChangeFeed; log: Logger;
+    /** Records in the host's status that it is off for this failure (survives a change of leader). */
+    poweredOff: (hostId: string, failedAt: string) => Promise<void>;
+  }) {}
 
   /** Where the power fence of this failure stands; `none` when the host has no power fence. */
   state(row: HostRow): FenceState {
     const fence = powerFenceOf(row);
     if (!fence || !row.failed_at) return 'none';
+    if (row.power_fenced_for === row.failed_at) return 'off';
     const run = this.runs.get(row.id);
     if (run?.failedAt === row.failed_at) return run.state;
     this.runs.set(row.id, { failedAt: row.failed_at, state: 'running' });
@@ -98,6 +103,7 @@ export class PowerFencer {
     if (signal.aborted) return;
     const run = this.runs.get(row.id);
     if (run?.failedAt === failedAt) run.state = out.ok ? 'off' : 'failed';
+    if (out.ok) await this.deps.poweredOff(row.id, failedAt).catch((err: unknown) => log.error({ err, hostId: row.id }, 'could not record a power fence'));
     const data = { program: fence.command[0], exitCode: out.exitCode, signal: out.signal, timedOut: out.timedOut, durationMs: out.durationMs, stderrTail: out.stderrTail };
     const why = out.timedOut ? `timed out after ${fence.timeoutS} s` : out.exitCode === null ? (out.signal ? `was killed by ${out.signal}` : 'could not run') : `exited with ${out.exitCode}`;
     const message = out.ok

@@ -70,6 +70,8 @@ export interface HostsTable {
   quarantine_lifted_at: string | null;
   /** Spec: the command that powers the host off before HA restarts its VMs (JSON `{command, timeoutS}`). */
   power_fence: string | null;
+  /** Status: the failure (its `failed_at`) for which the power fence switched the host off. */
+  power_fenced_for: string | null;
 }
 
 export interface ImagesTable {

@@ -75,6 +75,8 @@ export const HostSchema = Type.Object({
   recentFailures: Type.Array(Type.String()),
   /** The command that powers the host off before HA restarts its VMs elsewhere, or null. */
   powerFence: Type.Union([PowerFenceSchema, Type.Null()]),
+  /** The power fence switched the host off during its current failure. */
+  poweredOff: Type.Boolean(),
   /** The task of the last drain asked for (it says whether the drain is under way, done or failed). */
   drainTaskId: Type.Union([Type.String(), Type.Null()]),
   generation: Type.Integer(),
@@ -122,6 +124,7 @@ export function hostFromRow(r: HostRow, live?: LiveView): Host {
     quarantinedAt: r.quarantined_at,
     recentFailures: r.recent_failures ? (JSON.parse(r.recent_failures) as string[]) : [],
     powerFence: powerFenceOf(r),
+    poweredOff: r.failed_at !== null && r.power_fenced_for === r.failed_at,
     drainTaskId: r.drain_task_id,
     generation: r.generation,
     createdAt: r.created_at,

@@ -302,6 +302,13 @@ export class HostRegistry {
     await this.announce(host, row, from, to, why);
   }
 
+  /** The power fence switched the host off for this failure: said in its status, so a new leader knows it. */
+  async notePoweredOff(hostId: string, failedAt: string): Promise<void> {
+    const host = this.hosts.get(hostId);
+    if (!host || this.stopped || !this.leading || host.row.failed_at !== failedAt) return;
+    await this.writeStatus(host, { power_fenced_for: failedAt });
+  }
+
   private get flaps(): FlapPolicy {
     return this.deps.flaps ?? defaultFlapPolicy;
   }

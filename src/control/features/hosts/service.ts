@@ -136,6 +136,7 @@ export function createHostService(deps: HostServiceDeps) {
         quarantined_at: null,
         quarantine_lifted_at: null,
         power_fence: null,
+        power_fenced_for: null,
       };
       await store.join(req.joinToken, row);
       registry.add(row);

@@ -11,14 +11,14 @@ import type { Database, HostRow } from '../../store/schema.ts';
 export type HostSpec = Pick<HostRow, 'maintenance' | 'labels' | 'zone' | 'drain_task_id' | 'power_fence' | 'quarantine_lifted_at'>;
 export type HostStatus = Pick<
   HostRow,
-  'state' | 'cpus' | 'memory_mib' | 'memory_free_mib' | 'address' | 'driver' | 'accelerator' | 'capabilities' | 'last_heartbeat_at' | 'connected' | 'lease_expires_at' | 'vm_count' | 'memory_allocated_mib' | 'failed_at' | 'state_reason' | 'recent_failures' | 'quarantined_at'
+  'state' | 'cpus' | 'memory_mib' | 'memory_free_mib' | 'address' | 'driver' | 'accelerator' | 'capabilities' | 'last_heartbeat_at' | 'connected' | 'lease_expires_at' | 'vm_count' | 'memory_allocated_mib' | 'failed_at' | 'state_reason' | 'recent_failures' | 'quarantined_at' | 'power_fenced_for'
 >;
 
 export const specColumns = ['maintenance', 'labels', 'zone', 'drain_task_id', 'power_fence', 'quarantine_lifted_at', 'generation', 'updated_at'] as const satisfies readonly (keyof HostRow)[];
 export const statusColumns = [
   'state', 'cpus', 'memory_mib', 'memory_free_mib', 'address', 'driver', 'accelerator', 'capabilities', 'last_heartbeat_at',
   'connected', 'lease_expires_at', 'vm_count', 'memory_allocated_mib', 'status_version', 'status_epoch', 'failed_at', 'state_reason',
-  'recent_failures', 'quarantined_at',
+  'recent_failures', 'quarantined_at', 'power_fenced_for',
 ] as const satisfies readonly (keyof HostRow)[];
 
 /** One host's status as the leader wants it written, checked against the version it last wrote. */
