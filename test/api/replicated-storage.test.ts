@@ -231,3 +231,37 @@ describe('a VM on replicated storage that live-migrates', () => {
     assert.ok(events.some((m: string) => /in maintenance/.test(m)), events.join('\n'));
   });
 });
+
+describe('a stopped VM on replicated storage whose host fails', () => {
+  let c: Cluster;
+  let link: Link;
+  let first: TestHost;
+
+  before(async () => {
+    ({ c, link, first } = await setUp(1));
+  });
+  after(async () => {
+    await c?.close();
+    await link?.close();
+  });
+
+  it('starts from the copy of its disk on another host', async () => {
+    const vm = await createOnFirst(c, 'sleeper');
+    const second = await c.addHost('host-2');
+    await syncedCopy(c, vm.id, 'a synced copy');
+    const stop = await c.api('POST', '/api/v1/vms/sleeper/stop');
+    assert.equal((await c.waitTask(stop.body.task.id)).state, 'succeeded');
+    link.cut();
+    await until(async () => (await c.api('GET', '/api/v1/hosts/host-1')).body.state === 'failed', { what: 'host-1 failed', timeoutMs: 15_000 });
+    assert.equal((await vmOf(c, 'sleeper')).hostId, first.agent.hostId, 'a stopped VM stays with its disk');
+    const start = await c.api('POST', '/api/v1/vms/sleeper/start');
+    assert.equal(start.status, 202, JSON.stringify(start.body));
+    assert.equal((await c.waitTask(start.body.task.id)).state, 'succeeded');
+    const running = await vmOf(c, 'sleeper');
+    assert.equal(running.hostId, second.agent.hostId, 'it runs on the copy\'s host');
+    const v = await volumeOf(c, vm.id);
+    assert.equal(v.poolId, (await c.api('GET', '/api/v1/pools/host-2-local')).body.id, 'the copy became its disk');
+    const events = (await c.api('GET', `/api/v1/events?object=${v.id}`)).body.items.map((e: { type: string }) => e.type);
+    assert.ok(events.includes('volume.replica.promoted'), events.join(', '));
+  });
+});

@@ -132,6 +132,9 @@ export function createVmController(deps: VmControllerDeps) {
       // Not connected but not yet declared unreachable (control just restarted, or the agent is
       // reconnecting): wait for it rather than give up on its VMs.
       if (host && (host.row.state === 'ready' || host.row.state === 'joining')) return { requeueAfterMs: 250 };
+      if (vm.desired_power === 'running' && vm.phase === 'stopped' && vm.replicated && (host?.row.state === 'failed' || host?.row.state === 'fenced')) {
+        return startFromCopy(vm, active);
+      }
       // The host is silent: we cannot know what runs there. Say so, and wait for it to return. Requests
       // that can wait (a reboot, a memory target, a migration) stay in spec and happen once it is back.
       if (vm.phase !== 'unknown' && vm.phase !== 'stopped' && vm.phase !== 'failed') {
@@ -279,6 +282,29 @@ export function createVmController(deps: VmControllerDeps) {
       capacity.release(vm.id);
       throw err;
     }
+  }
+
+  /**
+   * A replicated VM that was stopped (nothing of it runs) on a host that failed since: it starts on the
+   * host of its disk's copy, if that copy held every write of its last run; the copy becomes its disk.
+   */
+  async function startFromCopy(vm: VmRow, active: Task[]): Promise<ReconcileResult> {
+    const away = `host ${hostName(vm.host_id)} is ${registry.get(vm.host_id!)?.row.state ?? 'gone'}`;
+    const where = await deps.replicas?.hostFor(vm);
+    if (!where || 'fail' in where) {
+      const why = `${away} and ${where?.fail ?? 'its disk has no copy'}`;
+      if (vm.message !== why) await write(vm, { message: why });
+      await failTasks(active, ['start'], 'HOST_NOT_READY', why);
+      return;
+    }
+    if ('wait' in where) {
+      const why = `${away}; ${where.wait}`;
+      if (vm.message !== why) await write(vm, { message: why });
+      return { requeueAfterMs: 5000 };
+    }
+    await deps.replicas!.promote(vm, where.hostId);
+    await write(vm, { host_id: where.hostId, message: `${away}: it starts on ${hostName(where.hostId)} from the copy of its disk` }, 'starts from the copy of its disk');
+    return { requeueAfterMs: 0 };
   }
 
   async function startOn(vm: VmRow, host: LiveHost, active: Task[], placedOn?: string): Promise<ReconcileResult> {
