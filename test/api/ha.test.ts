@@ -3,6 +3,7 @@
 // host comes back without running a second copy. The links are real loopback TCP that the test cuts.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { freshPostgres } from '../support/postgres.ts';
 import { type Cluster, type TestHost, startCluster } from '../support/cluster.ts';
 import { type Link, createLink } from '../support/link.ts';
 import { until } from '../until.ts';
@@ -132,6 +133,38 @@ describe('a host whose agent dies', () => {
     await until(async () => (await hostOf(c, 'host-1')).state === 'ready', { what: 'host-1 back' });
     assert.deepEqual(await runningOn(c, moved.id), ['host-2']);
     assert.equal((await vmOf(c, 'svc')).hostId, c.hosts[1].agent.hostId);
+  });
+});
+
+// On PostgreSQL requests really run side by side (a pool of connections): the race is real there.
+for (const store of ['sqlite', 'postgres'] as const) describe(`HA admission control under concurrent requests (${store})`, () => {
+  let c: Cluster;
+  let pg: Awaited<ReturnType<typeof freshPostgres>> | undefined;
+  before(async () => {
+    pg = store === 'postgres' ? await freshPostgres() : undefined;
+    c = await startCluster({ hosts: 2, ...(pg ? { db: pg.url } : {}), control: { haHostFailures: 1 } });
+  });
+  after(async () => {
+    await c?.close();
+    await pg?.drop();
+  });
+
+  it('admits only as many HA VMs created at once as fit, and starts at once likewise', async () => {
+    // 16 GiB is left after losing one host: two VMs of 6 GiB fit, a third does not.
+    const created = await Promise.all([1, 2, 3, 4, 5].map((i) => c.api('POST', '/api/v1/vms', { name: `rush-${i}`, cpus: 1, memoryMiB: 6144, ha: true })));
+    assert.deepEqual(created.map((r) => r.status).sort(), [202, 202, 409, 409, 409], JSON.stringify(created.map((r) => r.body)));
+    for (const r of created) if (r.status === 409) assert.equal(r.body.error.code, 'HA_ADMISSION');
+    for (const r of created.filter((x) => x.status === 202)) await c.waitTask(r.body.task.id);
+    // Stopped, both reserve nothing; started at once with three more stopped ones, again only two run.
+    for (const r of created.filter((x) => x.status === 202)) await c.waitTask((await c.api('POST', `/api/v1/vms/${r.body.vm.id}/stop`)).body.task.id);
+    const names = created.filter((x) => x.status === 202).map((r) => r.body.vm.name as string);
+    for (const i of [6, 7, 8]) {
+      const r = await c.api('POST', '/api/v1/vms', { name: `rush-${i}`, cpus: 1, memoryMiB: 6144, ha: true, start: false });
+      assert.equal(r.status, 202);
+      names.push(`rush-${i}`);
+    }
+    const started = await Promise.all(names.map((n) => c.api('POST', `/api/v1/vms/${n}/start`)));
+    assert.deepEqual(started.map((r) => r.status).sort(), [202, 202, 409, 409, 409], JSON.stringify(started.map((r) => r.body)));
   });
 });
 

@@ -97,16 +97,21 @@ export function createVmService(deps: VmServiceDeps) {
     idOrName: string,
     kind: TaskKind,
     by: string | null,
-    decide: (vm: VmRow, active: Task[]) => { patch: VmSpecPatch; params?: Record<string, unknown>; supersedes?: string[] },
+    decide: (vm: VmRow, active: Task[]) => {
+      patch: VmSpecPatch; params?: Record<string, unknown>; supersedes?: string[];
+      /** A check that must hold as the change commits, run in its transaction first (HA admission). */
+      admit?: (trx: Kysely<Database>) => Promise<void>;
+    },
   ) {
     for (let attempt = 1; ; attempt++) {
       const vm = await find(idOrName);
       const active = await tasks.activeFor(vm.id);
-      const { patch, params, supersedes = [] } = decide(vm, active);
+      const { patch, params, supersedes = [], admit } = decide(vm, active);
       const replaced = active.filter((t) => supersedes.includes(t.kind));
       const busy = active.find((t) => !replaced.includes(t));
       if (busy) throw new AppError('VM_BUSY', `VM ${vm.name} is busy with a ${busy.kind} task (${busy.id})`, { taskId: busy.id });
       const done = await db.transaction().execute(async (trx) => {
+        await admit?.(trx);
         const row = await store.writeSpec(vm, patch, trx);
         if (!row) return undefined;
         const ended = await tasks.cancelIn(trx, replaced.map((t) => t.id), `superseded by a ${kind}`);
@@ -151,7 +156,6 @@ export function createVmService(deps: VmServiceDeps) {
       if (capacity.size > 0 && body.cpus > mostCpus) {
         throw new AppError('NO_CAPACITY', `a VM of ${body.cpus} CPUs is larger than any host (the largest can give ${mostCpus} CPUs)`, { largestHostCpus: mostCpus });
       }
-      if (body.ha && (body.start ?? true)) await admitHaVm(deps.db, deps.haAdmission, body.name, body.memoryMiB);
       const imageRef = body.image ?? deps.defaultImage;
       const image = imageRef ? await deps.images.find(imageRef).catch(() => {
         throw new AppError('IMAGE_NOT_FOUND', `image ${imageRef} not found`, { image: imageRef });
@@ -198,6 +202,7 @@ export function createVmService(deps: VmServiceDeps) {
       // The VM, its task and its event are written together or not at all; the unique name is the check.
       // A name taken meanwhile is the unique index's call, answered as NAME_TAKEN by the error handler.
       const { task, created } = await db.transaction().execute(async (trx) => {
+        if (row.ha && start) await admitHaVm(trx, deps.haAdmission, row.name, row.memory_mib);
         await store.insert(row, trx);
         const task = await tasks.create({ kind: 'create', targetKind: 'vm', targetId: id, createdBy, message: 'created' }, trx);
         const created = await events.record({ type: 'vm.created', objectKind: 'vm', objectId: id, message: `VM ${body.name} created`, data: { cpus: body.cpus, memoryMiB: body.memoryMiB } }, trx);
@@ -213,12 +218,12 @@ export function createVmService(deps: VmServiceDeps) {
     /** Starts a stopped VM, tries a failed one again, or takes back a stop not finished yet. */
     async start(idOrName: string, by: string | null) {
       // An HA VM that is to run again is counted from now on: it must fit after the hosts HA survives losing.
-      const before = await find(idOrName);
-      if (before.ha === 1 && before.desired_power !== 'running' && !before.deleting) await admitHaVm(deps.db, deps.haAdmission, before.name, before.memory_mib, before.id);
       return request(idOrName, 'start', by, (vm) => {
         assertLive(vm);
         if (vm.desired_power === 'running' && vm.phase !== 'failed') throw new AppError('INVALID_STATE', `VM ${vm.name} is already ${vm.phase === 'running' ? 'running' : 'starting'}`, { phase: vm.phase });
-        return { patch: { desired_power: 'running' }, supersedes: ['stop'] };
+        const admit = vm.ha === 1 && vm.desired_power !== 'running'
+          ? (trx: Kysely<Database>) => admitHaVm(trx, deps.haAdmission, vm.name, vm.memory_mib, vm.id) : undefined;
+        return { patch: { desired_power: 'running' }, supersedes: ['stop'], admit };
       });
     },
 
