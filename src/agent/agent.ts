@@ -369,6 +369,10 @@ export class Agent {
       ...(this.sending.has(vm.id) ? { migrating: true } : {}),
       ...(token !== undefined ? { token } : {}),
       ...(vm.replicas ? { replicas: vm.replicas } : {}),
+      ...(vm.remoteMemory ? { remoteMemory: vm.remoteMemory } : {}),
+      ...(vm.swapTotalMiB !== undefined ? { swapTotalMiB: vm.swapTotalMiB } : {}),
+      ...(vm.swapUsedMiB !== undefined ? { swapUsedMiB: vm.swapUsedMiB } : {}),
+      ...(vm.majorFaults !== undefined ? { majorFaults: vm.majorFaults } : {}),
     };
   }
 
@@ -379,7 +383,8 @@ export class Agent {
       this.beatsSent.set(seq, monotonicMs());
       // Beats control never answered are not kept forever.
       if (this.beatsSent.size > 64) this.beatsSent.delete(this.beatsSent.keys().next().value!);
-      this.send({ type: 'heartbeat', seq, memoryFreeMiB: facts.memoryFreeMiB });
+      const lent = this.opts.driver.remoteMemory?.memoryLentMiB();
+      this.send({ type: 'heartbeat', seq, memoryFreeMiB: facts.memoryFreeMiB, ...(lent !== undefined ? { memoryLentMiB: lent } : {}) });
       if (this.seq % (this.opts.fullReportEvery ?? 10) === 0) {
         this.send({ type: 'vms', full: true, vms: (await this.opts.driver.list()).map((vm) => this.report(vm)) });
         await this.reportPools();

@@ -4,6 +4,7 @@ import { StaleToken } from './fence/keeper.ts';
 import type { Command } from '../protocol/messages.ts';
 import type { HostStorage } from './storage/index.ts';
 import { PoolError } from './storage/pool.ts';
+import { executeRemoteMemory, isRemoteMemoryCommand } from './remote-memory.ts';
 
 export interface ExecuteContext {
   driver: HypervisorDriver;
@@ -17,6 +18,7 @@ export interface ExecuteContext {
 }
 
 export async function execute(cmd: Command, { driver, consoles, signal, progress, storage, address }: ExecuteContext): Promise<unknown> {
+  if (isRemoteMemoryCommand(cmd)) return executeRemoteMemory(cmd, driver);
   switch (cmd.op) {
     case 'start':
       // A disk this host served as another's replica becomes the VM's own: the export lets go of it first

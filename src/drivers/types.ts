@@ -87,6 +87,35 @@ export interface DriverVmStatus {
   reason?: string;
   /** One entry per disk with a replica target, while the VM runs. */
   replicas?: ReplicaStatus[];
+  /** Remote memory devices plugged in (memory leases), the guest's swap and its major page faults. */
+  remoteMemory?: RemoteMemoryStatus[];
+  swapTotalMiB?: number;
+  swapUsedMiB?: number;
+  majorFaults?: number;
+}
+
+/** A donor's RAM served over NBD: same address shape as a replica's. */
+export type MemoryTarget = ReplicaTarget;
+
+export interface RemoteMemoryStatus {
+  slot: number;
+  target: MemoryTarget;
+  sizeMiB: number;
+  state: 'attaching' | 'active' | 'detaching' | 'failed';
+  reason?: string;
+}
+
+/**
+ * Remote memory, optional in a driver: the donor side serves RAM over NBD, the borrower side plugs it into
+ * a VM as swap. A driver without it refuses the commands with UNSUPPORTED (agent/remote-memory.ts).
+ */
+export interface RemoteMemoryDriver {
+  exportMemory(name: string, sizeMiB: number): Promise<{ target: MemoryTarget; sizeMiB: number }>;
+  unexportMemory(name: string): Promise<void>;
+  attachRemoteMemory(vmId: string, slot: number, target: MemoryTarget, sizeMiB: number): Promise<DriverVmStatus>;
+  detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus>;
+  /** RAM served to others now. */
+  memoryLentMiB(): number;
 }
 
 export interface HostFacts {
@@ -101,7 +130,7 @@ export interface HostFacts {
   accelerator?: 'kvm' | 'tcg' | 'sim';
 }
 
-export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'console' | 'nbd-export' | 'replicas';
+export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'console' | 'nbd-export' | 'replicas' | 'remote-memory';
 
 /** Where an incoming migration listens; opaque to control. */
 export interface MigrationTarget {
@@ -212,4 +241,6 @@ export interface HypervisorDriver {
    * host's watchdog kills it there when the host's lease runs out, even when the agent cannot.
    */
   pidFile?(vmId: string): string;
+  /** Remote memory (memory leases), when the driver has it. */
+  remoteMemory?: RemoteMemoryDriver;
 }

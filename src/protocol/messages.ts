@@ -34,6 +34,27 @@ export const ReplicaStatusSchema = Type.Object(
 );
 // ---- end of the replica schemas ----
 
+// ---- Remote memory (memory leases, the `remote` mechanism): a donor's RAM served over NBD, used as swap. ----
+// The commands are in the remote memory block of CommandSchema below.
+
+/** Where a donor serves lent RAM: what `memoryExport` answers and `remoteMemoryAttach` takes. */
+export const MemoryTargetSchema = ReplicaTargetSchema;
+
+/** One remote memory device of a running VM, as its host reports it. */
+export const RemoteMemoryStatusSchema = Type.Object(
+  {
+    slot: Type.Integer({ minimum: 0, maximum: 7 }),
+    target: MemoryTargetSchema,
+    sizeMiB: MiB,
+    state: Type.Union([Type.Literal('attaching'), Type.Literal('active'), Type.Literal('detaching'), Type.Literal('failed')]),
+    reason: Type.Optional(Type.String({ maxLength: 2048 })),
+  },
+  Strict,
+);
+const MemorySlot = Type.Integer({ minimum: 0, maximum: 7 });
+const ExportName = Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-z0-9._-]+$' });
+// ---- end of the remote memory schemas ----
+
 
 /** A VM's placement token (fencing token). */
 const Token = Type.Integer({ minimum: 0 });
@@ -58,6 +79,11 @@ export const VmStatusSchema = Type.Object(
     token: Type.Optional(Token),
     /** Replica state of each disk with a replica target, while the VM runs. */
     replicas: Type.Optional(Type.Array(ReplicaStatusSchema, { maxItems: 16 })),
+    // Remote memory: the devices plugged in, the guest's swap (remote memory is swap) and its major faults.
+    remoteMemory: Type.Optional(Type.Array(RemoteMemoryStatusSchema, { maxItems: 8 })),
+    swapTotalMiB: Type.Optional(MiB),
+    swapUsedMiB: Type.Optional(MiB),
+    majorFaults: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   Strict,
 );
@@ -197,11 +223,28 @@ export const CommandSchema = Type.Union([
   /** Primary host: end the mirror of disk `disk` cleanly and forget its target. Answers the VM status. */
   Type.Object({ op: Type.Literal('replicaDetach'), vmId: Id, disk: Type.Integer({ minimum: 0, maximum: 15 }) }, Strict),
   // ---- end of the replica commands ----
+  // ---- Remote memory ----
+  /** Donor: serve `sizeMiB` of RAM-backed storage over NBD as `name`. Answers `{ target, sizeMiB }`; again, the same target. */
+  Type.Object({ op: Type.Literal('memoryExport'), name: ExportName, sizeMiB: Type.Integer({ minimum: 1 }) }, Strict),
+  /** Donor: stop serving it and free the RAM. An export that is gone already is no error. */
+  Type.Object({ op: Type.Literal('memoryUnexport'), name: ExportName }, Strict),
+  /** Borrower: hot-plug the export into the VM as device `slot`; the guest uses it as swap. Answers the VM status. */
+  Type.Object({ op: Type.Literal('remoteMemoryAttach'), vmId: Id, slot: MemorySlot, target: MemoryTargetSchema, sizeMiB: Type.Integer({ minimum: 1 }) }, Strict),
+  /** Borrower: swapoff, unplug and forget device `slot`. Answers the VM status. */
+  Type.Object({ op: Type.Literal('remoteMemoryDetach'), vmId: Id, slot: MemorySlot }, Strict),
+  // ---- end of the remote memory commands ----
 ]);
 
 export const AgentMessageSchema = Type.Union([
   Type.Object({ type: Type.Literal('hello'), facts: HostFactsSchema, vms: Type.Array(VmStatusSchema), agentVersion: Type.String() }, Strict),
-  Type.Object({ type: Type.Literal('heartbeat'), seq: Type.Integer({ minimum: 0 }), memoryFreeMiB: MiB }, Strict),
+  Type.Object(
+    {
+      type: Type.Literal('heartbeat'), seq: Type.Integer({ minimum: 0 }), memoryFreeMiB: MiB,
+      /** RAM this host serves to other hosts' VMs (remote memory). */
+      memoryLentMiB: Type.Optional(MiB),
+    },
+    Strict,
+  ),
   Type.Object({ type: Type.Literal('vms'), full: Type.Boolean(), vms: Type.Array(VmStatusSchema) }, Strict),
   Type.Object({ type: Type.Literal('result'), id: Id, ok: Type.Literal(true), value: Type.Optional(Type.Unknown()) }, Strict),
   Type.Object(
@@ -264,6 +307,8 @@ export type PoolRefMsg = Static<typeof PoolRefSchema>;
 export type PoolReportMsg = Static<typeof PoolReportSchema>;
 export type ReplicaTargetMsg = Static<typeof ReplicaTargetSchema>;
 export type ReplicaStatusMsg = Static<typeof ReplicaStatusSchema>;
+export type MemoryTargetMsg = Static<typeof MemoryTargetSchema>;
+export type RemoteMemoryStatusMsg = Static<typeof RemoteMemoryStatusSchema>;
 export type AgentMessage = Static<typeof AgentMessageSchema>;
 export type ControlMessage = Static<typeof ControlMessageSchema>;
 

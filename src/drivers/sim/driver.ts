@@ -19,6 +19,7 @@ import { appendHistory, bootedLines, earlyBootLines, echo, rebootLines, shutdown
 import { migrationUri, runMigration, type MigrationContext } from './migration.ts';
 import { checkSpec, createBoot, createResize, holdsMemory, interrupt, isUp, reservedMiB, toStatus, type SimVm } from './vm.ts';
 import { DriverListeners } from '../listeners.ts';
+import { SimRemoteMemory, remoteMemoryStatus } from './remote-memory.ts';
 
 export interface SimDriverOptions {
   hostname: string;
@@ -49,6 +50,9 @@ export interface SimDriver extends HypervisorDriver {
   crash(vmId: string, reason?: string): void;
   /** Timers the driver still holds; 0 once close() returned. */
   readonly pendingTimers: number;
+  readonly remoteMemory: SimRemoteMemory;
+  /** Memory the host uses outside its VMs (its own processes, page cache): a knob for memory pressure. */
+  setHostUsedMiB(mib: number): void;
 }
 
 const defaultGuestUsedMiB = (spec: DriverVmSpec): number => Math.max(16, Math.round(spec.memoryMiB / 4));
@@ -71,6 +75,8 @@ class SimHypervisor implements SimDriver {
   private readonly migration: MigrationContext;
   private nextStartFailure: string | undefined;
   private closed = false;
+  private hostUsedMiB = 0;
+  readonly remoteMemory: SimRemoteMemory;
 
   constructor(private readonly opts: SimDriverOptions) {
     this.clock = opts.clock ?? realClock;
@@ -92,6 +98,19 @@ class SimHypervisor implements SimDriver {
         this.setState(vm, 'stopped', 'migrated to another host');
       },
     };
+    this.remoteMemory = new SimRemoteMemory({
+      address: this.address,
+      freeMiB: () => this.freeMiB(),
+      vm: (id) => this.get(id),
+      changed: (vm) => {
+        this.emitState(vm);
+        return this.status_(vm);
+      },
+    });
+  }
+
+  setHostUsedMiB(mib: number): void {
+    this.hostUsedMiB = Math.max(0, mib);
   }
 
   get pendingTimers(): number {
@@ -107,7 +126,7 @@ class SimHypervisor implements SimDriver {
       memoryFreeMiB: this.freeMiB(),
       driver: 'sim',
       address: this.address,
-      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console'],
+      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console', 'remote-memory'],
       accelerator: 'sim',
     };
   }
@@ -365,7 +384,7 @@ class SimHypervisor implements SimDriver {
   private freeMiB(): number {
     let usedMiB = 0;
     for (const vm of this.vms.values()) if (holdsMemory(vm.state)) usedMiB += reservedMiB(vm);
-    return this.memoryMiB - usedMiB;
+    return Math.max(0, this.memoryMiB - usedMiB - this.hostUsedMiB - this.remoteMemory.memoryLentMiB());
   }
 
   private get(vmId: string): SimVm {
@@ -380,7 +399,7 @@ class SimHypervisor implements SimDriver {
   }
 
   private status_(vm: SimVm): DriverVmStatus {
-    return toStatus(vm, this.clock.now());
+    return { ...toStatus(vm, this.clock.now()), ...(isUp(vm.state) ? remoteMemoryStatus(vm) : {}) };
   }
 
   private setState(vm: SimVm, state: DriverVmState, reason?: string): void {

@@ -94,7 +94,7 @@ describe('sim driver', () => {
         { ...facts },
         {
           hostname: 'sim-a', cpus: 8, memoryMiB: 4096, memoryFreeMiB: 4096, driver: 'sim', address: '10.0.0.1',
-          capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console'], accelerator: 'sim',
+          capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console', 'remote-memory'], accelerator: 'sim',
         },
       );
       await a.start(vmSpec('v1', 1024));

@@ -1,5 +1,5 @@
 // One simulated VM: its record, how it reports itself, and the pending boot a start() waits on.
-import { DriverError, type DriverVmSpec, type DriverVmState, type DriverVmStatus } from '../types.ts';
+import { DriverError, type DriverVmSpec, type DriverVmState, type DriverVmStatus, type RemoteMemoryStatus } from '../types.ts';
 
 /** A boot in progress; every start() of the same VM waits on the same one. */
 export interface PendingBoot {
@@ -23,6 +23,8 @@ export interface SimVm {
   /** A memory change the guest has not reached yet. */
   resize?: PendingResize;
   migration?: { cancel(err: DriverError): void };
+  /** Remote memory devices by slot, with how much of each the guest has swapped out (remote-memory.ts). */
+  remote?: Map<number, RemoteMemoryStatus & { usedMiB: number }>;
 }
 
 /** States in which the VM holds host memory; an incoming VM holds it so the migration cannot be outbid. */
@@ -89,6 +91,8 @@ export function reservedMiB(vm: SimVm): number {
 
 /** Ends whatever the VM was doing in the background, failing the callers that wait on it. */
 export function interrupt(vm: SimVm, why: string): void {
+  // Hot-plugged remote memory does not outlive the guest: a new boot starts without it.
+  vm.remote = undefined;
   if (vm.boot) {
     const boot = vm.boot;
     vm.boot = undefined;
