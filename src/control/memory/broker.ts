@@ -126,8 +126,13 @@ export function createMemoryBroker(deps: BrokerDeps) {
 
   const controller: Controller = {
     name: 'memory-broker',
-    watches: ['memory-lease', 'vm'],
-    keysFor: async (change) => (change.kind === 'vm' ? (await leases.openFor(change.id)).map((l) => l.id) : [change.id]),
+    // A VM's report moves its grant on; a host's state (maintenance, failure) concerns the loans through it.
+    watches: ['memory-lease', 'vm', 'host'],
+    keysFor: async (change) => {
+      if (change.kind === 'vm') return (await leases.openFor(change.id)).map((l) => l.id);
+      if (change.kind === 'host') return (await leases.openThrough(change.id)).map((l) => l.id);
+      return [change.id];
+    },
     reconcile,
     concurrency: 16,
     resyncMs: deps.resyncMs,

@@ -33,7 +33,9 @@ export function createVmTargets(deps: { store: VmStore; host: (id: string) => Li
   /** Asks for `targetMiB` and says whether the guest holds it yet; a VM that does not run is gone. */
   async function reach(vmId: string, targetMiB: number): Promise<TargetState> {
     const vm = await set(vmId, targetMiB);
-    if (!vm || vm.phase !== 'running') return 'gone';
+    if (!vm || vm.deleting || vm.desired_power !== 'running' || vm.phase === 'stopped' || vm.phase === 'failed') return 'gone';
+    // Its host is away for a moment (control restarted, the agent reconnects), or it moves: wait for it.
+    if (vm.phase !== 'running') return 'waiting';
     return held(vm) === targetMiB && vm.memory_applied_mib === targetMiB ? 'reached' : 'waiting';
   }
 

@@ -28,6 +28,11 @@ export function createLeaseStore(db: Kysely<Database>) {
     openFor: (vmId: string, trx: Kysely<Database> = db) =>
       trx.selectFrom('memory_leases').selectAll().where('vm_id', '=', vmId).where('state', 'in', openStates).execute(),
 
+    /** Open leases a host lends to or borrows through. */
+    openThrough: (hostId: string) =>
+      db.selectFrom('memory_leases').selectAll().where('state', 'in', openStates)
+        .where((eb) => eb.or([eb('donor_host_id', '=', hostId), eb('borrower_host_id', '=', hostId)])).execute(),
+
     countByState: () => db.selectFrom('memory_leases').select(['state', db.fn.countAll<number>().as('n')]).groupBy('state').execute(),
 
     insert: (row: LeaseRow, trx: Kysely<Database>) => trx.insertInto('memory_leases').values(row).execute(),
