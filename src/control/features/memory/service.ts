@@ -141,8 +141,12 @@ export function createMemoryService(deps: MemoryServiceDeps) {
     },
 
     /** Keeps the memory for good: it becomes part of the VM's spec, on its host or on one with room. */
-    makePermanent(id: string, by: string | null) {
+    async makePermanent(id: string, by: string | null) {
+      const vm = await deps.vms.get((await find(id)).vm_id);
       return request(id, 'memory-make-permanent', by, (l) => {
+        if (vm && vm.memory_mib + l.size_mib > vm.max_memory_mib) {
+          throw new AppError('UNSUPPORTED', `VM ${vm.name} would boot with ${vm.memory_mib + l.size_mib} MiB, above its maxMemoryMiB ${vm.max_memory_mib}`);
+        }
         if (l.state !== 'active') throw new AppError('INVALID_STATE', `memory lease ${l.id} is ${l.state}; only an active lease can be made permanent`, { state: l.state });
         if (l.kind === 'permanent' || l.permanent_requested) throw new AppError('INVALID_STATE', `memory lease ${l.id} is permanent already`);
         if (l.return_requested) throw new AppError('INVALID_STATE', `memory lease ${l.id} is being returned`);
