@@ -5,39 +5,25 @@
 import { Gauge, Histogram } from 'prom-client';
 import type { Logger } from '../../lib/logger.ts';
 import { CommandError } from '../features/agents/connection.ts';
-import type { EventService } from '../features/events/service.ts';
-import type { HostRegistry } from '../features/hosts/registry.ts';
 import { isFinal, leaseStates } from '../features/memory/model.ts';
-import type { LeaseStore } from '../features/memory/store.ts';
-import type { TaskService } from '../features/tasks/service.ts';
-import type { VmStore } from '../features/vms/store.ts';
 import type { Metrics } from '../metrics.ts';
 import type { ChangeFeed } from '../reconcile/changes.ts';
 import type { Controller } from '../reconcile/manager.ts';
 import type { ReconcileResult } from '../reconcile/queue.ts';
-import type { CapacityIndex } from '../scheduler/capacity-index.ts';
 import type { LeaseRow, VmRow } from '../store/schema.ts';
-import { type BrokerContext, AGAIN, StaleLease, StepFailed, pastDeadline } from './context.ts';
+import { type BrokerContext, type MemoryParts, AGAIN, StaleLease, StepFailed, pastDeadline } from './context.ts';
 import { donorGone, donorHealth } from './donors.ts';
 import { beginGrant, grantStep } from './grant.ts';
 import { permanentStep } from './permanent.ts';
 import { planOf } from './plan.ts';
-import type { MemoryPolicy } from './policy.ts';
 import { createPressureRelief } from './pressure.ts';
 import { beginReturn, returnStep } from './unwind.ts';
 import { createVmTargets } from './vm-targets.ts';
 
-export interface BrokerDeps {
-  leases: LeaseStore;
-  vms: VmStore;
-  tasks: TaskService;
-  events: EventService;
-  registry: HostRegistry;
-  capacity: CapacityIndex;
+export interface BrokerDeps extends MemoryParts {
   changes: ChangeFeed;
   metrics: Metrics;
   log: Logger;
-  policy: MemoryPolicy;
   /** A migration as the API asks for one (no host: the scheduler's choice). */
   migrate(vmId: string, hostId: string | undefined): Promise<{ task: { id: string } }>;
   reboot(vmId: string): Promise<unknown>;

@@ -16,15 +16,19 @@ import type { Plan } from './plan.ts';
 import type { MemoryPolicy } from './policy.ts';
 import type { VmTargets } from './vm-targets.ts';
 
-export interface BrokerContext {
+/** What the lease API and the broker both work with. */
+export interface MemoryParts {
   leases: LeaseStore;
   vms: VmStore;
   tasks: TaskService;
   events: EventService;
   registry: HostRegistry;
   capacity: CapacityIndex;
-  log: Logger;
   policy: MemoryPolicy;
+}
+
+export interface BrokerContext extends MemoryParts {
+  log: Logger;
   targets: VmTargets;
   grantSeconds: Histogram;
   /** Asks for a migration of the VM to a host, as a user would; its task. */

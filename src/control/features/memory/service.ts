@@ -6,27 +6,16 @@ import { newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
 import { chooseMechanism } from '../../memory/mechanisms.ts';
-import type { MemoryPolicy } from '../../memory/policy.ts';
+import type { MemoryParts } from '../../memory/context.ts';
 import type { ChangeFeed } from '../../reconcile/changes.ts';
-import type { CapacityIndex } from '../../scheduler/capacity-index.ts';
 import type { Database, LeaseRow } from '../../store/schema.ts';
-import type { EventService } from '../events/service.ts';
-import type { HostRegistry } from '../hosts/registry.ts';
-import type { Task, TaskKind, TaskService } from '../tasks/service.ts';
-import type { VmStore } from '../vms/store.ts';
+import type { Task, TaskKind } from '../tasks/service.ts';
 import { type Borrow, type Lease, isFinal, leaseFromRow } from './model.ts';
-import type { LeasePatch, LeaseStore } from './store.ts';
+import type { LeasePatch } from './store.ts';
 
-export interface MemoryServiceDeps {
+export interface MemoryServiceDeps extends MemoryParts {
   db: Kysely<Database>;
-  leases: LeaseStore;
-  vms: VmStore;
-  tasks: TaskService;
-  events: EventService;
-  registry: HostRegistry;
-  capacity: CapacityIndex;
   changes: ChangeFeed;
-  policy: MemoryPolicy;
 }
 
 export type MemoryService = ReturnType<typeof createMemoryService>;
