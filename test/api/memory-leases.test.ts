@@ -92,6 +92,12 @@ describe('memory leases', () => {
     await holds(c, 'b1', 1536);
     const ret = await c.api('POST', `/api/v1/memory/leases/${r.lease.id}/return`);
     assert.equal(ret.status, 409, 'a permanent lease is part of the VM');
+    // Asked permanent from the start: the same end, in one request.
+    const direct = await borrow(c, { vmId: 'b1', sizeMiB: 256, kind: 'permanent' });
+    assert.equal((await c.waitTask(direct.task.id)).state, 'succeeded');
+    assert.equal((await lease(c, direct.lease.id)).mechanism, 'grow');
+    assert.equal((await vm(c, 'b1')).memoryMiB, 1792);
+    await holds(c, 'b1', 1792);
   });
 
   it('refuses bad requests with a code, and writes nothing', async () => {
