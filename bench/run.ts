@@ -5,6 +5,7 @@ import { haFailover } from './ha-failover.ts';
 import { leaderFailover } from './leader-failover.ts';
 import { memoryBudget } from './memory-budget.ts';
 import { qemuCreateToRunning, qemuMigration } from './qemu.ts';
+import { memoryRemote } from './memory-remote.ts';
 import { haReplicaWrite } from './replica-write.ts';
 import { schedulerPlacements } from './scheduler.ts';
 
@@ -20,6 +21,8 @@ const benches: { name: string; run: () => Promise<void> }[] = [
   // `npm run bench -- ha.failover` runs both: host deaths on a QEMU cluster, and a replicated disk's write rate.
   { name: 'ha.failover', run: haFailover },
   { name: 'ha.failover.replica_write', run: haReplicaWrite },
+  // Attach latency, and one workload with enough RAM, with disk swap and with remote memory, in one run.
+  { name: 'memory.remote', run: memoryRemote },
 ];
 
 const words = process.argv.slice(2);

@@ -18,6 +18,7 @@ import { Compile } from 'typebox/compile';
 import { type AgentCredentials, loadCredentials, loadEpoch, saveCredentials, saveEpoch } from './credentials.ts';
 import { errorOf, execute } from './executor.ts';
 import { type HostStorage, createFileStorage, createMemoryStorage } from './storage/index.ts';
+import { DEFAULT_MEMORY_RESERVE_MIB } from './memory/lender.ts';
 import { LeaseKeeper } from './fence/keeper.ts';
 import { monotonicMs } from './fence/state.ts';
 import type { PoolRefMsg } from '../protocol/messages.ts';
@@ -39,6 +40,8 @@ export interface AgentOptions {
    * front of the replicas, which then forwards to the leader.
    */
   pinned?: boolean;
+  /** Memory this host never lends to others (memoryExport); DEFAULT_MEMORY_RESERVE_MIB unless told. */
+  memoryReserveMiB?: number;
 }
 
 /** A replica whose connection failed this recently is not dialled on another replica's word. */
@@ -313,6 +316,7 @@ export class Agent {
         progress: (fraction, message) => this.send({ type: 'progress', id, fraction, ...(message ? { message } : {}) }),
         storage: this.storage,
         address: async () => (await this.opts.driver.facts()).address,
+        memoryReserveMiB: this.opts.memoryReserveMiB ?? DEFAULT_MEMORY_RESERVE_MIB,
       });
       if (command.op === 'delete') this.lease?.forget(command.vmId);
       this.send({ type: 'result', id, ok: true, ...(value === undefined ? {} : { value }) });
@@ -383,8 +387,9 @@ export class Agent {
       this.beatsSent.set(seq, monotonicMs());
       // Beats control never answered are not kept forever.
       if (this.beatsSent.size > 64) this.beatsSent.delete(this.beatsSent.keys().next().value!);
-      const lent = this.opts.driver.remoteMemory?.memoryLentMiB();
-      this.send({ type: 'heartbeat', seq, memoryFreeMiB: facts.memoryFreeMiB, ...(lent !== undefined ? { memoryLentMiB: lent } : {}) });
+      const memory = this.storage.memory;
+      const [memoryFreeMiB, memoryLentMiB] = await Promise.all([memory.hostFreeMiB(facts.memoryFreeMiB), memory.lentMiB()]);
+      this.send({ type: 'heartbeat', seq, memoryFreeMiB, ...(memoryLentMiB > 0 ? { memoryLentMiB } : {}) });
       if (this.seq % (this.opts.fullReportEvery ?? 10) === 0) {
         this.send({ type: 'vms', full: true, vms: (await this.opts.driver.list()).map((vm) => this.report(vm)) });
         await this.reportPools();
@@ -397,7 +402,8 @@ export class Agent {
   /** Free space changes with every guest write: reported on connect and with each full VM report. */
   private async reportPools(): Promise<void> {
     try {
-      this.send({ type: 'pools', pools: await this.storage.report(this.sharedPools) });
+      const [pools, memoryLentMiB] = await Promise.all([this.storage.report(this.sharedPools), this.storage.memory.lentMiB()]);
+      this.send({ type: 'pools', pools, memoryLentMiB });
     } catch (err) {
       this.opts.log.warn({ err }, 'could not report the storage pools');
     }

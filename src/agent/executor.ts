@@ -1,10 +1,11 @@
 // Runs one command from control against the driver and turns the outcome into a result message.
+import { isAbsolute, relative } from 'node:path';
 import { DriverError, type HypervisorDriver } from '../drivers/types.ts';
 import { StaleToken } from './fence/keeper.ts';
 import type { Command } from '../protocol/messages.ts';
 import type { HostStorage } from './storage/index.ts';
 import { PoolError } from './storage/pool.ts';
-import { executeRemoteMemory, isRemoteMemoryCommand } from './remote-memory.ts';
+import { DEFAULT_MEMORY_RESERVE_MIB, MemoryLoanError, lendMemory } from './memory/lender.ts';
 
 export interface ExecuteContext {
   driver: HypervisorDriver;
@@ -15,10 +16,11 @@ export interface ExecuteContext {
   storage: HostStorage;
   /** The host's address, where its NBD exports listen unless a command says otherwise. */
   address: () => Promise<string>;
+  /** Memory this host never lends (memoryExport refuses below it); DEFAULT_MEMORY_RESERVE_MIB unless told. */
+  memoryReserveMiB?: number;
 }
 
-export async function execute(cmd: Command, { driver, consoles, signal, progress, storage, address }: ExecuteContext): Promise<unknown> {
-  if (isRemoteMemoryCommand(cmd)) return executeRemoteMemory(cmd, driver);
+export async function execute(cmd: Command, { driver, consoles, signal, progress, storage, address, memoryReserveMiB = DEFAULT_MEMORY_RESERVE_MIB }: ExecuteContext): Promise<unknown> {
   switch (cmd.op) {
     case 'start':
       // A disk this host served as another's replica becomes the VM's own: the export lets go of it first
@@ -36,9 +38,12 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
     case 'prepareIncoming':
       return driver.prepareIncoming(cmd.spec);
     case 'migrate':
-      return driver.migrate(cmd.vmId, { uri: cmd.uri, ...(cmd.nbd ? { nbd: cmd.nbd } : {}) }, (p) => progress(p.fraction, `${p.transferredMiB} MiB sent, ${p.remainingMiB} MiB left`), signal);
+      return driver.migrate(cmd.vmId, { uri: cmd.uri, ...(cmd.nbd ? { nbd: cmd.nbd } : {}), ...(cmd.viaReplica ? { viaReplica: true } : {}) }, (p) => progress(p.fraction, `${p.transferredMiB} MiB sent, ${p.remainingMiB} MiB left`), signal);
     case 'completeIncoming':
-      return driver.completeIncoming(cmd.vmId, cmd.timeoutMs);
+      // Copies this host served for the VM become its disks: their servers let go before the guest runs.
+      return driver.completeIncoming(cmd.vmId, cmd.timeoutMs, async (disks) => {
+        for (const d of disks) await storage.local.unexport(isAbsolute(d.path) ? relative(storage.local.path, d.path) : d.path);
+      });
     case 'abortIncoming':
       return driver.abortIncoming(cmd.vmId);
     case 'consoleWrite':
@@ -84,6 +89,14 @@ export async function execute(cmd: Command, { driver, consoles, signal, progress
       return driver.attachReplica(cmd.vmId, cmd.disk, cmd.target);
     case 'replicaDetach':
       return driver.detachReplica(cmd.vmId, cmd.disk);
+    case 'memoryExport':
+      return lendMemory(storage.memory, driver, { name: cmd.name, sizeMiB: cmd.sizeMiB, address: cmd.address ?? (await address()), reserveMiB: memoryReserveMiB });
+    case 'memoryUnexport':
+      return storage.memory.unexport(cmd.name);
+    case 'remoteMemoryAttach':
+      return driver.attachRemoteMemory(cmd.vmId, cmd.slot, cmd.target, cmd.sizeMiB);
+    case 'remoteMemoryDetach':
+      return driver.detachRemoteMemory(cmd.vmId, cmd.slot);
     case 'cancel':
       throw new DriverError('INTERNAL', 'cancel is handled by the agent, not the driver');
   }
@@ -107,6 +120,6 @@ async function serveReplica(storage: HostStorage, cmd: Extract<Command, { op: 'r
 }
 
 export function errorOf(err: unknown): { code: string; message: string } {
-  if (err instanceof DriverError || err instanceof PoolError || err instanceof StaleToken) return { code: err.code, message: err.message };
+  if (err instanceof DriverError || err instanceof PoolError || err instanceof StaleToken || err instanceof MemoryLoanError) return { code: err.code, message: err.message };
   return { code: 'AGENT_ERROR', message: err instanceof Error ? err.message : String(err) };
 }

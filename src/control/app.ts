@@ -212,9 +212,12 @@ export async function createControl(config: ControlConfig) {
 
   const manager = createControllerManager({ log, metrics, changes });
   const vmStore = createVmStore(db);
+  const replicator = createReplicator({ db, registry, pools, events, changes, log, resyncMs: config.resyncIntervalMs });
+  const replicaFailover = createReplicaFailover({ db, registry, pools, events, changes, leftovers: replicator.leftovers });
   const controller = createVmController({
     db, store: vmStore, tasks, events, registry, capacity, changes, log, buildSpec,
     removeVolumes: (vmId) => volumes.removeFor(vmId),
+    replicas: replicaFailover,
     policy: config.policy,
     resyncMs: config.resyncIntervalMs,
   });
@@ -255,9 +258,7 @@ export async function createControl(config: ControlConfig) {
     migrate: (id, by) => vms.migrate(id, undefined, by),
     stop: (id, by) => vms.stop(id, false, by),
   }));
-  const replicator = createReplicator({ db, registry, pools, events, changes, log, resyncMs: config.resyncIntervalMs });
   replicator.attach(manager.register(replicator.controller));
-  const replicaFailover = createReplicaFailover({ db, registry, pools, events, changes, leftovers: replicator.leftovers });
   manager.register(createHaManager({
     registry, store: vmStore, changes, capacity, events, metrics, log, policy: config.policy, marginMs: config.failoverMarginMs, replicas: replicaFailover, backoff,
   }));

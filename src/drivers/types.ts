@@ -21,6 +21,11 @@ export interface DiskSpec {
   sizeMiB?: number;
   /** A synchronous copy on another host: every write reaches this NBD export too (see ReplicaTarget). */
   replica?: ReplicaTarget;
+  /**
+   * Incoming migration only: this host serves the disk's synchronous copy (a local disk's replica), which
+   * becomes the disk as the VM arrives; nothing of it is sent, and it is never deleted as a stale copy.
+   */
+  replicaHere?: boolean;
 }
 
 /** Where a disk's synchronous replica is served: an NBD export on the replica host (its `replicaExport`). */
@@ -47,6 +52,27 @@ export interface ReplicaStatus {
   /** Why it is degraded. */
   reason?: string;
 }
+
+/** Where a donor host serves lent memory: an NBD export (what `memoryExport` answers). */
+export type RemoteMemoryTarget = ReplicaTarget;
+
+/**
+ * `attaching`: plugged or being plugged, not yet swap in the guest; `active`: the guest swaps to it;
+ * `detaching`: being taken back (guest swapoff, then unplug); `failed`: nothing is plugged, `reason` says why.
+ */
+export type RemoteMemoryState = 'attaching' | 'active' | 'detaching' | 'failed';
+
+/** One remote-memory slot of a VM: a neighbour's RAM, hot-plugged as a disk the guest swaps to. */
+export interface RemoteMemoryStatus {
+  slot: number;
+  target: RemoteMemoryTarget;
+  sizeMiB: number;
+  state: RemoteMemoryState;
+  reason?: string;
+}
+
+/** Slots a VM has for remote memory: 0..REMOTE_MEMORY_SLOTS-1. */
+export const REMOTE_MEMORY_SLOTS = 8;
 
 export interface NicSpec {
   /** `user` is QEMU's user-mode network; `bridge` attaches a tap to the named Linux bridge. */
@@ -87,35 +113,13 @@ export interface DriverVmStatus {
   reason?: string;
   /** One entry per disk with a replica target, while the VM runs. */
   replicas?: ReplicaStatus[];
-  /** Remote memory devices plugged in (memory leases), the guest's swap and its major page faults. */
+  /** The VM's remote-memory slots in use, while it runs. */
   remoteMemory?: RemoteMemoryStatus[];
+  /** The guest's swap (all of it: remote memory and local disks), when the driver can ask the guest. */
   swapTotalMiB?: number;
   swapUsedMiB?: number;
+  /** Page faults the guest served from swap or disk since it booted (balloon statistics). */
   majorFaults?: number;
-}
-
-/** A donor's RAM served over NBD: same address shape as a replica's. */
-export type MemoryTarget = ReplicaTarget;
-
-export interface RemoteMemoryStatus {
-  slot: number;
-  target: MemoryTarget;
-  sizeMiB: number;
-  state: 'attaching' | 'active' | 'detaching' | 'failed';
-  reason?: string;
-}
-
-/**
- * Remote memory, optional in a driver: the donor side serves RAM over NBD, the borrower side plugs it into
- * a VM as swap. A driver without it refuses the commands with UNSUPPORTED (agent/remote-memory.ts).
- */
-export interface RemoteMemoryDriver {
-  exportMemory(name: string, sizeMiB: number): Promise<{ target: MemoryTarget; sizeMiB: number }>;
-  unexportMemory(name: string): Promise<void>;
-  attachRemoteMemory(vmId: string, slot: number, target: MemoryTarget, sizeMiB: number): Promise<DriverVmStatus>;
-  detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus>;
-  /** RAM served to others now. */
-  memoryLentMiB(): number;
 }
 
 export interface HostFacts {
@@ -130,13 +134,18 @@ export interface HostFacts {
   accelerator?: 'kvm' | 'tcg' | 'sim';
 }
 
-export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'console' | 'nbd-export' | 'replicas' | 'remote-memory';
+export type DriverCapability = 'balloon' | 'virtio-mem' | 'live-migration' | 'console' | 'nbd-export' | 'replicas';
 
 /** Where an incoming migration listens; opaque to control. */
 export interface MigrationTarget {
   uri: string;
   /** host:port of the destination's NBD server that receives local disks. */
   nbd?: string;
+  /**
+   * The destination holds the copy of each replicated disk and takes it over: the source keeps mirroring
+   * into it until it is paused, sends no disk, and the destination runs once that copy's server let go.
+   */
+  viaReplica?: boolean;
 }
 
 export interface MigrationProgress {
@@ -183,6 +192,7 @@ export class DriverError extends Error {
       | 'IMAGE_INVALID'
       | 'MIGRATION_FAILED'
       | 'REPLICA_FAILED'
+      | 'REMOTE_MEMORY_FAILED'
       | 'UNSUPPORTED'
       | 'INTERNAL',
     message: string,
@@ -216,8 +226,11 @@ export interface HypervisorDriver {
     onProgress?: (p: MigrationProgress) => void,
     signal?: AbortSignal,
   ): Promise<MigrationResult>;
-  /** Destination side: wait for the received VM to run. */
-  completeIncoming(vmId: string, timeoutMs?: number): Promise<DriverVmStatus>;
+  /**
+   * Destination side: wait for the received VM to run. A VM that takes over disk copies served on this host
+   * (`replicaHere`) waits paused until `release` has stopped their servers (which hold their write locks).
+   */
+  completeIncoming(vmId: string, timeoutMs?: number, release?: (disks: DiskSpec[]) => Promise<void>): Promise<DriverVmStatus>;
   /** Destination side: drop a prepared incoming VM that will not arrive. */
   abortIncoming(vmId: string): Promise<void>;
   subscribe(listener: (event: DriverEvent) => void): () => void;
@@ -232,6 +245,16 @@ export interface HypervisorDriver {
   attachReplica(vmId: string, disk: number, target: ReplicaTarget): Promise<DriverVmStatus>;
   /** Ends the mirror of disk `disk` cleanly and forgets its target. */
   detachReplica(vmId: string, disk: number): Promise<DriverVmStatus>;
+  /**
+   * Hot-plugs the donor's export `target` into slot `slot` (0..7) of a running VM and has the guest swap to
+   * it; resolves once the guest does. On failure nothing stays plugged. The same target again is a no-op.
+   */
+  attachRemoteMemory(vmId: string, slot: number, target: RemoteMemoryTarget, sizeMiB: number): Promise<DriverVmStatus>;
+  /**
+   * Takes slot `slot` back: the guest stops swapping to it (its pages come back into RAM), then it is
+   * unplugged. A free slot, or a VM that is gone (undefined then), is fine.
+   */
+  detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus | undefined>;
   /** Grows disk `index` of a VM that is not running (its next boot sees the new size). */
   growDisk(vmId: string, index: number, sizeMiB: number): Promise<void>;
   /** Releases sockets and timers; running VMs keep running (a later driver re-attaches). */
@@ -241,6 +264,4 @@ export interface HypervisorDriver {
    * host's watchdog kills it there when the host's lease runs out, even when the agent cannot.
    */
   pidFile?(vmId: string): string;
-  /** Remote memory (memory leases), when the driver has it. */
-  remoteMemory?: RemoteMemoryDriver;
 }

@@ -34,25 +34,22 @@ export const ReplicaStatusSchema = Type.Object(
 );
 // ---- end of the replica schemas ----
 
-// ---- Remote memory (memory leases, the `remote` mechanism): a donor's RAM served over NBD, used as swap. ----
-// The commands are in the remote memory block of CommandSchema below.
+// ---- Remote memory (a donor's RAM as a borrower VM's swap): the commands are in CommandSchema below. ----
 
-/** Where a donor serves lent RAM: what `memoryExport` answers and `remoteMemoryAttach` takes. */
-export const MemoryTargetSchema = ReplicaTargetSchema;
+/** Where a donor serves lent memory: what `memoryExport` answers and `remoteMemoryAttach` names. */
+export const RemoteMemoryTargetSchema = ReplicaTargetSchema;
+const RemoteMemorySlot = Type.Integer({ minimum: 0, maximum: 7 });
 
-/** One remote memory device of a running VM, as its host reports it. */
 export const RemoteMemoryStatusSchema = Type.Object(
   {
-    slot: Type.Integer({ minimum: 0, maximum: 7 }),
-    target: MemoryTargetSchema,
-    sizeMiB: MiB,
+    slot: RemoteMemorySlot,
+    target: RemoteMemoryTargetSchema,
+    sizeMiB: Type.Integer({ minimum: 1 }),
     state: Type.Union([Type.Literal('attaching'), Type.Literal('active'), Type.Literal('detaching'), Type.Literal('failed')]),
     reason: Type.Optional(Type.String({ maxLength: 2048 })),
   },
   Strict,
 );
-const MemorySlot = Type.Integer({ minimum: 0, maximum: 7 });
-const ExportName = Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-z0-9._-]+$' });
 // ---- end of the remote memory schemas ----
 
 
@@ -79,10 +76,12 @@ export const VmStatusSchema = Type.Object(
     token: Type.Optional(Token),
     /** Replica state of each disk with a replica target, while the VM runs. */
     replicas: Type.Optional(Type.Array(ReplicaStatusSchema, { maxItems: 16 })),
-    // Remote memory: the devices plugged in, the guest's swap (remote memory is swap) and its major faults.
+    /** Remote-memory slots in use, while the VM runs. */
     remoteMemory: Type.Optional(Type.Array(RemoteMemoryStatusSchema, { maxItems: 8 })),
+    /** The guest's swap, all devices together (asked of guests with remote memory). */
     swapTotalMiB: Type.Optional(MiB),
     swapUsedMiB: Type.Optional(MiB),
+    /** Major page faults since the guest booted (balloon statistics). */
     majorFaults: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   Strict,
@@ -112,6 +111,8 @@ const DiskSpecSchema = Type.Object(
     sizeMiB: Type.Optional(MiB),
     /** Mirror every write synchronously into this export on another host. */
     replica: Type.Optional(ReplicaTargetSchema),
+    /** Incoming migration: this host serves the disk's copy, which becomes the disk. */
+    replicaHere: Type.Optional(Type.Boolean()),
   },
   Strict,
 );
@@ -180,7 +181,11 @@ export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('delete'), vmId: Id, token: Type.Optional(Token) }, Strict),
   Type.Object({ op: Type.Literal('setMemory'), vmId: Id, targetMiB: Type.Integer({ minimum: 1 }) }, Strict),
   Type.Object({ op: Type.Literal('prepareIncoming'), spec: VmSpecSchema }, Strict),
-  Type.Object({ op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }), nbd: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })) }, Strict),
+  Type.Object({
+    op: Type.Literal('migrate'), vmId: Id, uri: Type.String({ minLength: 1 }), nbd: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
+    /** The destination takes over the copies of the VM's replicated disks (MigrationTarget.viaReplica). */
+    viaReplica: Type.Optional(Type.Boolean()),
+  }, Strict),
   Type.Object({ op: Type.Literal('completeIncoming'), vmId: Id, timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })) }, Strict),
   Type.Object({ op: Type.Literal('abortIncoming'), vmId: Id }, Strict),
   Type.Object({ op: Type.Literal('cancel'), commandId: Id }, Strict),
@@ -224,14 +229,25 @@ export const CommandSchema = Type.Union([
   Type.Object({ op: Type.Literal('replicaDetach'), vmId: Id, disk: Type.Integer({ minimum: 0, maximum: 15 }) }, Strict),
   // ---- end of the replica commands ----
   // ---- Remote memory ----
-  /** Donor: serve `sizeMiB` of RAM-backed storage over NBD as `name`. Answers `{ target, sizeMiB }`; again, the same target. */
-  Type.Object({ op: Type.Literal('memoryExport'), name: ExportName, sizeMiB: Type.Integer({ minimum: 1 }) }, Strict),
-  /** Donor: stop serving it and free the RAM. An export that is gone already is no error. */
-  Type.Object({ op: Type.Literal('memoryUnexport'), name: ExportName }, Strict),
-  /** Borrower: hot-plug the export into the VM as device `slot`; the guest uses it as swap. Answers the VM status. */
-  Type.Object({ op: Type.Literal('remoteMemoryAttach'), vmId: Id, slot: MemorySlot, target: MemoryTargetSchema, sizeMiB: Type.Integer({ minimum: 1 }) }, Strict),
-  /** Borrower: swapoff, unplug and forget device `slot`. Answers the VM status. */
-  Type.Object({ op: Type.Literal('remoteMemoryDetach'), vmId: Id, slot: MemorySlot }, Strict),
+  /**
+   * Donor host: set aside `sizeMiB` of RAM (a tmpfs image with a swap signature) and serve it writable over
+   * NBD on `address` (default: the host's). Answers `{ target: RemoteMemoryTarget, sizeMiB }`; the same name
+   * again answers the same target.
+   * Refused with DONOR_RESERVE when the host's available memory would fall under its reserve.
+   */
+  Type.Object(
+    { op: Type.Literal('memoryExport'), name: VolumeName, sizeMiB: Type.Integer({ minimum: 1 }), address: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) },
+    Strict,
+  ),
+  /** Donor host: stop serving it and free the RAM. Idempotent. */
+  Type.Object({ op: Type.Literal('memoryUnexport'), name: VolumeName }, Strict),
+  /** Borrower host: hot-plug `target` into slot `slot` of a running VM as swap. Answers the VM status once the guest swaps to it. */
+  Type.Object(
+    { op: Type.Literal('remoteMemoryAttach'), vmId: Id, slot: RemoteMemorySlot, target: RemoteMemoryTargetSchema, sizeMiB: Type.Integer({ minimum: 1 }) },
+    Strict,
+  ),
+  /** Borrower host: guest swapoff, then unplug. Idempotent; answers the VM status (nothing for a VM that is gone). */
+  Type.Object({ op: Type.Literal('remoteMemoryDetach'), vmId: Id, slot: RemoteMemorySlot }, Strict),
   // ---- end of the remote memory commands ----
 ]);
 
@@ -240,7 +256,7 @@ export const AgentMessageSchema = Type.Union([
   Type.Object(
     {
       type: Type.Literal('heartbeat'), seq: Type.Integer({ minimum: 0 }), memoryFreeMiB: MiB,
-      /** RAM this host serves to other hosts' VMs (remote memory). */
+      /** RAM this host lends to others now (the sum of its memory exports). */
       memoryLentMiB: Type.Optional(MiB),
     },
     Strict,
@@ -259,7 +275,10 @@ export const AgentMessageSchema = Type.Union([
   Type.Object({ type: Type.Literal('progress'), id: Id, fraction: Type.Number({ minimum: 0, maximum: 1 }), message: Type.Optional(Type.String()) }, Strict),
   Type.Object({ type: Type.Literal('console'), vmId: Id, data: Type.String() }, Strict),
   /** The pools this host reaches (its local one and the shared ones control named), with their free space. */
-  Type.Object({ type: Type.Literal('pools'), pools: Type.Array(PoolReportSchema, { maxItems: 64 }) }, Strict),
+  Type.Object(
+    { type: Type.Literal('pools'), pools: Type.Array(PoolReportSchema, { maxItems: 64 }), memoryLentMiB: Type.Optional(MiB) },
+    Strict,
+  ),
 ]);
 
 const Url = Type.String({ minLength: 1, maxLength: 2048 });
@@ -307,7 +326,6 @@ export type PoolRefMsg = Static<typeof PoolRefSchema>;
 export type PoolReportMsg = Static<typeof PoolReportSchema>;
 export type ReplicaTargetMsg = Static<typeof ReplicaTargetSchema>;
 export type ReplicaStatusMsg = Static<typeof ReplicaStatusSchema>;
-export type MemoryTargetMsg = Static<typeof MemoryTargetSchema>;
 export type RemoteMemoryStatusMsg = Static<typeof RemoteMemoryStatusSchema>;
 export type AgentMessage = Static<typeof AgentMessageSchema>;
 export type ControlMessage = Static<typeof ControlMessageSchema>;

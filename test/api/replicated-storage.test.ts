@@ -1,7 +1,8 @@
 // Replicated storage with simulated hosts: a VM's disk lives on its host with a synchronous copy on a second
 // one; when its host fails the VM restarts on the copy's host, the copy becomes its disk and a new copy is
 // made on a third host; the failed host's disk is deleted once it is back. A VM whose copy was not in step
-// is not restarted from it. The links are real loopback TCP that the tests cut.
+// is not restarted from it. A live migration (a drain's too) moves the VM onto its copy, which becomes its
+// disk. The links are real loopback TCP that the tests cut.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -78,12 +79,6 @@ describe('a VM on replicated storage', () => {
     assert.ok(events.includes('volume.replica.synced'), events.join(', '));
   });
 
-  it('refuses a live migration, which replicated storage does not do yet', async () => {
-    const r = await c.api('POST', '/api/v1/vms/rep/migrate');
-    assert.equal(r.status, 422);
-    assert.equal(r.body.error.code, 'UNSUPPORTED');
-  });
-
   it('restarts on the copy\'s host when its host fails, and makes a new copy on a third host', async () => {
     link.cut();
     const vm = await until(async () => {
@@ -149,5 +144,90 @@ describe('a VM on replicated storage whose copy is lost', () => {
     assert.equal(failed.hostId, first.agent.hostId, 'it stays with its disk');
     assert.match(failed.message, /cannot restart elsewhere/);
     assert.ok(!(await second.driver.list()).some((s) => s.id === vm.id), 'nothing runs on host-2');
+  });
+});
+
+describe('a VM on replicated storage that live-migrates', () => {
+  let c: Cluster;
+  let link: Link;
+  let vmId: string;
+
+  before(async () => {
+    ({ c, link } = await setUp(1));
+    vmId = (await createOnFirst(c, 'mover')).id;
+  });
+  after(async () => {
+    await c?.close();
+    await link?.close();
+  });
+
+  it('is refused while its disk has no copy to move onto', async () => {
+    const r = await c.api('POST', '/api/v1/vms/mover/migrate');
+    assert.equal(r.status, 409, JSON.stringify(r.body));
+    assert.equal(r.body.error.code, 'INVALID_STATE');
+    assert.match(r.body.error.message, /no copy/);
+    assert.equal((await vmOf(c, 'mover')).phase, 'running', 'nothing changed');
+  });
+
+  it('moves only to the host of its copy', async () => {
+    await addHosts(c, 2);
+    const v = await syncedCopy(c, vmId, 'a synced copy');
+    const other = c.hosts.find((h) => h.agent.hostId !== v.replica.hostId && h.name !== 'host-1')!;
+    const r = await c.api('POST', '/api/v1/vms/mover/migrate', { host: other.name });
+    assert.equal(r.status, 422, JSON.stringify(r.body));
+    assert.equal(r.body.error.code, 'UNSUPPORTED');
+    assert.equal(r.body.error.details.copyHostId, v.replica.hostId);
+  });
+
+  it('moves onto its copy, which becomes its disk, and gets a new copy on another host', async () => {
+    const before = await syncedCopy(c, vmId, 'a synced copy');
+    const copyHost = hostName(c, before.replica.hostId)!;
+    const r = await c.api('POST', '/api/v1/vms/mover/migrate');
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const task = await c.waitTask(r.body.task.id);
+    assert.equal(task.state, 'succeeded', JSON.stringify(task));
+    const vm = await vmOf(c, 'mover');
+    assert.equal(hostName(c, vm.hostId), copyHost, 'it runs where its copy was');
+    const after = await until(async () => {
+      const v = await volumeOf(c, vmId);
+      return v?.replica?.state === 'synced' && v.replica.hostId !== vm.hostId ? v : undefined;
+    }, { what: 'a new synced copy', timeoutMs: 15_000 });
+    assert.equal(after.poolId, (await c.api('GET', `/api/v1/pools/${copyHost}-local`)).body.id, 'the copy became the disk');
+    const running = [];
+    for (const h of c.hosts) if ((await h.driver.list()).some((s) => s.id === vmId && s.state === 'running')) running.push(h.name);
+    assert.deepEqual(running, [copyHost], 'it runs once');
+    // The old disk goes, unless the new copy was made on the same host.
+    const newCopy = hostName(c, after.replica.hostId)!;
+    if (newCopy !== 'host-1') await until(async () => !localPool(c, 'host-1').names().includes(after.name), { what: 'the old disk deleted', timeoutMs: 15_000 });
+    const events = (await c.api('GET', `/api/v1/events?object=${after.id}`)).body.items.map((e: { type: string }) => e.type);
+    assert.ok(events.includes('volume.replica.promoted'), events.join(', '));
+  });
+
+  it('leaves a host that is drained, and its copies leave it too', async () => {
+    const v = await syncedCopy(c, vmId, 'a synced copy');
+    const home = hostName(c, (await vmOf(c, 'mover')).hostId)!;
+    const copyOn = hostName(c, v.replica.hostId)!;
+    // Drain the VM's host: it moves onto its copy.
+    const drain = await c.api('POST', `/api/v1/hosts/${home}/drain`);
+    assert.equal(drain.status, 202, JSON.stringify(drain.body));
+    assert.equal((await c.waitTask(drain.body.task.id)).state, 'succeeded');
+    assert.equal(hostName(c, (await vmOf(c, 'mover')).hostId), copyOn);
+    // Its new copy is not on the host in maintenance; put that host back, then drain the copy's host.
+    const fresh = await until(async () => {
+      const x = await volumeOf(c, vmId);
+      return x?.replica?.state === 'synced' ? x : undefined;
+    }, { what: 'a new synced copy', timeoutMs: 15_000 });
+    assert.notEqual(hostName(c, fresh.replica.hostId), home, 'no copy is made on a host in maintenance');
+    assert.equal((await c.api('POST', `/api/v1/hosts/${home}/activate`)).status, 200);
+    const copyHost = hostName(c, fresh.replica.hostId)!;
+    const drainCopy = await c.api('POST', `/api/v1/hosts/${copyHost}/drain`);
+    assert.equal(drainCopy.status, 202, JSON.stringify(drainCopy.body));
+    const moved = await until(async () => {
+      const x = await volumeOf(c, vmId);
+      return x?.replica?.state === 'synced' && x.replica.hostId !== fresh.replica.hostId ? x : undefined;
+    }, { what: 'the copy built again off the host in maintenance', timeoutMs: 15_000 });
+    assert.equal(hostName(c, moved.replica.hostId), home);
+    const events = (await c.api('GET', `/api/v1/events?object=${fresh.id}`)).body.items.map((e: { message: string }) => e.message);
+    assert.ok(events.some((m: string) => /in maintenance/.test(m)), events.join('\n'));
   });
 });

@@ -2,7 +2,8 @@
 // pool or on replicated storage (its host's disk with a synchronous copy on another). For each fault (a host
 // killed, cut from control, its agent hung, a flapping link, control restarted in the middle of a failover)
 // the guest must end running on one host, no two QEMUs of it may ever run at once, and its disk must hold
-// one writer's stamps at a time with every stamp a console saw acknowledged.
+// one writer's stamps at a time with every stamp a console saw acknowledged. A drain moves a replicated guest
+// live onto its disk's copy: one boot, every stamp on the copy that became its disk.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -584,4 +585,42 @@ describe('HA with real failures on three QEMU hosts', { timeout: 60 * 60_000 }, 
       });
     });
   }
+
+  scenario('on replicated storage, a drain moves the guest live onto its copy, which becomes its disk: one boot, nothing lost', async (t) => {
+    const s = await stampingVm('replicated-drain', 'replicated');
+    const oldDisk = await diskOf(s.id);
+    const t0 = Date.now();
+    const drain = await api('POST', `/api/v1/hosts/${s.host}/drain`);
+    assert.equal(drain.status, 202, JSON.stringify(drain.body));
+    const task = await waitTask(drain.body.task.id);
+    assert.equal(task.state, 'succeeded', JSON.stringify(task));
+    const drainS = (Date.now() - t0) / 1000;
+    const on = await hostName((await vmOf(s.id)).hostId);
+    assert.equal(on, s.copyOn, 'it moved onto the host of its copy');
+    assert.ok((await diskOf(s.id)).startsWith(`${join(hostDir(on!), 'local-pool')}/`), 'the copy is its disk');
+    assert.ok(!existsSync(oldDisk), `${s.host} deleted the old disk`);
+    const third = await syncedCopy(s.id, on!);
+    assert.notEqual(third, s.host, 'no new copy on the host in maintenance');
+    const moved = (await api<{ items: any[] }>('GET', `/api/v1/events?object=${s.id}`)).body.items.find((e) => e.type === 'vm.migrated');
+    assert.ok(moved, 'a vm.migrated event');
+    // The same boot stamps on, on the new host.
+    const then = s.consoles.acks();
+    await until(() => (s.consoles.acks().get(s.firstBoot) ?? 0) >= (then.get(s.firstBoot) ?? 0) + STAMPS_AFTER, { timeoutMs: 180_000, what: 'the guest stamping on after the move' });
+    const qs = qemusOf(s.id);
+    assert.deepEqual(qs.map((q) => q.host), [on], 'one QEMU of the guest, where the API says');
+    const stop = await api('POST', `/api/v1/vms/${s.id}/stop`, {});
+    assert.equal(stop.status, 202, JSON.stringify(stop.body));
+    assert.equal((await waitTask(stop.body.task.id)).state, 'succeeded');
+    await until(() => qemusOf(s.id).length === 0, { timeoutMs: 60_000, what: 'the guest stopped' });
+    s.consoles.stop();
+    const report = verifyStamps({ disk: await diskOf(s.id), consoles: s.consoles.texts(), format: 'qcow2', maxBytes: 8 << 20 });
+    t.diagnostic(report.summary);
+    assert.equal(report.ok, true, report.summary);
+    assert.equal(report.boots.length, 1, `one boot: it moved, it did not restart:\n${report.summary}`);
+    assert.equal((await api('POST', `/api/v1/hosts/${s.host}/activate`)).status, 200);
+    await until(allReady, { timeoutMs: 60_000, what: 'every host ready again', ...POLL });
+    const fig = { scenario: 'replicated-drain', drainS, newCopyOn: third, ...moved.data };
+    figures.push(fig);
+    console.log(`ha-faults ${JSON.stringify(fig)}`);
+  });
 });

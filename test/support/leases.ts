@@ -1,6 +1,6 @@
 // Helpers for memory lease tests: borrow, wait for a lease's state, read what the VM holds.
 import { until } from '../until.ts';
-import type { Cluster } from './cluster.ts';
+import type { Cluster, TestHost } from './cluster.ts';
 
 export async function borrow(c: Cluster<any>, body: Record<string, unknown>) {
   const r = await c.api('POST', '/api/v1/memory/leases', body);
@@ -28,3 +28,6 @@ export async function createVm(c: Cluster<any>, body: Record<string, unknown>) {
   if (t.state !== 'succeeded') throw new Error(`create failed: ${JSON.stringify(t)}`);
   return vm(c, String(body.name));
 }
+
+/** RAM a simulated host lends now (its memory exports). */
+export const lentBy = async (c: Cluster<any>, host: TestHost<any>) => (await c.memory.lender(host.dataDir)?.lentMiB()) ?? 0;

@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { createFilePool } from './file-pool.ts';
 import { type MemoryPool, createMemoryPool } from './memory-pool.ts';
 import { PoolError, type PoolRef, type PoolStats, type StoragePool } from './pool.ts';
+import type { MemoryLender } from '../memory/lender.ts';
+import { createSimLender } from '../memory/sim-lender.ts';
+import { createTmpfsLender } from '../memory/tmpfs-lender.ts';
 
 /** What the agent reports of each pool it reaches. */
 export interface PoolReport extends PoolRef {
@@ -16,6 +19,8 @@ export interface PoolReport extends PoolRef {
 
 export interface HostStorage {
   readonly local: StoragePool;
+  /** RAM this host lends to others' VMs (memoryExport). */
+  readonly memory: MemoryLender;
   /** The pool a command names: this host's own local pool, or a shared one. */
   open(ref: PoolRef): StoragePool;
   /** Stats of the local pool and of every shared pool named so far. */
@@ -28,7 +33,7 @@ export const localPoolPath = (dataDir: string) => join(dataDir, 'local-pool');
 
 type PoolFactory = (ref: PoolRef) => StoragePool;
 
-function hostStorage(dataDir: string, make: PoolFactory, onClose: (pools: StoragePool[]) => Promise<void>): HostStorage {
+function hostStorage(dataDir: string, make: PoolFactory, memory: MemoryLender, onClose: (pools: StoragePool[]) => Promise<void>): HostStorage {
   const local = make({ type: 'local', path: localPoolPath(dataDir) });
   const shared = new Map<string, StoragePool>();
   const open = (ref: PoolRef): StoragePool => {
@@ -50,6 +55,7 @@ function hostStorage(dataDir: string, make: PoolFactory, onClose: (pools: Storag
   };
   return {
     local,
+    memory,
     open,
     async report(refs) {
       return Promise.all([local, ...refs.filter((r) => r.type === 'shared').map(open)].map(stat));
@@ -58,8 +64,9 @@ function hostStorage(dataDir: string, make: PoolFactory, onClose: (pools: Storag
   };
 }
 
-export function createFileStorage(dataDir: string, opts: { storageDaemon?: string } = {}): HostStorage {
-  return hostStorage(dataDir, (ref) => createFilePool({ ...ref, ...opts }), async (pools) => {
+export function createFileStorage(dataDir: string, opts: { storageDaemon?: string; shmDir?: string } = {}): HostStorage {
+  const memory = createTmpfsLender({ dataDir, ...opts });
+  return hostStorage(dataDir, (ref) => createFilePool({ ...ref, storageDaemon: opts.storageDaemon }), memory, async (pools) => {
     await Promise.all(pools.map((p) => p.close()));
   });
 }
@@ -67,6 +74,8 @@ export function createFileStorage(dataDir: string, opts: { storageDaemon?: strin
 /** In-memory pools by path: every simulated host given the same one sees the same shared pools. */
 export function createMemoryStorage(opts: { capacityMiB?: number } = {}) {
   const pools = new Map<string, MemoryPool>();
+  // By data dir, as tmpfs loans are: an agent made again for the same host finds its loans.
+  const lenders = new Map<string, MemoryLender>();
   const make = (ref: PoolRef): MemoryPool => {
     let p = pools.get(ref.path);
     if (!p) pools.set(ref.path, (p = createMemoryPool({ ...ref, capacityMiB: opts.capacityMiB })));
@@ -74,7 +83,13 @@ export function createMemoryStorage(opts: { capacityMiB?: number } = {}) {
   };
   return {
     pool: (path: string) => pools.get(path),
-    forHost: (dataDir: string): HostStorage => hostStorage(dataDir, make, async () => undefined),
+    /** The memory a simulated host lends (tests), by its data dir. */
+    lender: (dataDir: string) => lenders.get(dataDir),
+    forHost: (dataDir: string): HostStorage => {
+      let lender = lenders.get(dataDir);
+      if (!lender) lenders.set(dataDir, (lender = createSimLender()));
+      return hostStorage(dataDir, make, lender, async () => undefined);
+    },
   };
 }
 export type MemoryStorage = ReturnType<typeof createMemoryStorage>;

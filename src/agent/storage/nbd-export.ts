@@ -23,6 +23,8 @@ export interface StartExport {
   exportName: string;
   /** Flush every write before it is acknowledged: a replica's copy is then as durable as the primary's. */
   writethrough?: boolean;
+  /** The port to try first (a restarted export keeps its address, so clients reconnect); else a free one. */
+  port?: number;
 }
 
 function cmdlineOf(pid: number): string[] | undefined {
@@ -92,7 +94,8 @@ export async function startDaemon(opts: StartExport): Promise<NbdDaemon> {
   let last: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOnce(opts, await freePort(opts.address));
+      const port = attempt === 0 && opts.port ? opts.port : await freePort(opts.address);
+      return await startOnce(opts, port);
     } catch (err) {
       last = err;
       if (!(err instanceof PoolError) || !/address already in use|Failed to bind/i.test(err.message)) throw err;

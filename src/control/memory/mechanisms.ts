@@ -68,7 +68,7 @@ export function planReclaim(host: LiveHost, others: VmRow[], needMiB: number, po
 
 /** A donor for `sizeMiB`: the named one if it can, else the ready host with the most to spare. */
 export function pickDonor(hosts: LiveHost[], borrowerHostId: string, sizeMiB: number, policy: MemoryPolicy, named?: string | null): LiveHost | undefined {
-  const able = (h: LiveHost) => usable(h) && h.row.id !== borrowerHostId && h.row.capabilities.includes('remote-memory') && spareMiB(h, policy.donorReserveFraction) >= sizeMiB;
+  const able = (h: LiveHost) => usable(h) && h.row.id !== borrowerHostId && spareMiB(h, policy.donorReserveFraction) >= sizeMiB;
   if (named) return hosts.find((h) => h.row.id === named && able(h));
   return hosts.filter(able).sort((a, b) => spareMiB(b, policy.donorReserveFraction) - spareMiB(a, policy.donorReserveFraction))[0];
 }
@@ -110,7 +110,6 @@ export function chooseMechanism(input: MechanismInput): Choice {
   };
   const remote = (): Choice => {
     if (input.kind === 'permanent') return refuse('UNSUPPORTED', 'a permanent lease never depends on a donor; use grow or migrate');
-    if (!host.row.capabilities.includes('remote-memory')) return refuse('UNSUPPORTED', `host ${host.row.name} cannot plug in remote memory`);
     const donor = pickDonor(input.hosts, host.row.id, sizeMiB, policy, input.donorHostId);
     if (!donor) return refuse('NO_CAPACITY', input.donorHostId ? `host ${input.donorHostId} cannot lend ${sizeMiB} MiB now` : `no host can lend ${sizeMiB} MiB without going below its reserve`);
     return { ok: true, mechanism: 'remote', donorHostId: donor.row.id };

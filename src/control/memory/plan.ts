@@ -1,6 +1,6 @@
 // What the broker did for a lease and has yet to undo, kept in the lease's status (JSON) so that a restart
 // of control carries on from the step it was at. Every step is idempotent: it is done again after a restart.
-import type { MemoryTargetMsg } from '../../protocol/messages.ts';
+import type { ReplicaTargetMsg } from '../../protocol/messages.ts';
 import type { LeaseRow } from '../store/schema.ts';
 
 export type GrantStep = 'migrate' | 'shrink' | 'grow' | 'export' | 'attach' | 'done';
@@ -21,7 +21,7 @@ export interface Plan {
   targetMiB?: number;
   neighbours?: Reclaimed[];
   /** Remote memory: the export on the donor and the VM's device slot. */
-  remote?: { slot: number; exportName: string; target?: MemoryTargetMsg };
+  remote?: { slot: number; exportName: string; target?: ReplicaTargetMsg };
   /** Migrate: where the VM goes, and the migration's task. */
   toHostId?: string;
   migrateTaskId?: string;

@@ -17,6 +17,7 @@ import type { ChangeFeed } from './changes.ts';
 import type { Controller } from './manager.ts';
 import type { ReconcileResult } from './queue.ts';
 import { createVmCommands } from './vm-commands.ts';
+import type { ReplicaFailover } from '../storage/failover.ts';
 import { advanceMigration, beginMigration, recoverMigration } from './vm-migration.ts';
 import { type OpDraft, type VmOp, msLeft, opOf, opTimeoutMs, stamp } from './vm-op.ts';
 
@@ -32,6 +33,8 @@ export interface VmControllerDeps {
   buildSpec: (vm: VmRow) => Promise<VmSpecMsg>;
   /** Deletes a deleted VM's disks from the pool. */
   removeVolumes: (vmId: string) => Promise<void>;
+  /** The copies of replicated disks, which a replicated VM live-migrates onto. */
+  replicas?: ReplicaFailover;
   policy?: PlacementPolicy;
   resyncMs?: number;
 }
@@ -88,7 +91,7 @@ export function createVmController(deps: VmControllerDeps) {
     return row;
   }
 
-  const ctx = { store, tasks, events, registry, capacity, log, commands, write, send, assign, hostName, buildSpec: deps.buildSpec, policy: deps.policy };
+  const ctx = { store, tasks, events, registry, capacity, log, commands, write, send, assign, hostName, buildSpec: deps.buildSpec, policy: deps.policy, replicas: deps.replicas };
 
   async function reconcile(vmId: string): Promise<ReconcileResult> {
     try {
@@ -491,6 +494,7 @@ export type VmControllerContext = {
   log: Logger;
   commands: ReturnType<typeof createVmCommands>;
   policy?: PlacementPolicy;
+  replicas?: ReplicaFailover;
   buildSpec: (vm: VmRow) => Promise<VmSpecMsg>;
   write: (vm: VmRow, patch: VmStatusPatch, why?: string) => Promise<VmRow>;
   send: (

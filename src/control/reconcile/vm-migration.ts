@@ -28,6 +28,15 @@ const UP = ['running', 'starting', 'paused'];
 export async function beginMigration(ctx: VmControllerContext, vm: VmRow, req: MigrateRequest, active: Task[]): Promise<ReconcileResult> {
   const task = active.find((t) => t.kind === 'migrate');
   let to = req.targetHostId;
+  // On replicated storage the VM moves onto the copy of its disk, wherever that is by now.
+  const copy = await ctx.replicas?.copyOf(vm);
+  if (copy && 'none' in copy) return refuse(ctx, vm, req, task, 'INVALID_STATE', `its disk has no copy on another host to move onto (${copy.none})`);
+  if (copy) {
+    const where = ctx.hostName(copy.hostId);
+    if (!copy.inStep) return refuse(ctx, vm, req, task, 'INVALID_STATE', `the copy of its disk on ${where} is ${copy.state}`);
+    if (to && to !== copy.hostId) return refuse(ctx, vm, req, task, 'UNSUPPORTED', `on replicated storage it moves only to ${where}, which holds the copy of its disk`);
+    to = copy.hostId;
+  }
   if (!to) {
     const placement = ctx.capacity.place({
       memoryMiB: vm.memory_mib, cpus: vm.cpus, labels: JSON.parse(vm.placement_labels) as Record<string, string>,
@@ -45,6 +54,11 @@ export async function beginMigration(ctx: VmControllerContext, vm: VmRow, req: M
   // The destination's copy is a new placement; the source's copy keeps the old token until it lets go.
   const token = vm.placement_token + 1;
   const spec = { ...(await ctx.buildSpec(vm)), token };
+  if (copy) {
+    // The destination serves each disk's copy and takes it over; nothing of those disks is sent.
+    spec.disks = spec.disks.map(({ replica, ...d }) => (replica ? { ...d, replicaHere: true } : d));
+    if (!spec.disks.some((d) => d.replicaHere)) return refuse(ctx, vm, req, task, 'INVALID_STATE', 'the copy of its disk is not served yet');
+  }
   ctx.capacity.assign(incoming(vm.id), dst.row.id, { memoryMiB: vm.memory_mib, cpus: vm.cpus, antiAffinity: null });
   if (task) await ctx.tasks.progress(task.id, 5, `preparing ${dst.row.name}`);
   try {
@@ -86,6 +100,8 @@ export async function advanceMigration(
   const handOver = async (result: MigrationResult | undefined): Promise<ReconcileResult> => {
     // Recording anything else would let the controller start a second copy on the source.
     src?.vms.delete(vm.id);
+    // The copy of its disk is its disk now; the source's old disk is a leftover (QEMU's source deletes it anyway).
+    if (vm.replicated) await ctx.replicas?.promote(vm, op.to);
     ctx.capacity.release(incoming(vm.id));
     ctx.assign(vm, op.to);
     if (task) await ctx.tasks.progress(task.id, 92, `waiting for ${dst?.row.name ?? op.to} to run the VM`);
@@ -112,9 +128,9 @@ export async function advanceMigration(
       if (!wanted) return giveUp('CANCELLED', cancelledWhy());
       if (!src?.connection) return giveUp('HOST_NOT_READY', 'the source host is not connected');
       const target = outcome.value as MigrationTarget;
+      const where = { uri: target.uri, ...(target.nbd ? { nbd: target.nbd } : {}), ...(target.viaReplica ? { viaReplica: true } : {}) };
       let lastReported = 0;
-      await ctx.send(vm, src, { ...op, stage: 'sending', uri: target.uri, ...(target.nbd ? { nbd: target.nbd } : {}) },
-        { op: 'migrate', vmId: vm.id, uri: target.uri, ...(target.nbd ? { nbd: target.nbd } : {}) }, opTimeoutMs.sending, {}, {
+      await ctx.send(vm, src, { ...op, stage: 'sending', ...where }, { op: 'migrate', vmId: vm.id, ...where }, opTimeoutMs.sending, {}, {
           onProgress: (fraction) => {
             const pct = 10 + Math.floor(fraction * 80);
             if (task && pct > lastReported) {
@@ -216,6 +232,7 @@ export async function recoverMigration(ctx: VmControllerContext, vm: VmRow, acti
     await dst.connection.command({ op: 'abortIncoming', vmId: vm.id }, { timeoutMs: 30_000 }).catch(() => undefined);
   }
   const req = pendingMigration(vm);
+  if (onDst && vm.replicated) await ctx.replicas?.promote(vm, vm.target_host_id!);
   await ctx.write(vm, {
     host_id: onDst ? vm.target_host_id : vm.host_id, target_host_id: null, phase: 'running', message: 'settled after an interrupted migration',
     ...(req ? { migrate_handled: req.id } : {}),

@@ -17,7 +17,7 @@ export type VmOp =
   | (OpBase & { kind: 'reboot'; request: number })
   | (OpBase & { kind: 'memory'; targetMiB: number })
   /** `hostId` is the stage's host: the destination while preparing and completing, the source while sending. */
-  | (OpBase & { kind: 'migrate'; stage: 'preparing' | 'sending' | 'completing'; requestId: string; from: string; to: string; uri?: string; nbd?: string; cancelling?: boolean });
+  | (OpBase & { kind: 'migrate'; stage: 'preparing' | 'sending' | 'completing'; requestId: string; from: string; to: string; uri?: string; nbd?: string; viaReplica?: boolean; cancelling?: boolean });
 
 /**
  * How long each command may take. A start is longer than a QEMU host's own boot wait (120 s) plus the

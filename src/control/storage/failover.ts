@@ -42,15 +42,25 @@ export function createReplicaFailover(deps: { db: Kysely<Database>; registry: Ho
       return { wait: `the copy of its disk is on ${where}, which is ${host?.row.maintenance ? 'in maintenance' : (host?.row.state ?? 'gone')}` };
     },
 
+    /** Where the copy of a replicated VM's disk is, and whether it holds every write of the VM's current run. */
+    async copyOf(vm: VmRow): Promise<{ hostId: string; inStep: boolean; state: string } | { none: string } | undefined> {
+      if (!vm.replicated) return undefined;
+      const v = await volumeOf(vm.id);
+      if (!v?.replica_host_id) return { none: v?.replica_message ?? 'none was made yet' };
+      const inStep = v.replica_state === 'synced' && v.replica_token === vm.placement_token;
+      return { hostId: v.replica_host_id, inStep, state: inStep ? 'synced' : v.replica_state === 'synced' ? 'not yet in step since the VM last started' : (v.replica_state ?? 'placing') };
+    },
+
     /**
      * The copy on `hostId` becomes the VM's disk: its volume moves to that host's local pool with no copy
-     * (the replicator makes a new one), and the failed host's disk is a leftover. Done before the VM is
-     * placed there, so the start sent to that host names the right disk.
+     * (the replicator makes a new one), and the old host's disk is a leftover. Done before a failed host's VM
+     * is placed there, so the start names the right disk; for a live migration, as the source lets go.
      */
     async promote(vm: VmRow, hostId: string): Promise<void> {
       const v = await volumeOf(vm.id);
       const pool = await pools.localPoolOf(hostId);
       if (!v || !pool || v.pool_id === pool.id) return;
+      // Deleted by its host once that is up (a live migration's source deletes it as it lets go, too).
       if (vm.host_id) await deps.leftovers.add(vm.host_id, v.name);
       await deps.leftovers.forget(hostId, v.name);
       const now = new Date().toISOString();

@@ -159,6 +159,12 @@ export function createReplicator(deps: ReplicatorDeps) {
     // What the VM's QEMU says of the copy is recorded before anything else: HA trusts a copy only while it
     // is known in step, so a copy that stopped must never be left looking synced.
     if (ours) v = await record(v, seen!, observed.token ?? null);
+    if (replicaHost?.row.maintenance && (await chooseHost(v, primary))) {
+      // Its host is being emptied for maintenance: the copy is built again on a host that stays. Until that
+      // one is in step the disk has no copy to fail over to; without another host the copy stays where it is.
+      await dropReplica(v, `host ${replicaHost.row.name} is in maintenance`);
+      return { requeueAfterMs: 0 };
+    }
     if (!replicaHost || !usable(replicaHost)) return { requeueAfterMs: WAIT_MS }; // away for now: its copy resumes when it is back
     if (!target) return serve(v, replicaHost);
     if (!ours || seen!.state === 'degraded') return attach(v, primaryHost, target);

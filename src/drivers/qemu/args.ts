@@ -14,6 +14,8 @@ export interface QemuLaunch {
   nics: NicBackend[];
   /** Destination of a live migration: `tcp:host:port` to listen on. */
   incoming?: string;
+  /** Stay paused once the migration is in (`-S`): the caller runs the guest when its disks are free. */
+  paused?: boolean;
 }
 
 /** QOM ids the driver addresses over QMP. */
@@ -72,6 +74,10 @@ export function qemuArgs(l: QemuLaunch): string[] {
     // Free page reporting: the guest hands pages it frees back to the host, so what the host reports
     // available (and the memory broker lends) follows what guests really use.
     '-device', `virtio-balloon-pci,id=${BALLOON_ID},deflate-on-oom=on,free-page-reporting=on`,
+    // The guest agent's port: the host runs commands in the guest through it (swapon of remote memory).
+    '-chardev', `socket,id=qga0,path=${esc(paths.guestAgent)},server=on,wait=off`,
+    '-device', 'virtio-serial-pci,id=vser0',
+    '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
     // Without the run state in the migration stream the destination starts the guest the moment it has it,
     // also one paused for the copy (QEMU would otherwise keep it paused there, as it was here).
     '-global', 'migration.store-global-state=off',
@@ -110,5 +116,6 @@ export function qemuArgs(l: QemuLaunch): string[] {
     args.push('-device', `virtio-net-pci,id=nic${i},netdev=net${i},mac=${nic.mac}`);
   });
   if (l.incoming) args.push('-incoming', l.incoming);
+  if (l.paused) args.push('-S');
   return args;
 }

@@ -77,6 +77,17 @@ export class DiskReplicas {
   }
 
   /** Before QEMU quits: every mirror ends cleanly (a ready one completes without switching disks). */
+  /** Before the VM moves onto its copies: each must hold every write now, or the move would lose some. */
+  async requireInStep(vm: QemuVm): Promise<void> {
+    const qmp = vm.qmp;
+    if (!qmp) throw new DriverError('VM_NOT_RUNNING', `${vm.id} is ${vm.state}`);
+    const behind = (await replicaStatuses(qmp, vm.spec, vm.replicaFailures)).filter((r) => r.state !== 'synced');
+    if (behind.length > 0) {
+      const why = behind.map((r) => `disk ${r.disk} is ${r.state}${r.reason ? ` (${r.reason})` : ''}`).join('; ');
+      throw new DriverError('MIGRATION_FAILED', `the copies of ${vm.id}'s disks are not in step: ${why}`);
+    }
+  }
+
   async end(vm: QemuVm, qmp: QmpClient): Promise<void> {
     for (const disk of replicaDisks(vm.spec)) await removeReplica(qmp, disk, this.opts);
   }

@@ -3,6 +3,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { cpus as hostCpus, hostname as osHostname, totalmem } from 'node:os';
 import {
   DriverError,
+  type DiskSpec,
   type DriverEvent,
   type DriverVmSpec,
   type DriverVmStatus,
@@ -12,15 +13,20 @@ import {
   type MigrationProgress,
   type MigrationResult,
   type MigrationTarget,
+  type RemoteMemoryTarget,
   type ReplicaTarget,
   type StopOptions,
 } from '../types.ts';
+import { checkRemoteMemory } from '../remote-memory.ts';
+import { type RemoteMemoryOptions, attachRemoteMemory, detachRemoteMemory, settleInterrupted } from './remote-memory-slots.ts';
 import { type AccelChoice, type AccelLog, type AccelOptions, chooseAccel, currentAccel, reprobeAccel, type ProbeGuest } from './accel.ts';
 import type { Accel } from './args.ts';
 import { readHistory } from './console.ts';
 import { BootTimeoutError, hostAvailableMiB, launchVm, reattach, stopQemu, type LifecycleContext } from './lifecycle.ts';
 import { setGuestMemory } from './memory.ts';
-import { exportLocalDisks, hasLocalDisks, localPool, mirrorLocalDisks, removeLocalDisks, resolveLocalDisks, stopExports } from './local-disks.ts';
+import {
+  disksToSend, exportLocalDisks, hasDisksToCopy, localPool, mirrorLocalDisks, removeLocalDisks, resolveLocalDisks, stopExports, takesOverCopies,
+} from './local-disks.ts';
 import { checkMigrationUri, freePort, runMigration } from './migrate.ts';
 import { tearDownNics } from './network.ts';
 import { checkVmId, vmPaths, vmsDir } from './paths.ts';
@@ -62,6 +68,8 @@ export interface QemuDriverOptions {
   replicaReconnectDelayS?: number;
   /** How often replica NBD servers are probed; one that stops accepting connections is cut off (replicas.ts). */
   replicaWatchIntervalMs?: number;
+  /** How long the guest's swap waits for a donor that went away to come back (QEMU's reconnect-delay). */
+  remoteMemoryReconnectDelayS?: number;
   log?: AccelLog;
 }
 
@@ -105,6 +113,7 @@ class QemuDriver implements HypervisorDriver {
   /** A probe this driver started after a guest did not boot under KVM; later failures wait for it. */
   private reprobing: Promise<AccelChoice> | undefined;
   private readonly replicas: DiskReplicas;
+  private readonly remoteMemory: RemoteMemoryOptions;
 
   constructor(
     private readonly opts: QemuDriverOptions,
@@ -133,6 +142,12 @@ class QemuDriver implements HypervisorDriver {
       emit: (vm) => this.emit({ type: 'vm-state', vm: vm.snapshot() }),
       log: this.ctx.log,
     });
+    this.remoteMemory = {
+      reconnectDelayS: opts.remoteMemoryReconnectDelayS ?? 30,
+      swaponTimeoutMs: 60_000,
+      swapoffTimeoutMs: 300_000,
+      emit: (vm) => this.emit({ type: 'vm-state', vm: vm.snapshot() }),
+    };
   }
 
   /** Finds the VMs earlier driver instances left running (or stopped) in the data dir. */
@@ -147,6 +162,7 @@ class QemuDriver implements HypervisorDriver {
         continue;
       }
       this.vms.set(id, vm);
+      await settleInterrupted(vm);
       if (vm.qmp && (vm.state === 'running' || vm.state === 'paused')) {
         this.replicas.watch(vm);
         await this.replicas.ensure(vm);
@@ -323,9 +339,10 @@ class QemuDriver implements HypervisorDriver {
     spec = resolveLocalDisks(spec, this.opts.localPoolDir ?? localPool(this.opts.dataDir));
     return this.locked(spec.id, async () => {
       const existing = this.vms.get(spec.id);
+      const viaReplica = takesOverCopies(spec) ? { viaReplica: true } : {};
       if (existing?.state === 'incoming' && existing.record.incomingUri && existing.alive) {
         const nbd = this.incomingNbd.get(spec.id);
-        return { uri: existing.record.incomingUri, ...(nbd ? { nbd } : {}) };
+        return { uri: existing.record.incomingUri, ...(nbd ? { nbd } : {}), ...viaReplica };
       }
       if (existing?.qmp && existing.alive) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
       const free = await hostAvailableMiB();
@@ -336,8 +353,11 @@ class QemuDriver implements HypervisorDriver {
       await mkdir(paths.dir, { recursive: true });
       await this.refreshAccel();
       // A local disk left here by an earlier visit is stale: the mirror only sends the source's top layer,
-      // so the destination must start from a fresh overlay.
+      // so the destination must start from a fresh overlay. A copy taken over is the disk and must be here.
       await removeLocalDisks(spec);
+      for (const d of spec.disks) {
+        if (d.replicaHere && !(await exists(d.path))) throw new DriverError('MIGRATION_FAILED', `the copy ${d.path} this host should take over is not here`);
+      }
       // The port is free when chosen but QEMU binds it later: a clash makes QEMU exit, and we pick another.
       let lastErr: unknown;
       for (let attempt = 0; attempt < 3; attempt++) {
@@ -346,18 +366,24 @@ class QemuDriver implements HypervisorDriver {
         await vm.saveRecord();
         this.vms.set(spec.id, vm);
         try {
-          await launchVm(this.ctx, vm, { accel: this.accel, incoming: uri });
+          // Copies taken over stay closed (QEMU opens incoming disks without locks or writes) until the
+          // guest runs, which waits for their servers to let go (completeIncoming).
+          await launchVm(this.ctx, vm, { accel: this.accel, incoming: uri, paused: !!viaReplica.viaReplica });
+          if (viaReplica.viaReplica) {
+            await vm.qmp!.call('migrate-set-capabilities', { capabilities: [{ capability: 'late-block-activate', state: true }] });
+          }
         } catch (err) {
           lastErr = err;
+          if (vm.alive) await stopQemu(vm, { force: true, timeoutMs: 0, reason: 'incoming setup failed' }).catch(() => undefined);
           this.vms.delete(spec.id);
           continue;
         }
         vm.setState('incoming');
-        if (!hasLocalDisks(spec)) return { uri };
+        if (!hasDisksToCopy(spec)) return { uri, ...viaReplica };
         try {
           const nbd = await exportLocalDisks(vm.qmp!, spec, this.address);
           this.incomingNbd.set(spec.id, nbd);
-          return { uri, nbd };
+          return { uri, nbd, ...viaReplica };
         } catch (err) {
           await this.retire(vm, 'could not export local disks');
           throw new DriverError('MIGRATION_FAILED', `exporting local disks for ${spec.id}: ${String(err)}`);
@@ -380,15 +406,20 @@ class QemuDriver implements HypervisorDriver {
       const vm = this.get(vmId);
       const qmp = vm.qmp;
       if (vm.state !== 'running' || !qmp) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
-      // The mirror would not follow the VM: the copy on the replica host would silently fall behind.
-      if (replicaDisks(vm.spec).length > 0) throw new DriverError('MIGRATION_FAILED', `${vmId} has disk replicas; detach them before it moves`);
+      const viaReplica = !!target.viaReplica;
+      // A mirror would not follow the VM to any other host: the copy there would silently fall behind.
+      if (replicaDisks(vm.spec).length > 0 && !viaReplica) throw new DriverError('MIGRATION_FAILED', `${vmId} has disk replicas; it moves only to the host of their copies`);
+      if (viaReplica) await this.replicas.requireInStep(vm);
+      const sent = disksToSend(vm.spec, viaReplica);
+      // The plugged export would not follow the VM, and its swapped pages are the guest's memory.
+      if (vm.record.remoteMemory?.length) throw new DriverError('MIGRATION_FAILED', `${vmId} has remote memory; detach it before it moves`);
       vm.migrating = true;
       let result: MigrationResult;
       let finishMirrors: (() => Promise<void>) | undefined;
       try {
-        if (hasLocalDisks(vm.spec)) {
+        if (hasDisksToCopy(sent)) {
           if (!target.nbd) throw new DriverError('MIGRATION_FAILED', `${vmId} has local disks and the destination offers no NBD export`);
-          finishMirrors = await mirrorLocalDisks(qmp, vm.spec, target.nbd, signal);
+          finishMirrors = await mirrorLocalDisks(qmp, sent, target.nbd, signal);
         }
         result = await runMigration(qmp, target.uri, {
           maxBandwidthBytes: this.opts.migrationBandwidthBytes ?? 10 * 1024 ** 3,
@@ -404,18 +435,22 @@ class QemuDriver implements HypervisorDriver {
         await finishMirrors?.();
         vm.migrating = false;
       }
+      // Paused here, every write the guest saw complete is in the copies: their mirrors end cleanly now,
+      // while the copies' servers still answer (the destination stops them before its guest runs).
+      if (viaReplica) await this.replicas.end(vm, qmp);
       // The guest runs on the destination now; this copy is paused and must never run again.
       await this.retire(vm, 'migrated to another host');
       return result;
     });
   }
 
-  async completeIncoming(vmId: string, timeoutMs = 120_000): Promise<DriverVmStatus> {
+  async completeIncoming(vmId: string, timeoutMs = 120_000, release?: (disks: DiskSpec[]) => Promise<void>): Promise<DriverVmStatus> {
     const vm = this.get(vmId);
     const deadline = Date.now() + timeoutMs;
+    const copies = vm.spec.disks.filter((d) => d.replicaHere);
     const arrived = async () => {
       this.incomingNbd.delete(vmId);
-      if (hasLocalDisks(vm.spec) && vm.qmp) await stopExports(vm.qmp);
+      if (hasDisksToCopy(vm.spec) && vm.qmp) await stopExports(vm.qmp);
       return vm.status();
     };
     for (;;) {
@@ -426,6 +461,18 @@ class QemuDriver implements HypervisorDriver {
       if (status?.running) {
         await vm.arrived();
         return arrived();
+      }
+      if (copies.length > 0) {
+        if ((await qmp.call('query-migrate', undefined).catch(() => undefined))?.status === 'completed') {
+          // The whole guest is here and the source paused: the copies' servers let go, then QEMU takes the
+          // disks (and their write locks, so a server still holding one makes `cont` fail, not corrupt it).
+          await release?.(copies);
+          await qmp.call('cont', undefined);
+          continue;
+        }
+        if (Date.now() > deadline) throw new DriverError('MIGRATION_FAILED', `${vmId} did not arrive within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 20));
+        continue;
       }
       // Only a source started without `migration.store-global-state=off` (args.ts) hands over a guest it had
       // paused for the copy still paused: run it, as the source would have.
@@ -496,6 +543,28 @@ class QemuDriver implements HypervisorDriver {
   detachReplica(vmId: string, disk: number): Promise<DriverVmStatus> {
     this.get(vmId);
     return this.locked(vmId, () => this.replicas.detach(this.get(vmId), disk));
+  }
+
+  attachRemoteMemory(vmId: string, slot: number, target: RemoteMemoryTarget, sizeMiB: number): Promise<DriverVmStatus> {
+    checkRemoteMemory(slot, target, sizeMiB);
+    this.get(vmId);
+    return this.locked(vmId, async () => {
+      const vm = this.get(vmId);
+      await attachRemoteMemory(vm, slot, target, sizeMiB, this.remoteMemory);
+      return vm.status();
+    });
+  }
+
+  detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus | undefined> {
+    checkRemoteMemory(slot);
+    this.checkOpen();
+    if (!this.vms.has(vmId)) return Promise.resolve(undefined);
+    return this.locked(vmId, async () => {
+      const vm = this.vms.get(vmId);
+      if (!vm) return undefined;
+      await detachRemoteMemory(vm, slot, this.remoteMemory);
+      return vm.status();
+    });
   }
 
   async close(): Promise<void> {

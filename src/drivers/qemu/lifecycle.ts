@@ -48,7 +48,7 @@ function checkSocketPaths(paths: VmPaths): void {
 export async function launchVm(
   ctx: LifecycleContext,
   vm: QemuVm,
-  opts: { accel: Accel; incoming?: string; signal?: AbortSignal },
+  opts: { accel: Accel; incoming?: string; paused?: boolean; signal?: AbortSignal },
 ): Promise<void> {
   const spec = vm.spec;
   checkSocketPaths(vm.paths);
@@ -57,7 +57,7 @@ export async function launchVm(
   for (const disk of spec.disks) if (!opts.incoming || disk.local) await ensureDisk(disk);
   const { backends, warnings } = await setUpNics(ctx.owner, spec.id, spec.nics);
   for (const w of warnings) ctx.log(w, { vmId: spec.id });
-  const args = qemuArgs({ spec, paths: vm.paths, accel: opts.accel, nics: backends, incoming: opts.incoming });
+  const args = qemuArgs({ spec, paths: vm.paths, accel: opts.accel, nics: backends, incoming: opts.incoming, paused: opts.paused });
   // What an earlier QEMU of this VM logged is settled into the history first: this boot's ready text must be its own.
   const files = { qemuLog: vm.paths.serialLog, history: vm.paths.consoleLog, offset: vm.paths.consoleOffset, socket: vm.paths.serialSocket };
   catchUpConsole(files, appendHistory(vm.paths.consoleLog), false);

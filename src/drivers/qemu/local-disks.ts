@@ -41,6 +41,18 @@ export function moveLocalDisks(from: string, to: string): string[] {
 }
 
 export const hasLocalDisks = (spec: DriverVmSpec) => spec.disks.some((d) => d.local);
+/** Local disks that travel with a migration: all but the copies the destination already serves (`replicaHere`). */
+export const hasDisksToCopy = (spec: DriverVmSpec) => spec.disks.some((d) => d.local && !d.replicaHere);
+export const takesOverCopies = (spec: DriverVmSpec) => spec.disks.some((d) => d.replicaHere);
+
+/**
+ * The spec a migration copies disks for: with `viaReplica`, disks that have a replica are left out (the
+ * destination takes their copies over); indexes stay, QEMU's node names are by index.
+ */
+export function disksToSend(spec: DriverVmSpec, viaReplica: boolean): DriverVmSpec {
+  if (!viaReplica) return spec;
+  return { ...spec, disks: spec.disks.map((d) => (d.replica ? { ...d, local: false } : d)) };
+}
 
 /** The spec with local disk paths made absolute under this host's pool; a path that escapes it is refused. */
 export function resolveLocalDisks(spec: DriverVmSpec, pool: string): DriverVmSpec {
@@ -56,7 +68,8 @@ export function resolveLocalDisks(spec: DriverVmSpec, pool: string): DriverVmSpe
   };
 }
 
-const localIndexes = (spec: DriverVmSpec) => spec.disks.flatMap((d, i) => (d.local ? [i] : []));
+/** The local disks a migration copies (a copy the destination takes over is not one). */
+const localIndexes = (spec: DriverVmSpec) => spec.disks.flatMap((d, i) => (d.local && !d.replicaHere ? [i] : []));
 
 /** Destination: serve the incoming VM's local disks over NBD; returns host:port. */
 export async function exportLocalDisks(qmp: QmpClient, spec: DriverVmSpec, address: string): Promise<string> {
@@ -117,7 +130,7 @@ export async function mirrorLocalDisks(qmp: QmpClient, spec: DriverVmSpec, nbd: 
   }
 }
 
-/** Local disks belong to the VM on this host: they go when it goes. */
+/** Local disks belong to the VM on this host: they go when it goes. Deletes the VM's local disks; a copy it was about to take over stays, it still belongs to its server. */
 export async function removeLocalDisks(spec: DriverVmSpec): Promise<void> {
-  for (const d of spec.disks) if (d.local) await rm(d.path, { force: true });
+  for (const d of spec.disks) if (d.local && !d.replicaHere) await rm(d.path, { force: true });
 }

@@ -10,6 +10,8 @@ export interface GuestMemory {
   usedMiB: number;
   availableMiB: number;
   totalMiB: number;
+  /** Page faults the guest served from swap or disk, when it reports them. */
+  majorFaults?: number;
 }
 
 export interface MemorySnapshot {
@@ -30,11 +32,14 @@ export async function guestMemory(qmp: QmpClient): Promise<GuestMemory | undefin
   const total = stats?.['stat-total-memory'];
   const available = stats?.['stat-available-memory'];
   if (typeof total !== 'number' || typeof available !== 'number' || total <= 0 || available < 0) return undefined;
-  return {
+  const guest: GuestMemory = {
     totalMiB: Math.round(total / MiB),
     availableMiB: Math.floor(available / MiB),
     usedMiB: Math.ceil((total - available) / MiB),
   };
+  const majorFaults = stats?.['stat-major-faults'];
+  if (typeof majorFaults === 'number' && majorFaults >= 0) guest.majorFaults = majorFaults;
+  return guest;
 }
 
 export async function memorySnapshot(qmp: QmpClient, spec: DriverVmSpec): Promise<MemorySnapshot> {

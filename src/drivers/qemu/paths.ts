@@ -14,6 +14,8 @@ export interface VmPaths {
   consoleOffset: string;
   /** QEMU's own stderr: why it refused to start or died. */
   qemuLog: string;
+  /** The chardev of the guest agent's virtio-serial port (guest-agent.ts). */
+  guestAgent: string;
 }
 
 export function vmsDir(dataDir: string): string {
@@ -32,6 +34,7 @@ export function vmPaths(dataDir: string, vmId: string): VmPaths {
     consoleLog: join(dir, 'console.log'),
     consoleOffset: join(dir, 'console.offset'),
     qemuLog: join(dir, 'qemu.log'),
+    guestAgent: join(dir, 'qga.sock'),
   };
 }
 

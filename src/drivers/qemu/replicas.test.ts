@@ -8,7 +8,7 @@ import { afterEach, describe, it } from 'node:test';
 import { execute } from '../../agent/executor.ts';
 import { createFileStorage, localPoolPath, type HostStorage } from '../../agent/storage/index.ts';
 import { type Command, parseControlMessage } from '../../protocol/messages.ts';
-import type { DiskSpec, DriverVmStatus, HypervisorDriver, ReplicaState, ReplicaTarget } from '../types.ts';
+import type { DiskSpec, DriverVmStatus, HypervisorDriver, MigrationTarget, ReplicaState, ReplicaTarget } from '../types.ts';
 import { createQemuDriver, type QemuDriverOptions } from './index.ts';
 import { vmPaths } from './paths.ts';
 import { guestSpec, lastGuestUptime, requireGuest, requireQemu, tempDir, trackDrivers } from './test-support.ts';
@@ -58,6 +58,7 @@ function replicaHost(dataDir: string, driver: HypervisorDriver) {
   };
   return {
     pool,
+    run,
     imagePath: (name: string) => join(pool.path, name),
     serve: async (name: string) =>
       ((await run({ op: 'replicaExport', pool, name, format: 'qcow2', sizeMiB: SIZE_MIB })) as { replica: ReplicaTarget }).replica,
@@ -232,5 +233,41 @@ describe('disk replicas', () => {
     await host.unserve(name, true);
     for (const s of storages) await s.close();
     assert.deepEqual(pidsMentioning(root.path), [], 'no QEMU or qemu-storage-daemon left');
+  });
+
+  it('moves live onto its copy: the destination takes the copy over as the disk, with every write the guest completed', T, async () => {
+    requireTools();
+    const a = join(root.path, 'a5');
+    const b = join(root.path, 'b5');
+    const driverA = await primary(a, { localPoolDir: join(a, 'pool') });
+    const driverB = await primary(join(b, 'driver'), { localPoolDir: localPoolPath(b) });
+    const host = replicaHost(b, driverB);
+    const name = 'vms/m5/disk0.qcow2';
+    const local = { path: name, local: true, format: 'qcow2' as const, sizeMiB: SIZE_MIB };
+    const spec = guestSpec('m5', { disks: [{ ...local, replica: await host.serve(name) }] });
+    await driverA.start(spec);
+    await replicaState(driverA, 'm5', 'synced');
+    const before = await guestWrites(driverA, 'm5', 'before-the-move', 2 * MiB, 1);
+
+    // Control's commands, as the agents run them: the destination serves the copy, so it takes it over.
+    const target = (await host.run({ op: 'prepareIncoming', spec: { ...spec, disks: [{ ...local, replicaHere: true }] } })) as MigrationTarget;
+    assert.equal(target.viaReplica, true, 'the destination says it takes the copy over');
+    assert.equal(target.nbd, undefined, 'no disk is sent');
+    assert.equal(daemonsOf(b).length, 1, 'the copy is served while the guest moves');
+    const result = await driverA.migrate('m5', target);
+    assert.ok(result.totalMs > 0);
+    const arrived = (await host.run({ op: 'completeIncoming', vmId: 'm5' })) as DriverVmStatus;
+    assert.equal(arrived.state, 'running');
+    assert.equal(daemonsOf(b).length, 0, 'the copy\'s server let go of it');
+    assert.ok(!(await driverA.list()).some((v) => v.id === 'm5'), 'the source forgot the VM');
+    assert.ok(!existsSync(join(a, 'pool', name)), 'the source deleted its own disk');
+    assert.equal(arrived.replicas, undefined, 'the taken-over disk mirrors nowhere');
+
+    // The guest goes on writing on the copy; both writes are on it once the VM stops.
+    const after = await guestWrites(driverB, 'm5', 'after--the-move', 1 * MiB, 2);
+    await driverB.stop('m5', { force: false, timeoutMs: 60_000 });
+    assert.ok(readImage(host.imagePath(name), MiB).equals(after), 'the write after the move is on the disk');
+    assert.ok(readImage(host.imagePath(name), 2 * MiB).subarray(MiB).equals(before.subarray(MiB)), 'the write before the move is on the disk');
+    assert.ok(existsSync(host.imagePath(name)), 'the copy is the VM\'s disk now');
   });
 });

@@ -1,9 +1,11 @@
 // One QEMU-backed VM as the driver sees it: its persisted record, its QMP and console links, and how it ended.
 import { readFile, writeFile, rename } from 'node:fs/promises';
-import type { DriverVmSpec, DriverVmState, DriverVmStatus, ReplicaStatus } from '../types.ts';
+import type { DriverVmSpec, DriverVmState, DriverVmStatus, RemoteMemoryStatus, ReplicaStatus } from '../types.ts';
 import { BALLOON_PATH, type Accel } from './args.ts';
 import { SerialConsole } from './console.ts';
+import { GuestAgent } from './guest-agent.ts';
 import { memorySnapshot } from './memory.ts';
+import { guestSwap } from './remote-memory.ts';
 import type { VmPaths } from './paths.ts';
 import { isQemuAlive, lastLines, waitGone, type Launched } from './process.ts';
 import type { QmpClient } from './qmp.ts';
@@ -18,6 +20,8 @@ export interface VmRecord {
   mode: VmMode;
   /** The listening URI of an incoming VM. */
   incomingUri?: string;
+  /** Remote memory plugged into this QEMU, by slot: a later driver reports (and detaches) it too. */
+  remoteMemory?: RemoteMemoryStatus[];
 }
 
 export function parseRecord(raw: unknown): VmRecord | undefined {
@@ -29,6 +33,7 @@ export function parseRecord(raw: unknown): VmRecord | undefined {
   if (r.mode !== 'run' && r.mode !== 'incoming') return undefined;
   const record: VmRecord = { spec: r.spec as DriverVmSpec, accel: r.accel, mode: r.mode };
   if (typeof r.incomingUri === 'string') record.incomingUri = r.incomingUri;
+  if (Array.isArray(r.remoteMemory)) record.remoteMemory = r.remoteMemory as RemoteMemoryStatus[];
   return record;
 }
 
@@ -59,6 +64,8 @@ export class QemuVm {
   replicas: ReplicaStatus[] | undefined;
   /** Why mirroring a disk into its replica could not start, by disk index. */
   readonly replicaFailures = new Map<number, string>();
+  /** The qemu-guest-agent in the guest (remote memory's swapon and swapoff). */
+  readonly guestAgent: GuestAgent;
   /** Set before the driver makes QEMU exit on purpose: the exit is then a stop, not a crash. */
   expectedExit: { reason?: string } | undefined;
   private console: SerialConsole | undefined;
@@ -72,7 +79,9 @@ export class QemuVm {
     public record: VmRecord,
     readonly paths: VmPaths,
     private readonly hooks: VmHooks,
-  ) {}
+  ) {
+    this.guestAgent = new GuestAgent(paths.guestAgent);
+  }
 
   get id(): string {
     return this.record.spec.id;
@@ -127,7 +136,9 @@ export class QemuVm {
   /** An incoming migration completed (QEMU resumed the guest): from now on this is the VM. */
   async arrived(): Promise<void> {
     if (this.state !== 'incoming') return;
-    this.record = { spec: this.spec, accel: this.record.accel, mode: 'run' };
+    // A disk copy taken over is this VM's own disk from now on (deleted with it, like any local disk).
+    const disks = this.spec.disks.map(({ replicaHere: _taken, ...d }) => d);
+    this.record = { spec: { ...this.spec, disks }, accel: this.record.accel, mode: 'run' };
     this.bootedAtMs = Date.now();
     this.setState('running');
     await this.saveRecord().catch(() => undefined);
@@ -177,16 +188,24 @@ export class QemuVm {
     if (up && this.bootedAtMs !== undefined) status.uptimeS = Math.max(0, (Date.now() - this.bootedAtMs) / 1000);
     if (this.reason !== undefined) status.reason = this.reason;
     if (up && this.replicas?.length) status.replicas = this.replicas.map((r) => ({ ...r, target: { ...r.target } }));
+    const remote = this.record.remoteMemory;
+    if (up && remote?.length) status.remoteMemory = remote.map((r) => ({ ...r, target: { ...r.target } }));
     return status;
   }
 
   async status(): Promise<DriverVmStatus> {
     const qmp = this.qmp;
     if ((this.state === 'running' || this.state === 'paused') && qmp) {
-      const mem = await memorySnapshot(qmp, this.spec).catch(() => undefined);
+      // The guest's swap is asked only of guests with remote memory: a guest-exec costs the guest a process.
+      const [mem, swap] = await Promise.all([
+        memorySnapshot(qmp, this.spec).catch(() => undefined),
+        this.record.remoteMemory?.length ? guestSwap(this.guestAgent, 2000) : undefined,
+      ]);
       if (mem) this.lastActualMiB = mem.actualMiB;
       const status = this.snapshot();
       if (mem?.guest) status.memoryUsedMiB = mem.guest.usedMiB;
+      if (mem?.guest?.majorFaults !== undefined) status.majorFaults = mem.guest.majorFaults;
+      if (swap) Object.assign(status, swap);
       return status;
     }
     return this.snapshot();

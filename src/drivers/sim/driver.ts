@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   DriverError,
+  type DiskSpec,
   type DriverEvent,
   type DriverVmSpec,
   type DriverVmState,
@@ -11,15 +12,16 @@ import {
   type MigrationProgress,
   type MigrationResult,
   type MigrationTarget,
+  type RemoteMemoryTarget,
   type ReplicaTarget,
   type StopOptions,
 } from '../types.ts';
+import { checkRemoteMemory, sameRemoteTarget } from '../remote-memory.ts';
 import { realClock, TimerSet, type SimClock } from './clock.ts';
 import { appendHistory, bootedLines, earlyBootLines, echo, rebootLines, shutdownLines } from './console.ts';
 import { migrationUri, runMigration, type MigrationContext } from './migration.ts';
 import { checkSpec, createBoot, createResize, holdsMemory, interrupt, isUp, reservedMiB, toStatus, type SimVm } from './vm.ts';
 import { DriverListeners } from '../listeners.ts';
-import { SimRemoteMemory, remoteMemoryStatus } from './remote-memory.ts';
 
 export interface SimDriverOptions {
   hostname: string;
@@ -50,7 +52,8 @@ export interface SimDriver extends HypervisorDriver {
   crash(vmId: string, reason?: string): void;
   /** Timers the driver still holds; 0 once close() returned. */
   readonly pendingTimers: number;
-  readonly remoteMemory: SimRemoteMemory;
+  /** Test knob: the guest has this much of its swap (remote memory) in use; the pages a dying donor takes along. */
+  useSwap(vmId: string, usedMiB: number): void;
   /** Memory the host uses outside its VMs (its own processes, page cache): a knob for memory pressure. */
   setHostUsedMiB(mib: number): void;
 }
@@ -76,7 +79,6 @@ class SimHypervisor implements SimDriver {
   private nextStartFailure: string | undefined;
   private closed = false;
   private hostUsedMiB = 0;
-  readonly remoteMemory: SimRemoteMemory;
 
   constructor(private readonly opts: SimDriverOptions) {
     this.clock = opts.clock ?? realClock;
@@ -98,19 +100,16 @@ class SimHypervisor implements SimDriver {
         this.setState(vm, 'stopped', 'migrated to another host');
       },
     };
-    this.remoteMemory = new SimRemoteMemory({
-      address: this.address,
-      freeMiB: () => this.freeMiB(),
-      vm: (id) => this.get(id),
-      changed: (vm) => {
-        this.emitState(vm);
-        return this.status_(vm);
-      },
-    });
   }
 
   setHostUsedMiB(mib: number): void {
     this.hostUsedMiB = Math.max(0, mib);
+  }
+
+  useSwap(vmId: string, usedMiB: number): void {
+    const vm = this.get(vmId);
+    vm.swapUsedMiB = usedMiB;
+    this.emitState(vm);
   }
 
   get pendingTimers(): number {
@@ -126,7 +125,7 @@ class SimHypervisor implements SimDriver {
       memoryFreeMiB: this.freeMiB(),
       driver: 'sim',
       address: this.address,
-      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console', 'remote-memory'],
+      capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console'],
       accelerator: 'sim',
     };
   }
@@ -241,11 +240,12 @@ class SimHypervisor implements SimDriver {
     this.checkOpen();
     checkSpec(spec);
     const existing = this.vms.get(spec.id);
-    if (existing?.state === 'incoming') return { uri: migrationUri(this.migration, spec.id) };
+    const viaReplica = spec.disks.some((d) => d.replicaHere) ? { viaReplica: true } : {};
+    if (existing?.state === 'incoming') return { uri: migrationUri(this.migration, spec.id), ...viaReplica };
     if (existing && holdsMemory(existing.state)) throw new DriverError('VM_EXISTS', `${spec.id} already runs here`);
     const vm = this.admit(spec, 'incoming', existing);
     this.setState(vm, 'incoming');
-    return { uri: migrationUri(this.migration, spec.id) };
+    return { uri: migrationUri(this.migration, spec.id), ...viaReplica };
   }
 
   async migrate(
@@ -259,11 +259,16 @@ class SimHypervisor implements SimDriver {
     return runMigration(this.migration, vm, target, onProgress, signal);
   }
 
-  async completeIncoming(vmId: string): Promise<DriverVmStatus> {
+  async completeIncoming(vmId: string, _timeoutMs?: number, release?: (disks: DiskSpec[]) => Promise<void>): Promise<DriverVmStatus> {
     // Sim hosts cannot see each other, so the control plane's word that the source finished is taken as arrival.
     const vm = this.get(vmId);
     if (isUp(vm.state)) return this.status_(vm);
     if (vm.state !== 'incoming') throw new DriverError('MIGRATION_FAILED', `${vmId} is ${vm.state}, not incoming`);
+    const copies = vm.spec.disks.filter((d) => d.replicaHere);
+    if (copies.length > 0) {
+      await release?.(copies);
+      vm.spec = { ...vm.spec, disks: vm.spec.disks.map(({ replicaHere: _taken, ...d }) => d) };
+    }
     vm.startedAt = this.clock.now();
     this.setState(vm, 'running');
     this.print(vm, `\r\n[migrated in from another host]\r\n${vm.spec.name} login: `);
@@ -316,6 +321,27 @@ class SimHypervisor implements SimDriver {
     const status = this.status_(vm);
     this.emit({ type: 'vm-state', vm: status });
     return status;
+  }
+
+  async attachRemoteMemory(vmId: string, slot: number, target: RemoteMemoryTarget, sizeMiB: number): Promise<DriverVmStatus> {
+    checkRemoteMemory(slot, target, sizeMiB);
+    const vm = this.get(vmId);
+    if (!isUp(vm.state)) throw new DriverError('VM_NOT_RUNNING', `${vmId} is ${vm.state}`);
+    vm.remoteMemory ??= new Map();
+    const now = vm.remoteMemory.get(slot);
+    if (!now || !sameRemoteTarget(now.target, target) || now.sizeMiB !== sizeMiB || now.state !== 'active') {
+      vm.remoteMemory.set(slot, { slot, target: { ...target }, sizeMiB, state: 'active' });
+      this.emit({ type: 'vm-state', vm: this.status_(vm) });
+    }
+    return this.status_(vm);
+  }
+
+  async detachRemoteMemory(vmId: string, slot: number): Promise<DriverVmStatus | undefined> {
+    checkRemoteMemory(slot);
+    const vm = this.vms.get(vmId);
+    if (!vm) return undefined;
+    if (vm.remoteMemory?.delete(slot)) this.emit({ type: 'vm-state', vm: this.status_(vm) });
+    return this.status_(vm);
   }
 
   async growDisk(vmId: string, index: number, sizeMiB: number): Promise<void> {
@@ -384,7 +410,7 @@ class SimHypervisor implements SimDriver {
   private freeMiB(): number {
     let usedMiB = 0;
     for (const vm of this.vms.values()) if (holdsMemory(vm.state)) usedMiB += reservedMiB(vm);
-    return Math.max(0, this.memoryMiB - usedMiB - this.hostUsedMiB - this.remoteMemory.memoryLentMiB());
+    return Math.max(0, this.memoryMiB - usedMiB - this.hostUsedMiB);
   }
 
   private get(vmId: string): SimVm {
@@ -399,7 +425,7 @@ class SimHypervisor implements SimDriver {
   }
 
   private status_(vm: SimVm): DriverVmStatus {
-    return { ...toStatus(vm, this.clock.now()), ...(isUp(vm.state) ? remoteMemoryStatus(vm) : {}) };
+    return toStatus(vm, this.clock.now());
   }
 
   private setState(vm: SimVm, state: DriverVmState, reason?: string): void {

@@ -94,7 +94,7 @@ describe('sim driver', () => {
         { ...facts },
         {
           hostname: 'sim-a', cpus: 8, memoryMiB: 4096, memoryFreeMiB: 4096, driver: 'sim', address: '10.0.0.1',
-          capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console', 'remote-memory'], accelerator: 'sim',
+          capabilities: ['balloon', 'virtio-mem', 'live-migration', 'console'], accelerator: 'sim',
         },
       );
       await a.start(vmSpec('v1', 1024));
@@ -331,5 +331,25 @@ describe('sim driver', () => {
       await a.start(vmSpec('v1'));
       await until(() => kept > 0);
       assert.equal(gone, 0);
+    }));
+});
+
+describe('sim driver: remote memory', () => {
+  it('attaches at once as active swap, is idempotent, and detaches (also of a VM that is gone)', () =>
+    withHosts(async (a) => {
+      await a.start(vmSpec('r1'));
+      const target = { host: '10.0.0.2', port: 30000, exportName: 'rmem-loan' };
+      const attached = await a.attachRemoteMemory('r1', 3, target, 512);
+      assert.deepEqual(attached.remoteMemory, [{ slot: 3, target, sizeMiB: 512, state: 'active' }]);
+      assert.equal(attached.swapTotalMiB, 512);
+      assert.deepEqual((await a.attachRemoteMemory('r1', 3, target, 512)).remoteMemory, attached.remoteMemory);
+      await assert.rejects(a.attachRemoteMemory('r1', 8, target, 512), isDriverError('REMOTE_MEMORY_FAILED'));
+      assert.equal((await a.detachRemoteMemory('r1', 3))?.remoteMemory, undefined);
+      assert.equal((await a.detachRemoteMemory('r1', 3))?.remoteMemory, undefined);
+      assert.equal(await a.detachRemoteMemory('gone', 0), undefined);
+      await a.attachRemoteMemory('r1', 0, target, 256);
+      await a.stop('r1', { force: true });
+      await a.start(vmSpec('r1'));
+      assert.equal((await a.status('r1')).remoteMemory, undefined, 'a new boot has nothing plugged');
     }));
 });

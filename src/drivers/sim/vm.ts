@@ -23,8 +23,10 @@ export interface SimVm {
   /** A memory change the guest has not reached yet. */
   resize?: PendingResize;
   migration?: { cancel(err: DriverError): void };
-  /** Remote memory devices by slot, with how much of each the guest has swapped out (remote-memory.ts). */
-  remote?: Map<number, RemoteMemoryStatus & { usedMiB: number }>;
+  /** Remote memory by slot: the simulated guest swaps to it as soon as it is attached. */
+  remoteMemory?: Map<number, RemoteMemoryStatus>;
+  /** How much of its remote memory the simulated guest has swapped out to (a test knob). */
+  swapUsedMiB?: number;
 }
 
 /** States in which the VM holds host memory; an incoming VM holds it so the migration cannot be outbid. */
@@ -52,6 +54,12 @@ export function toStatus(vm: SimVm, nowMs: number): DriverVmStatus {
   // A simulated replica has nothing to copy: in step as soon as the VM runs.
   const replicas = vm.spec.disks.flatMap((d, disk) => (d.replica ? [{ disk, target: { ...d.replica }, state: 'synced' as const }] : []));
   if (isUp(vm.state) && replicas.length > 0) status.replicas = replicas;
+  const remote = [...(vm.remoteMemory?.values() ?? [])].sort((a, b) => a.slot - b.slot);
+  if (isUp(vm.state) && remote.length > 0) {
+    status.remoteMemory = remote.map((r) => ({ ...r, target: { ...r.target } }));
+    status.swapTotalMiB = remote.reduce((n, r) => n + r.sizeMiB, 0);
+    status.swapUsedMiB = Math.min(vm.swapUsedMiB ?? 0, status.swapTotalMiB);
+  }
   return status;
 }
 
@@ -91,8 +99,9 @@ export function reservedMiB(vm: SimVm): number {
 
 /** Ends whatever the VM was doing in the background, failing the callers that wait on it. */
 export function interrupt(vm: SimVm, why: string): void {
-  // Hot-plugged remote memory does not outlive the guest: a new boot starts without it.
-  vm.remote = undefined;
+  // Plugged devices go with the guest; a new boot starts with none.
+  vm.remoteMemory = undefined;
+  vm.swapUsedMiB = undefined;
   if (vm.boot) {
     const boot = vm.boot;
     vm.boot = undefined;

@@ -74,6 +74,27 @@ export function createVmService(deps: VmServiceDeps) {
    * wrote the VM since it was read. A controller that did is not the user's problem: read again, decide
    * again. One long operation runs at a time per VM: the unique index on active tasks decides a race.
    */
+  type TargetHost = Awaited<ReturnType<typeof hostRow>>;
+
+  /** For a replicated VM, the host of its disk's copy, checked to take the VM now; undefined for others. */
+  async function copyHost(vm: VmRow, asked: TargetHost | undefined): Promise<TargetHost | undefined> {
+    if (!vm.replicated) return undefined;
+    const v = await db.selectFrom('volumes').select(['replica_host_id', 'replica_state', 'replica_token', 'replica_message'])
+      .where('vm_id', '=', vm.id).where('replicated', '=', 1).where('deleting', '=', 0).executeTakeFirst();
+    if (!v?.replica_host_id) {
+      throw new AppError('INVALID_STATE', `VM ${vm.name}'s disk has no copy on another host to move onto (${v?.replica_message ?? 'none was made yet'})`);
+    }
+    const host = await hostRow(v.replica_host_id);
+    if (asked && asked.id !== host.id) {
+      throw new AppError('UNSUPPORTED', `VM ${vm.name} is on replicated storage: it live-migrates only to ${host.name}, which holds the copy of its disk`, { copyHostId: host.id });
+    }
+    if (v.replica_state !== 'synced' || v.replica_token !== vm.placement_token) {
+      const state = v.replica_state === 'synced' ? 'not yet in step since the VM started' : (v.replica_state ?? 'placing');
+      throw new AppError('INVALID_STATE', `the copy of VM ${vm.name}'s disk on ${host.name} is ${state}; it can move once the copy is in step`, { copyHostId: host.id });
+    }
+    return host;
+  }
+
   async function request(
     idOrName: string,
     kind: TaskKind,
@@ -224,13 +245,13 @@ export function createVmService(deps: VmServiceDeps) {
     },
 
     async migrate(idOrName: string, targetHost: string | undefined, by: string | null) {
-      const target = targetHost ? await hostRow(targetHost) : undefined;
+      let target = targetHost ? await hostRow(targetHost) : undefined;
+      // A VM on replicated storage moves onto the copy of its disk: only there is its disk already.
+      const copy = await copyHost(await find(idOrName), target);
+      target = copy ?? target;
       return request(idOrName, 'migrate', by, (vm) => {
         assertPhase(vm, ['running'], 'migrate');
         if (vm.desired_power !== 'running') throw new AppError('INVALID_STATE', `VM ${vm.name} is being stopped`);
-        if (vm.replicated) {
-          throw new AppError('UNSUPPORTED', `VM ${vm.name} is on replicated storage, which does not live-migrate yet; HA moves it to its replica's host when its host fails`);
-        }
         if (target) {
           if (target.id === vm.host_id) throw new AppError('INVALID_STATE', `VM ${vm.name} already runs on ${target.name}`);
           if (target.state !== 'ready' || target.maintenance) throw new AppError('HOST_NOT_READY', `host ${target.name} is ${target.maintenance ? 'in maintenance' : target.state}`);
