@@ -3,6 +3,7 @@ import { agentsHeartbeats } from './agents-heartbeats.ts';
 import { apiVmCreates } from './api-vm-creates.ts';
 import { haFailover } from './ha-failover.ts';
 import { leaderFailover } from './leader-failover.ts';
+import { memoryBudget } from './memory-budget.ts';
 import { qemuCreateToRunning, qemuMigration } from './qemu.ts';
 import { memoryRemote } from './memory-remote.ts';
 import { haReplicaWrite } from './replica-write.ts';
@@ -10,6 +11,7 @@ import { schedulerPlacements } from './scheduler.ts';
 
 const benches: { name: string; run: () => Promise<void> }[] = [
   { name: 'scheduler.placements', run: schedulerPlacements },
+  { name: 'memory.budget', run: memoryBudget },
   { name: 'api.vm_creates', run: () => apiVmCreates('sqlite') },
   { name: 'api.vm_creates.postgres', run: () => apiVmCreates('postgres') },
   { name: 'agents.heartbeats', run: agentsHeartbeats },

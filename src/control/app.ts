@@ -28,6 +28,11 @@ import { createConsoleTickets } from './features/vms/console-tickets.ts';
 import { vmRoutes } from './features/vms/routes.ts';
 import { createVmService } from './features/vms/service.ts';
 import { createVmStore } from './features/vms/store.ts';
+import { memoryRoutes } from './features/memory/routes.ts';
+import { createMemoryService } from './features/memory/service.ts';
+import { createLeaseStore as createMemoryLeaseStore } from './features/memory/store.ts';
+import { createMemoryBroker } from './memory/broker.ts';
+import { type MemoryPolicy, checkMemoryPolicy } from './memory/policy.ts';
 import { poolRoutes } from './features/pools/routes.ts';
 import { createPoolService } from './features/pools/service.ts';
 import { volumeRoutes } from './features/volumes/routes.ts';
@@ -115,6 +120,8 @@ export interface ControlConfig {
   haRestartBackoffMs?: number;
   /** The longest wait between restarts of one HA VM (default 5 minutes). */
   haRestartBackoffMaxMs?: number;
+  /** The memory broker's policy: pressure thresholds, guest floors, donor reserve, rate limit (see memory/policy.ts). */
+  memoryPolicy?: Partial<MemoryPolicy>;
 }
 
 export type Control = Awaited<ReturnType<typeof createControl>>;
@@ -132,6 +139,7 @@ export async function createControl(config: ControlConfig) {
     baseMs: config.haRestartBackoffMs ?? defaultRestartBackoff.baseMs,
     maxMs: config.haRestartBackoffMaxMs ?? Math.max(defaultRestartBackoff.maxMs, config.haRestartBackoffMs ?? 0),
   });
+  const memoryPolicy = checkMemoryPolicy(config.memoryPolicy);
   const store = await openStore(config.db);
   const { db } = store;
   const metrics = createMetrics();
@@ -254,6 +262,14 @@ export async function createControl(config: ControlConfig) {
   manager.register(createHaManager({
     registry, store: vmStore, changes, capacity, events, metrics, log, policy: config.policy, marginMs: config.failoverMarginMs, replicas: replicaFailover, backoff,
   }));
+  const leaseStore = createMemoryLeaseStore(db);
+  const memory = createMemoryService({ db, leases: leaseStore, vms: vmStore, tasks, events, registry, capacity, changes, policy: memoryPolicy });
+  const broker = createMemoryBroker({
+    leases: leaseStore, vms: vmStore, tasks, events, registry, capacity, changes, metrics, log, policy: memoryPolicy, resyncMs: config.resyncIntervalMs,
+    migrate: (id, hostId) => vms.migrate(id, hostId, null),
+    reboot: (id) => vms.reboot(id, null),
+  });
+  manager.register(broker.controller);
   // A task that ends is a change of that task: controllers waiting on it (a drain) hear it on every
   // replica, each from the event it sees, so the note itself stays local.
   events.subscribe((e) => {
@@ -309,6 +325,7 @@ export async function createControl(config: ControlConfig) {
   imageRoutes(app, images);
   poolRoutes(app, pools);
   volumeRoutes(app, volumes, pools);
+  memoryRoutes(app, memory);
   taskRoutes(app, tasks, (id) => vms.cancelMigration(id));
   eventRoutes(app, events);
   let accepting = false;
@@ -367,7 +384,7 @@ export async function createControl(config: ControlConfig) {
   }
 
   return {
-    app, store, db, log, auth, leadership, replicas, events, tasks, images, vms, vmStore, pools, volumes, hosts, hostStore, registry, capacity, metrics, changes, manager, vmController,
+    app, store, db, log, auth, memory, broker, leadership, replicas, events, tasks, images, vms, vmStore, pools, volumes, hosts, hostStore, registry, capacity, metrics, changes, manager, vmController,
     lead, follow,
     /** Loads state, resumes unfinished work and starts the control loops (when this process leads). */
     async start(): Promise<{ generatedAdminPassword?: string }> {

@@ -83,6 +83,8 @@ export function createMemoryStorage(opts: { capacityMiB?: number } = {}) {
   };
   return {
     pool: (path: string) => pools.get(path),
+    /** The memory a simulated host lends (tests), by its data dir. */
+    lender: (dataDir: string) => lenders.get(dataDir),
     forHost: (dataDir: string): HostStorage => {
       let lender = lenders.get(dataDir);
       if (!lender) lenders.set(dataDir, (lender = createSimLender()));

@@ -1,8 +1,9 @@
-// The API client commands (login, host, vm, task, image, pool, volume, user).
+// The API client commands (login, host, vm, memory, task, image, pool, volume, user).
 import type { Command } from 'commander';
 import { registerHosts } from './hosts.ts';
 import { registerImages } from './images.ts';
 import { registerLogin } from './login.ts';
+import { registerMemory } from './memory.ts';
 import { registerStorage } from './storage.ts';
 import { registerTasks } from './tasks.ts';
 import { registerUsers } from './users.ts';
@@ -14,6 +15,7 @@ export function registerClientCommands(program: Command): void {
   registerLogin(program);
   registerHosts(program);
   registerVms(program);
+  registerMemory(program);
   registerTasks(program);
   registerImages(program);
   registerStorage(program);

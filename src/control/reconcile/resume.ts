@@ -19,6 +19,14 @@ export async function resumeTasks({ db, tasks, log, hosts }: { db: Kysely<Databa
         continue;
       }
     }
+    if (task.targetKind === 'memory-lease') {
+      // A lease's state and plan are in SQL: the memory broker takes it up where it stopped.
+      const lease = await db.selectFrom('memory_leases').select(['id', 'task_id']).where('id', '=', task.targetId).executeTakeFirst();
+      if (lease?.task_id === task.id) {
+        log.info({ taskId: task.id, leaseId: lease.id }, 'resuming a memory lease');
+        continue;
+      }
+    }
     if (task.targetKind === 'vm' && resumable.has(task.kind)) {
       const vm = await db.selectFrom('vms').select('id').where('id', '=', task.targetId).executeTakeFirst();
       if (vm) {

@@ -198,6 +198,44 @@ export interface VolumeLeftoversTable {
   created_at: string;
 }
 
+export type LeaseState = 'requested' | 'granting' | 'active' | 'returning' | 'returned' | 'failed';
+export type LeaseKind = 'temporary' | 'permanent';
+export type LeaseMechanism = 'reclaim' | 'grow' | 'remote' | 'migrate';
+
+/** Memory a VM borrows (features/memory): spec from the API, status (state onwards) from the memory broker. */
+export interface MemoryLeasesTable {
+  id: string;
+  vm_id: string;
+  size_mib: number;
+  kind: LeaseKind;
+  mechanism_asked: LeaseMechanism | 'auto';
+  /** The donor host the request named, if any. */
+  donor_asked: string | null;
+  ttl_s: number | null;
+  /** `api`: a user asked; `policy`: the broker acted on memory pressure. */
+  origin: 'api' | 'policy';
+  created_by: string | null;
+  /** Spec: the user asked to give it back / to keep it for good. */
+  return_requested: number;
+  permanent_requested: number;
+  /** The task of the request under way (the grant, a return, a make-permanent). */
+  task_id: string | null;
+  state: LeaseState;
+  mechanism: LeaseMechanism | null;
+  borrower_host_id: string | null;
+  donor_host_id: string | null;
+  message: string | null;
+  /** JSON: what the broker did and has yet to undo (see memory/plan.ts). */
+  plan: string | null;
+  step_deadline: string | null;
+  expires_at: string | null;
+  granted_at: string | null;
+  ended_at: string | null;
+  resource_version: number;
+  created_at: string;
+  updated_at: string;
+}
+
 export interface TasksTable {
   id: string;
   kind: string;
@@ -237,6 +275,7 @@ export interface Database {
   pools: PoolsTable;
   volumes: VolumesTable;
   volume_leftovers: VolumeLeftoversTable;
+  memory_leases: MemoryLeasesTable;
   tasks: TasksTable;
   events: EventsTable;
 }
@@ -251,3 +290,4 @@ export type TaskRow = Selectable<TasksTable>;
 export type ImageRow = Selectable<ImagesTable>;
 export type EventRow = Selectable<EventsTable>;
 export type UserRow = Selectable<UsersTable>;
+export type LeaseRow = Selectable<MemoryLeasesTable>;

@@ -71,7 +71,9 @@ export function qemuArgs(l: QemuLaunch): string[] {
     // A socket carries keystrokes both ways; the logfile keeps history while nobody is connected.
     '-chardev', `socket,id=ser0,path=${esc(paths.serialSocket)},server=on,wait=off,logfile=${esc(paths.serialLog)},logappend=on`,
     '-serial', 'chardev:ser0',
-    '-device', `virtio-balloon-pci,id=${BALLOON_ID},deflate-on-oom=on`,
+    // Free page reporting: the guest hands pages it frees back to the host, so what the host reports
+    // available (and the memory broker lends) follows what guests really use.
+    '-device', `virtio-balloon-pci,id=${BALLOON_ID},deflate-on-oom=on,free-page-reporting=on`,
     // The guest agent's port: the host runs commands in the guest through it (swapon of remote memory).
     '-chardev', `socket,id=qga0,path=${esc(paths.guestAgent)},server=on,wait=off`,
     '-device', 'virtio-serial-pci,id=vser0',

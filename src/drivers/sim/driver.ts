@@ -52,6 +52,10 @@ export interface SimDriver extends HypervisorDriver {
   crash(vmId: string, reason?: string): void;
   /** Timers the driver still holds; 0 once close() returned. */
   readonly pendingTimers: number;
+  /** Test knob: the guest has this much of its swap (remote memory) in use; the pages a dying donor takes along. */
+  useSwap(vmId: string, usedMiB: number): void;
+  /** Memory the host uses outside its VMs (its own processes, page cache): a knob for memory pressure. */
+  setHostUsedMiB(mib: number): void;
 }
 
 const defaultGuestUsedMiB = (spec: DriverVmSpec): number => Math.max(16, Math.round(spec.memoryMiB / 4));
@@ -74,6 +78,7 @@ class SimHypervisor implements SimDriver {
   private readonly migration: MigrationContext;
   private nextStartFailure: string | undefined;
   private closed = false;
+  private hostUsedMiB = 0;
 
   constructor(private readonly opts: SimDriverOptions) {
     this.clock = opts.clock ?? realClock;
@@ -95,6 +100,16 @@ class SimHypervisor implements SimDriver {
         this.setState(vm, 'stopped', 'migrated to another host');
       },
     };
+  }
+
+  setHostUsedMiB(mib: number): void {
+    this.hostUsedMiB = Math.max(0, mib);
+  }
+
+  useSwap(vmId: string, usedMiB: number): void {
+    const vm = this.get(vmId);
+    vm.swapUsedMiB = usedMiB;
+    this.emitState(vm);
   }
 
   get pendingTimers(): number {
@@ -395,7 +410,7 @@ class SimHypervisor implements SimDriver {
   private freeMiB(): number {
     let usedMiB = 0;
     for (const vm of this.vms.values()) if (holdsMemory(vm.state)) usedMiB += reservedMiB(vm);
-    return this.memoryMiB - usedMiB;
+    return Math.max(0, this.memoryMiB - usedMiB - this.hostUsedMiB);
   }
 
   private get(vmId: string): SimVm {

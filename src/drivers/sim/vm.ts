@@ -25,6 +25,8 @@ export interface SimVm {
   migration?: { cancel(err: DriverError): void };
   /** Remote memory by slot: the simulated guest swaps to it as soon as it is attached. */
   remoteMemory?: Map<number, RemoteMemoryStatus>;
+  /** How much of its remote memory the simulated guest has swapped out to (a test knob). */
+  swapUsedMiB?: number;
 }
 
 /** States in which the VM holds host memory; an incoming VM holds it so the migration cannot be outbid. */
@@ -56,7 +58,7 @@ export function toStatus(vm: SimVm, nowMs: number): DriverVmStatus {
   if (isUp(vm.state) && remote.length > 0) {
     status.remoteMemory = remote.map((r) => ({ ...r, target: { ...r.target } }));
     status.swapTotalMiB = remote.reduce((n, r) => n + r.sizeMiB, 0);
-    status.swapUsedMiB = 0;
+    status.swapUsedMiB = Math.min(vm.swapUsedMiB ?? 0, status.swapTotalMiB);
   }
   return status;
 }
@@ -99,6 +101,7 @@ export function reservedMiB(vm: SimVm): number {
 export function interrupt(vm: SimVm, why: string): void {
   // Plugged devices go with the guest; a new boot starts with none.
   vm.remoteMemory = undefined;
+  vm.swapUsedMiB = undefined;
   if (vm.boot) {
     const boot = vm.boot;
     vm.boot = undefined;

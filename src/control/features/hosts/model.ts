@@ -52,8 +52,12 @@ export const HostSchema = Type.Object({
   maintenance: Type.Boolean(),
   cpus: Type.Integer(),
   memoryMiB: Type.Integer(),
+  /** What the host says is available (MemAvailable). */
   memoryFreeMiB: Type.Integer(),
   memoryAllocatedMiB: Type.Integer(),
+  /** RAM this host serves to other hosts' VMs (remote memory), and RAM of others its VMs use. */
+  memoryLentMiB: Type.Integer(),
+  memoryBorrowedMiB: Type.Integer(),
   vmCount: Type.Integer(),
   address: Type.String(),
   driver: Type.String(),
@@ -97,6 +101,8 @@ export interface LiveView {
   allocatedMiB: number;
   vmCount: number;
   leaseExpiresAt: string | null;
+  memoryLentMiB: number;
+  memoryBorrowedMiB: number;
 }
 
 export function hostFromRow(r: HostRow, live?: LiveView): Host {
@@ -109,6 +115,8 @@ export function hostFromRow(r: HostRow, live?: LiveView): Host {
     memoryMiB: r.memory_mib,
     memoryFreeMiB: live?.memoryFreeMiB ?? r.memory_free_mib,
     memoryAllocatedMiB: live?.allocatedMiB ?? r.memory_allocated_mib,
+    memoryLentMiB: live?.memoryLentMiB ?? 0,
+    memoryBorrowedMiB: live?.memoryBorrowedMiB ?? 0,
     vmCount: live?.vmCount ?? r.vm_count,
     address: r.address,
     driver: r.driver,

@@ -26,6 +26,8 @@ export interface LiveHost {
   /** When the agent was last heard from (a real beat, not a grace period). */
   heardAtMs: number | null;
   memoryFreeMiB: number;
+  /** RAM the host serves to other hosts' VMs, as its last heartbeat said. */
+  memoryLentMiB?: number;
   vms: Map<string, VmStatusMsg>;
   /**
    * Until when the host may run its HA VMs: each beat renews it for `leaseMs`, and the agent, which counts
@@ -246,6 +248,7 @@ export class HostRegistry {
       case 'heartbeat':
         host.lastHeartbeatMs = host.heardAtMs = Date.now();
         host.memoryFreeMiB = msg.memoryFreeMiB;
+        host.memoryLentMiB = msg.memoryLentMiB;
         this.renewLease(host, conn, msg.seq);
         if (host.row.state !== 'ready') await this.cameBack(hostId, 'heartbeats resumed');
         return;

@@ -44,6 +44,9 @@ export function createHostService(deps: HostServiceDeps) {
       allocatedMiB: capacity.usage(row.id)?.usedMiB ?? 0,
       vmCount: [...live.vms.values()].filter((v) => v.state !== 'incoming').length,
       leaseExpiresAt: new Date(live.leaseExpiresMs).toISOString(),
+      memoryLentMiB: live.memoryLentMiB ?? 0,
+      // Remote memory plugged into this host's VMs: RAM of other hosts its guests swap to.
+      memoryBorrowedMiB: [...live.vms.values()].reduce((n, v) => n + (v.swapTotalMiB ?? 0), 0),
     });
   }
 

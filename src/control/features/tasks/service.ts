@@ -11,7 +11,7 @@ export const taskStates = ['queued', 'running', 'succeeded', 'failed', 'cancelle
 export type TaskState = (typeof taskStates)[number];
 
 /** Every kind of task there is: the list filter accepts these and no other. */
-export const taskKinds = ['create', 'start', 'stop', 'reboot', 'migrate', 'set-memory', 'delete', 'drain'] as const;
+export const taskKinds = ['create', 'start', 'stop', 'reboot', 'migrate', 'set-memory', 'delete', 'drain', 'memory-borrow', 'memory-return', 'memory-make-permanent'] as const;
 export type TaskKind = (typeof taskKinds)[number];
 
 export interface Task {

@@ -1,5 +1,6 @@
 // The VM phase machine and the VM's JSON shape.
 import { type Static, Type } from 'typebox';
+import type { VmStatusMsg } from '../../../protocol/messages.ts';
 import type { VmRow } from '../../store/schema.ts';
 import { Labels } from '../hosts/labels.ts';
 
@@ -56,6 +57,19 @@ export const VmSchema = Type.Object({
   memoryMiB: Type.Integer(),
   maxMemoryMiB: Type.Integer(),
   memoryActualMiB: Type.Union([Type.Integer(), Type.Null()]),
+  /** What its host measures of the running guest (null when it does not run, or on a replica that does not lead). */
+  memoryStats: Type.Union([
+    Type.Object({
+      /** Balloon stats: what the guest says it uses. */
+      usedMiB: Type.Union([Type.Integer(), Type.Null()]),
+      /** Remote memory plugged in, and the guest's swap on it. */
+      remoteMiB: Type.Integer(),
+      swapTotalMiB: Type.Union([Type.Integer(), Type.Null()]),
+      swapUsedMiB: Type.Union([Type.Integer(), Type.Null()]),
+      majorFaults: Type.Union([Type.Integer(), Type.Null()]),
+    }),
+    Type.Null(),
+  ]),
   imageId: Type.Union([Type.String(), Type.Null()]),
   diskGiB: Type.Integer(),
   storage: Type.Enum(storageKinds),
@@ -106,7 +120,19 @@ export const CreateVmBody = Type.Object(
 );
 export type CreateVm = Static<typeof CreateVmBody>;
 
-export function vmFromRow(r: VmRow): Vm {
+/** The memory figures of a VM's live report. */
+export function memoryStatsOf(seen: VmStatusMsg | undefined): Vm['memoryStats'] {
+  if (!seen || (seen.state !== 'running' && seen.state !== 'paused')) return null;
+  return {
+    usedMiB: seen.memoryUsedMiB ?? null,
+    remoteMiB: (seen.remoteMemory ?? []).reduce((n, d) => n + (d.state === 'failed' ? 0 : d.sizeMiB), 0),
+    swapTotalMiB: seen.swapTotalMiB ?? null,
+    swapUsedMiB: seen.swapUsedMiB ?? null,
+    majorFaults: seen.majorFaults ?? null,
+  };
+}
+
+export function vmFromRow(r: VmRow, seen?: VmStatusMsg): Vm {
   return {
     id: r.id,
     name: r.name,
@@ -114,6 +140,7 @@ export function vmFromRow(r: VmRow): Vm {
     memoryMiB: r.memory_mib,
     maxMemoryMiB: r.max_memory_mib,
     memoryActualMiB: r.memory_actual_mib,
+    memoryStats: memoryStatsOf(seen),
     imageId: r.image_id,
     diskGiB: r.disk_gib,
     storage: r.replicated ? 'replicated' : r.local_disk ? 'local' : 'shared',

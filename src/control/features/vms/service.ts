@@ -48,6 +48,8 @@ const ATTEMPTS = 5;
 export function createVmService(deps: VmServiceDeps) {
   const { db, store, tasks, events, capacity, changes } = deps;
   const touched = (id: string) => changes.publish({ kind: 'vm', id });
+  /** The VM with what its host last measured of it (the leader holds the reports). */
+  const withStats = (row: VmRow): Vm => vmFromRow(row, row.host_id ? deps.registry.get(row.host_id)?.vms.get(row.id) : undefined);
 
   async function find(idOrName: string): Promise<VmRow> {
     const row = await store.find(idOrName);
@@ -131,12 +133,12 @@ export function createVmService(deps: VmServiceDeps) {
     find,
 
     async get(idOrName: string): Promise<Vm> {
-      return vmFromRow(await find(idOrName));
+      return withStats(await find(idOrName));
     },
 
     async list(q: ListVms): Promise<{ items: Vm[]; nextCursor: string | null }> {
       const c = decodeCursor(q.cursor);
-      const rows = (await store.list({ ...q, ...(c ? { after: c } : {}) })).map(vmFromRow);
+      const rows = (await store.list({ ...q, ...(c ? { after: c } : {}) })).map(withStats);
       return page(rows, q.limit, (v) => ({ at: v.createdAt, id: v.id }));
     },
 

@@ -28,6 +28,7 @@ export const migrations: Record<string, () => Promise<MigrationModule>> = {
   '012_high_availability': () => import('./012_high_availability.ts'),
   '013_host_flaps_and_power_fence': () => import('./013_host_flaps_and_power_fence.ts'),
   '014_replicated_volumes': () => import('./014_replicated_volumes.ts'),
+  '015_memory_leases': () => import('./015_memory_leases.ts'),
   '016_host_powered_off': () => import('./016_host_powered_off.ts'),
 };
 
