@@ -58,27 +58,33 @@ const runningOff = (c: Cluster, vm: string, hostId: string | undefined, timeoutM
     return v.phase === 'running' && v.hostId !== hostId ? v : undefined;
   }, { what: `${vm} running elsewhere`, timeoutMs });
 
-describe('a failed host whose power fence works', () => {
-  const marginMs = 20_000;
+/** One describe's cluster on a database file (control can restart), with a lease of 1 s and `marginMs`. */
+function fenceCluster(marginMs: number): { c: Cluster; link?: Link } {
   const dir = mkdtempSync(join(tmpdir(), 'awan-fence-'));
-  let c: Cluster;
-  let link: Link;
+  const t = {} as { c: Cluster; link?: Link };
   before(async () => {
-    c = await startCluster({ db: `sqlite:${join(dir, 'awan.db')}`, control: { hostLeaseMs: 1000, failoverMarginMs: marginMs, haHostFailures: 0 } });
+    t.c = await startCluster({ db: `sqlite:${join(dir, 'awan.db')}`, control: { hostLeaseMs: 1000, failoverMarginMs: marginMs, haHostFailures: 0 } });
   });
   after(async () => {
-    await c?.close();
-    await link?.close();
+    await t.c?.close();
+    await t.link?.close();
     rmSync(dir, { recursive: true, force: true });
   });
+  return t;
+}
+
+describe('a failed host whose power fence works', () => {
+  const marginMs = 20_000;
+  const t = fenceCluster(marginMs);
 
   it('is powered off once, with its name in the environment, and its HA VM restarts without waiting for the margin', async () => {
+    const { c } = t;
     const marker = join(c.dir, 'fenced.txt');
     const off = script(c.dir, 'power-off.sh', `printf 'id=%s name=%s address=%s path=%s\\n' "$AWAN_HOST_ID" "$AWAN_HOST_NAME" "$AWAN_HOST_ADDRESS" "$1" >> "$1"`);
     const made = await fencedHost(c, 'host-1', 'svc', [off, marker]);
-    link = made.link;
+    t.link = made.link;
     await c.addHost('host-2');
-    const failed = await fail(c, link, 'host-1');
+    const failed = await fail(c, made.link, 'host-1');
     const moved = await runningOff(c, 'svc', made.host.agent.hostId, 10_000);
     // The script switches nothing off here: the simulated host's own fence stops its copy (at most a moment later).
     await until(async () => JSON.stringify(await runningOn(c, moved.id)) === '["host-2"]', { what: 'svc running on host-2 alone' });
@@ -97,25 +103,16 @@ describe('a failed host whose power fence works', () => {
 
 describe('a host switched off by its power fence, when control changes hands', () => {
   const marginMs = 30_000;
-  const dir = mkdtempSync(join(tmpdir(), 'awan-fence-'));
-  let c: Cluster;
-  let link: Link;
-  before(async () => {
-    c = await startCluster({ db: `sqlite:${join(dir, 'awan.db')}`, control: { hostLeaseMs: 1000, failoverMarginMs: marginMs, haHostFailures: 0 } });
-  });
-  after(async () => {
-    await c?.close();
-    await link?.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const t = fenceCluster(marginMs);
 
   it('is not switched off again by the new leader, which restarts its HA VM without waiting for the margin', async () => {
+    const { c } = t;
     const marker = join(c.dir, 'fenced.txt');
     const off = script(c.dir, 'power-off.sh', `echo off >> "$1"`);
     // The only host: its VM has nowhere to go while control changes hands.
     const made = await fencedHost(c, 'host-1', 'solo', [off, marker]);
-    link = made.link;
-    await fail(c, link, 'host-1');
+    t.link = made.link;
+    await fail(c, made.link, 'host-1');
     await until(async () => (await hostOf(c, 'host-1')).poweredOff === true, { what: 'host-1 recorded as off', timeoutMs: 10_000 });
     assert.equal(lines(marker).length, 1);
 

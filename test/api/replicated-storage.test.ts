@@ -25,6 +25,19 @@ async function addHosts(c: Cluster, n: number): Promise<object> {
   return {};
 }
 
+/** One describe's cluster of one host (behind a link the tests cut), closed after its tests. */
+function clusterFor(): { c: Cluster; link: Link; first: TestHost } {
+  const t = {} as { c: Cluster; link: Link; first: TestHost };
+  before(async () => {
+    Object.assign(t, await setUp(1));
+  });
+  after(async () => {
+    await t.c?.close();
+    await t.link?.close();
+  });
+  return t;
+}
+
 const hostName = (c: Cluster, id: string) => c.hosts.find((h) => h.agent.hostId === id)?.name;
 const localPool = (c: Cluster, name: string) => c.memory.pool(join(c.hosts.find((h) => h.name === name)!.dataDir, 'local-pool'))!;
 const volumeOf = async (c: Cluster, vmId: string) => (await c.api('GET', `/api/v1/volumes?vm=${vmId}`)).body.items[0];
@@ -115,19 +128,10 @@ describe('a VM on replicated storage', () => {
 });
 
 describe('a VM on replicated storage whose copy is lost', () => {
-  let c: Cluster;
-  let link: Link;
-  let first: TestHost;
-
-  before(async () => {
-    ({ c, link, first } = await setUp(1));
-  });
-  after(async () => {
-    await c?.close();
-    await link?.close();
-  });
+  const t = clusterFor();
 
   it('is failed with the reason, not restarted from an outdated copy, when its host fails', async () => {
+    const { c, link, first } = t;
     const vm = await createOnFirst(c, 'alone');
     const second = await c.addHost('host-2');
     const v = await syncedCopy(c, vm.id, 'a synced copy');
@@ -233,19 +237,10 @@ describe('a VM on replicated storage that live-migrates', () => {
 });
 
 describe('a stopped VM on replicated storage whose host fails', () => {
-  let c: Cluster;
-  let link: Link;
-  let first: TestHost;
-
-  before(async () => {
-    ({ c, link, first } = await setUp(1));
-  });
-  after(async () => {
-    await c?.close();
-    await link?.close();
-  });
+  const t = clusterFor();
 
   it('starts from the copy of its disk on another host', async () => {
+    const { c, link, first } = t;
     const vm = await createOnFirst(c, 'sleeper');
     const second = await c.addHost('host-2');
     await syncedCopy(c, vm.id, 'a synced copy');
