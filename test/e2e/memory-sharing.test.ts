@@ -249,8 +249,8 @@ describe('memory sharing between two QEMU hosts', { timeout: 20 * 60_000 }, () =
   async function openConsole(vmId: string): Promise<GuestConsole> {
     const c = await GuestConsole.open(url, token, vmId);
     consoles.push(c);
-    // The shell answers: the guest has booted and reads what is typed.
-    await c.run('true', 120_000);
+    // Until the shell answers: what is typed while the guest boots is lost, in part or whole.
+    await until(() => c.run('true', 3000).then(() => true, () => false), { timeoutMs: 120_000, what: 'the guest\'s shell answering' });
     return c;
   }
 
@@ -278,8 +278,9 @@ describe('memory sharing between two QEMU hosts', { timeout: 20 * 60_000 }, () =
     assert.deepEqual(imagesOf(donor), [], `nothing of ${donor} in /dev/shm`);
     assert.equal(existsSync(shmOf(donor)), false, `${shmOf(donor)} removed`);
     await c.memoryWhen((m) => m.swapMiB === 0, 'the guest without swap');
-    const swaps = await c.run('cat /proc/swaps; ls /sys/block');
+    const swaps = await c.run('cat /proc/swaps; cat /sys/block/vd*/serial');
     assert.doesNotMatch(swaps.output, /\/dev\/vd\w+\s+partition/, 'no swap device left in the guest');
+    assert.doesNotMatch(swaps.output.split('\n').slice(1).join('\n'), /awan-rmem/, `the disk is unplugged in the guest:\n${swaps.output}`);
     await until(async () => (await hostNamed(donor)).memoryLentMiB === 0, { timeoutMs: 30_000, what: `${donor} lending nothing`, ...POLL });
     await until(async () => (await vmOf(vmId)).memoryStats?.remoteMiB === 0, { timeoutMs: 30_000, what: 'the VM borrowing nothing', ...POLL });
   }
@@ -394,6 +395,9 @@ describe('memory sharing between two QEMU hosts', { timeout: 20 * 60_000 }, () =
     assert.equal(vm.memoryStats.remoteMiB, LOAN_MIB);
     // The guest's side: swap of the loan's size, and the workload completes.
     await small.console.memoryWhen((m) => m.swapMiB >= LOAN_MIB - 1, 'the guest swapping to the loan');
+    const disks = await small.console.run('cat /sys/block/vd*/serial /proc/swaps');
+    assert.match(disks.output, /awan-rmem0/, 'a hot-plugged disk of the loan');
+    assert.match(disks.output, /\/dev\/vd\w+\s+partition/, 'the guest swaps to it');
     const lent = await small.console.run(WORKLOAD, 240_000);
     assert.equal(lent.code, 0, `the workload completes with the loan:\n${lent.output}`);
   });
@@ -464,10 +468,14 @@ describe('memory sharing between two QEMU hosts', { timeout: 20 * 60_000 }, () =
     const qemu = processesWith('qemu-system', big.id);
     assert.equal(qemu.length, 1);
 
-    await stopChild(big.other, 'SIGTERM');
-    assert.ok(!gone(daemon), 'the loan outlives its agent');
-    startAgent(big.other);
-    await until(allReady, { timeoutMs: 120_000, what: `${big.other} ready again`, ...POLL });
+    // Restarted as an operator does (SIGTERM), then after a crash (SIGKILL).
+    for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+      await stopChild(big.other, signal);
+      await until(async () => !(await hostNamed(big.other)).connected, { timeoutMs: 30_000, what: `control seeing ${big.other}'s agent gone`, ...POLL });
+      assert.ok(!gone(daemon), `the loan outlives its agent (${signal})`);
+      startAgent(big.other);
+      await until(allReady, { timeoutMs: 120_000, what: `${big.other} ready again`, ...POLL });
+    }
     await stopChild('control', 'SIGKILL');
     startControl();
     await login();
