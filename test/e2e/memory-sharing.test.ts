@@ -460,9 +460,24 @@ describe('memory sharing between two QEMU hosts', { timeout: 20 * 60_000 }, () =
     assert.equal(ret.status, 409, 'a permanent lease is part of the VM');
   });
 
-  scenario('a loan survives a restart of its donor\'s agent and of control, and its return leaves nothing behind', async () => {
+  scenario('a loan survives a restart of its donor\'s agent and of control, and its return leaves nothing behind', async (t) => {
     const { lease } = await borrowActive({ vmId: big.id, sizeMiB: 256, kind: 'temporary', mechanism: 'remote', ttlS: 3600, donorHostId: big.other });
     await big.console.memoryWhen((m) => m.swapMiB >= 255, 'the guest swapping to the loan');
+    // 200 MiB of data in a guest tmpfs, then a workload that pushes much of it out to the donor, where it stays
+    // through the restarts (8 MiB of random bytes over and over: random data is slow to make under TCG).
+    const write = await big.console.run(
+      'mkdir -p /mnt/t && mount -t tmpfs -o size=300m tmpfs /mnt/t && dd if=/dev/urandom of=/mnt/t/r bs=1M count=8 2>/dev/null && '
+        + `(for i in $(seq 25); do cat /mnt/t/r; done) > /mnt/t/data && rm /mnt/t/r && md5sum /mnt/t/data && ${WORKLOAD}`,
+      240_000,
+    );
+    assert.equal(write.code, 0, write.output);
+    const sum = /\n([0-9a-f]{32}) {2}\/mnt\/t\/data/.exec(write.output)?.[1];
+    assert.ok(sum, write.output);
+    const held = await until(async () => {
+      const v = await vmOf(big.id);
+      return (v.memoryStats?.swapUsedMiB ?? 0) > 20 ? v.memoryStats.swapUsedMiB as number : undefined;
+    }, { timeoutMs: 30_000, what: 'the guest\'s pages on the donor', ...POLL });
+    t.diagnostic(`${held} MiB of the guest on the donor during the restarts`);
     const [daemon] = daemonsOf(big.other);
     assert.ok(daemon, 'the donor serves the loan');
     const qemu = processesWith('qemu-system', big.id);
@@ -495,5 +510,10 @@ describe('memory sharing between two QEMU hosts', { timeout: 20 * 60_000 }, () =
     assert.equal((await leaseOf(lease.id)).state, 'returned');
     await nothingLeft(big.id, big.other, big.console);
     assert.equal((await vmOf(big.id)).phase, 'running');
+    // Every page the donor held came back into the guest's RAM before the disk went.
+    const check = await big.console.run('md5sum /mnt/t/data', 120_000);
+    assert.equal(check.code, 0, check.output);
+    assert.match(check.output, new RegExp(`${sum}  /mnt/t/data`), `the guest's data is intact (${held} MiB were on the donor)`);
+    await big.console.run('umount /mnt/t');
   });
 });
