@@ -26,6 +26,8 @@ export interface DiskSpec {
    * becomes the disk as the VM arrives; nothing of it is sent, and it is never deleted as a stale copy.
    */
   replicaHere?: boolean;
+  /** Bypass the host's page cache (O_DIRECT): the disk is as fast as its device, not as the host's spare RAM. */
+  direct?: boolean;
 }
 
 /** Where a disk's synchronous replica is served: an NBD export on the replica host (its `replicaExport`). */

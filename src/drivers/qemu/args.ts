@@ -100,7 +100,7 @@ export function qemuArgs(l: QemuLaunch): string[] {
   }
   spec.disks.forEach((disk, i) => {
     // cache=none would be safer for shared pools but tmpfs (tests) refuses O_DIRECT; writeback + flushes is QEMU's default.
-    args.push('-blockdev', `driver=file,node-name=disk${i}-file,filename=${esc(disk.path)}`);
+    args.push('-blockdev', `driver=file,node-name=disk${i}-file,filename=${esc(disk.path)}${disk.direct ? ',cache.direct=on' : ''}`);
     args.push('-blockdev', `driver=${disk.format},node-name=disk${i},file=disk${i}-file`);
     const bootindex = boot.kind === 'disk' && i === 0 ? ',bootindex=0' : '';
     // A local disk is written through an NBD export while it arrives by migration: let the device share it.
