@@ -130,7 +130,7 @@ export async function mirrorLocalDisks(qmp: QmpClient, spec: DriverVmSpec, nbd: 
   }
 }
 
-/** Local disks belong to the VM on this host: they go when it goes. Deletes the VM's local disks; a copy it was about to take over stays, it still belongs to its server. */
+/** Local disks belong to the VM on this host: they go when it goes. A copy it was to take over stays: its server owns it. */
 export async function removeLocalDisks(spec: DriverVmSpec): Promise<void> {
   for (const d of spec.disks) if (d.local && !d.replicaHere) await rm(d.path, { force: true });
 }
