@@ -7,7 +7,7 @@ import type { HostRegistry } from '../features/hosts/registry.ts';
 import type { PoolService } from '../features/pools/service.ts';
 import { noReplica } from '../features/volumes/service.ts';
 import type { ChangeFeed } from '../reconcile/changes.ts';
-import type { Database, VmRow } from '../store/schema.ts';
+import type { Database, VmRow, VolumeRow } from '../store/schema.ts';
 import type { Leftovers } from './leftovers.ts';
 import { usable } from './replicator.ts';
 
@@ -15,6 +15,12 @@ import { usable } from './replicator.ts';
 export type FailoverHost = { hostId: string } | { wait: string } | { fail: string };
 
 export type ReplicaFailover = ReturnType<typeof createReplicaFailover>;
+
+/** Whether a disk's copy holds every write of the VM's current run (its placement token), and its state said so. */
+export function copyInStep(v: Pick<VolumeRow, 'replica_state' | 'replica_token'>, vm: Pick<VmRow, 'placement_token'>): { inStep: boolean; state: string } {
+  const inStep = v.replica_state === 'synced' && v.replica_token === vm.placement_token;
+  return { inStep, state: inStep ? 'synced' : v.replica_state === 'synced' ? 'not yet in step since the VM last started' : (v.replica_state ?? 'placing') };
+}
 
 export function createReplicaFailover(deps: { db: Kysely<Database>; registry: HostRegistry; pools: PoolService; events: EventService; changes: ChangeFeed; leftovers: Leftovers }) {
   const { db, registry, pools } = deps;
@@ -33,10 +39,8 @@ export function createReplicaFailover(deps: { db: Kysely<Database>; registry: Ho
       if (!v.replica_host_id) return { fail: `its disk had no copy on another host (${v.replica_message ?? 'none was made yet'})` };
       const where = name(v.replica_host_id);
       // In step during the VM's last run (its placement token), not only during an earlier one.
-      if (v.replica_state !== 'synced' || v.replica_token !== vm.placement_token) {
-        const was = v.replica_state === 'synced' ? 'not yet in step since the VM last started' : v.replica_state;
-        return { fail: `the copy of its disk on ${where} was ${was}, so the latest writes are only on the failed host` };
-      }
+      const copy = copyInStep(v, vm);
+      if (!copy.inStep) return { fail: `the copy of its disk on ${where} was ${copy.state}, so the latest writes are only on the failed host` };
       const host = registry.get(v.replica_host_id);
       if (usable(host)) return { hostId: v.replica_host_id };
       return { wait: `the copy of its disk is on ${where}, which is ${host?.row.maintenance ? 'in maintenance' : (host?.row.state ?? 'gone')}` };
@@ -47,8 +51,7 @@ export function createReplicaFailover(deps: { db: Kysely<Database>; registry: Ho
       if (!vm.replicated) return undefined;
       const v = await volumeOf(vm.id);
       if (!v?.replica_host_id) return { none: v?.replica_message ?? 'none was made yet' };
-      const inStep = v.replica_state === 'synced' && v.replica_token === vm.placement_token;
-      return { hostId: v.replica_host_id, inStep, state: inStep ? 'synced' : v.replica_state === 'synced' ? 'not yet in step since the VM last started' : (v.replica_state ?? 'placing') };
+      return { hostId: v.replica_host_id, ...copyInStep(v, vm) };
     },
 
     /**

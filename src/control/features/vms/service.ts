@@ -3,6 +3,7 @@
 // controller. Nothing here talks to an agent, so any control replica can serve it.
 import type { Kysely } from 'kysely';
 import { type HaAdmission, admitHaVm } from './ha-admission.ts';
+import { copyInStep } from '../../storage/failover.ts';
 import { looksLikeId, macFor, newId } from '../../../lib/ids.ts';
 import { AppError, notFound } from '../../errors.ts';
 import { decodeCursor, page } from '../../http/pagination.ts';
@@ -88,9 +89,9 @@ export function createVmService(deps: VmServiceDeps) {
     if (asked && asked.id !== host.id) {
       throw new AppError('UNSUPPORTED', `VM ${vm.name} is on replicated storage: it live-migrates only to ${host.name}, which holds the copy of its disk`, { copyHostId: host.id });
     }
-    if (v.replica_state !== 'synced' || v.replica_token !== vm.placement_token) {
-      const state = v.replica_state === 'synced' ? 'not yet in step since the VM started' : (v.replica_state ?? 'placing');
-      throw new AppError('INVALID_STATE', `the copy of VM ${vm.name}'s disk on ${host.name} is ${state}; it can move once the copy is in step`, { copyHostId: host.id });
+    const copy = copyInStep(v, vm);
+    if (!copy.inStep) {
+      throw new AppError('INVALID_STATE', `the copy of VM ${vm.name}'s disk on ${host.name} is ${copy.state}; it can move once the copy is in step`, { copyHostId: host.id });
     }
     return host;
   }
